@@ -1,0 +1,34 @@
+//! Errors of microstructure generation and image import.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum GeometryError {
+    #[error("invalid packing configuration: {0}")]
+    Config(String),
+    #[error(
+        "could not separate the fibres at Vf = {vf:.3} (worst overlap {overlap_um:.3} µm after {iterations} iterations); lower the target Vf or the minimum gap"
+    )]
+    Jammed {
+        vf: f64,
+        overlap_um: f64,
+        iterations: usize,
+    },
+    #[error("{path}: {msg}")]
+    Input { path: PathBuf, msg: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl GeometryError {
+    pub(crate) fn input(path: &std::path::Path, msg: impl Into<String>) -> Self {
+        Self::Input {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! One sample's flows in SI units: a 2D solve of every slice on its own (vz = 0) and a
+//! 3D solve of the volume sampled back at the slice planes.
+//!
+//! The slice pitch (5 µm) is ~25 pixels, so the 3D lattice needs geometry between the
+//! slices. The caller passes it as `planes`: NZ = round(S·pitch/dx) equally spaced planes
+//! over the z period, from the generator's analytic fibre paths or, for a user stack, from
+//! the signed-distance interpolation in `fiberflow_geometry::distance`. Plane j sits at
+//! z = j·S·pitch/NZ, i.e. the lattice z spacing differs from dx by under 1/(2·NZ).
+//! The 3D field at slice k is interpolated linearly between the two nearest planes and
+//! set to zero in the slice's fibres.
+
+use crate::config::FlowConfig;
+use crate::error::SolverError;
+use crate::solve::{Dim, LatticeFlow, Progress, solve_lattice};
+use crate::units::Scales;
+use fiberflow_geometry::layout::VoxelSize;
+use fiberflow_geometry::percolation::percolates_x;
+#[cfg(test)]
+use ndarray::s;
+use ndarray::{Array4, ArrayView2, ArrayView3, Axis};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Number of cubic-cell lattice planes that spans `slices` slices `pitch_m` apart.
+pub fn lattice_planes(slices: usize, pitch_m: f64, dx_m: f64) -> usize {
+    ((slices as f64 * pitch_m / dx_m).round() as usize).max(1)
+}
+
+/// Convergence and permeability of one solve, as written to `permeability.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SolveStats {
+    pub iterations: usize,
+    pub converged: bool,
+    /// Relative change of the mean flux over the last check window.
+    pub residual: f64,
+    /// Relative L2 change of the velocity over the last check window.
+    pub field_residual: f64,
+    pub wall_s: f64,
+}
+
+/// What a sample solve reports besides the fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowReport {
+    /// Permeability along x of the 3D volume, m² (None for a 2D-only solve).
+    pub k_3d_m2: Option<f64>,
+    /// Permeability along x of each slice solved in 2D, m².
+    pub k_2d_m2: Vec<f64>,
+    /// Fluid fraction of the slices.
+    pub porosity: f64,
+    /// Lattice planes of the 3D solve.
+    pub planes_3d: Option<usize>,
+    pub solve_3d: Option<SolveStats>,
+    pub solve_2d: Vec<SolveStats>,
+    /// Superficial velocity ⟨u⟩ of the 3D volume, m/s.
+    pub mean_velocity_3d_m_s: Option<[f64; 3]>,
+}
+
+impl FlowReport {
+    /// True when every solve met its stopping rule.
+    pub fn converged(&self) -> bool {
+        self.solve_2d.iter().all(|s| s.converged)
+            && self.solve_3d.as_ref().is_none_or(|s| s.converged)
+    }
+}
+
+/// Fields of one sample, `(S, C, H, W)`, SI units.
+#[derive(Debug, Clone)]
+pub struct FlowSample {
+    /// Per-slice 2D flow, vz ≡ 0, m/s.
+    pub u2d: Array4<f32>,
+    /// 3D flow at the slice planes, m/s (None for a 2D-only solve).
+    pub u: Option<Array4<f32>>,
+    /// Periodic pressure (total pressure minus the mean gradient), Pa: from the 3D solve
+    /// when there is one, else from the 2D solves.
+    pub p: Array4<f32>,
+    pub report: FlowReport,
+}
+
+/// Solves one sample. `slices` is `(S, H, W)`; `planes`, `(NZ, H, W)`, enables the 3D solve.
+pub fn solve_sample(
+    slices: ArrayView3<u8>,
+    planes: Option<ArrayView3<u8>>,
+    voxel: VoxelSize,
+    cfg: &FlowConfig,
+    progress: Option<Progress>,
+) -> Result<FlowSample, SolverError> {
+    cfg.validate()?;
+    let (ns, h, w) = slices.dim();
+    if ns == 0 {
+        return Err(SolverError::Geometry("no slice to solve".into()));
+    }
+    if let Some(p) = &planes
+        && (p.dim().1, p.dim().2) != (h, w)
+    {
+        return Err(SolverError::Geometry(format!(
+            "3D planes are {:?} in-plane but slices are {h}×{w}",
+            (p.dim().1, p.dim().2)
+        )));
+    }
+    if (voxel.dx_m - voxel.dy_m).abs() > 1e-9 * voxel.dx_m {
+        return Err(SolverError::Geometry(
+            "the lattice needs square pixels (dx = dy)".into(),
+        ));
+    }
+    for (k, slice) in slices.axis_iter(Axis(0)).enumerate() {
+        if !percolates_x(slice.insert_axis(Axis(0))) {
+            return Err(SolverError::NotPercolating {
+                what: format!("slice {k}"),
+            });
+        }
+    }
+    if let Some(p) = &planes
+        && !percolates_x(p.view())
+    {
+        return Err(SolverError::NotPercolating {
+            what: "3D volume".into(),
+        });
+    }
+    let scales = Scales::new(cfg, voxel.dx_m);
+
+    // 2D: slices are independent, so they run side by side.
+    let flows_2d: Vec<(LatticeFlow, f64)> = slices
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|slice| {
+            let t = Instant::now();
+            let flow = solve_lattice(slice.insert_axis(Axis(0)), Dim::Two, &cfg.lbm, None, None)?;
+            Ok((flow, t.elapsed().as_secs_f64()))
+        })
+        .collect::<Result<_, SolverError>>()?;
+    let mut u2d = Array4::<f32>::zeros((ns, 3, h, w));
+    let mut p2d = Array4::<f32>::zeros((ns, 1, h, w));
+    for (k, (flow, _)) in flows_2d.iter().enumerate() {
+        let fluid = slices.index_axis(Axis(0), k);
+        write_slice(flow, (0, 0, 0.0), fluid, &scales, &mut u2d, &mut p2d, k);
+    }
+    let stats = |flow: &LatticeFlow, wall_s: f64| SolveStats {
+        iterations: flow.iterations,
+        converged: flow.converged,
+        residual: flow.residual,
+        field_residual: flow.field_residual,
+        wall_s,
+    };
+    let mut report = FlowReport {
+        k_3d_m2: None,
+        k_2d_m2: flows_2d
+            .iter()
+            .map(|(f, _)| f.permeability * scales.permeability)
+            .collect(),
+        porosity: slices.iter().filter(|&&v| v != 0).count() as f64 / slices.len() as f64,
+        planes_3d: None,
+        solve_3d: None,
+        solve_2d: flows_2d.iter().map(|(f, t)| stats(f, *t)).collect(),
+        mean_velocity_3d_m_s: None,
+    };
+    let Some(planes) = planes else {
+        return Ok(FlowSample {
+            u2d,
+            u: None,
+            p: p2d,
+            report,
+        });
+    };
+
+    // 3D, optionally warm-started from the 2D solutions interpolated onto the planes.
+    let nz = planes.dim().0;
+    let warm = cfg.lbm.warm_start.then(|| {
+        let mut init = vec![[0.0f32; 3]; nz * h * w];
+        for j in 0..nz {
+            let (k0, k1, t) = bracket(j as f64 * ns as f64 / nz as f64, ns);
+            for c in 0..h * w {
+                if planes[[j, c / w, c % w]] != 0 {
+                    let (a, b) = (flows_2d[k0].0.velocity[c], flows_2d[k1].0.velocity[c]);
+                    init[j * h * w + c] = [
+                        (1.0 - t) * a[0] + t * b[0],
+                        (1.0 - t) * a[1] + t * b[1],
+                        0.0,
+                    ];
+                }
+            }
+        }
+        init
+    });
+    let t = Instant::now();
+    let flow = solve_lattice(planes, Dim::Three, &cfg.lbm, warm.as_deref(), progress)?;
+    let wall = t.elapsed().as_secs_f64();
+    let mut u = Array4::<f32>::zeros((ns, 3, h, w));
+    let mut p = Array4::<f32>::zeros((ns, 1, h, w));
+    for k in 0..ns {
+        // Slice k sits at plane coordinate k·NZ/S.
+        let between = bracket(k as f64 * nz as f64 / ns as f64, nz);
+        write_slice(
+            &flow,
+            between,
+            slices.index_axis(Axis(0), k),
+            &scales,
+            &mut u,
+            &mut p,
+            k,
+        );
+    }
+    report.k_3d_m2 = Some(flow.permeability * scales.permeability);
+    report.planes_3d = Some(nz);
+    report.solve_3d = Some(stats(&flow, wall));
+    report.mean_velocity_3d_m_s = Some(flow.mean_velocity.map(|v| v * scales.velocity));
+    Ok(FlowSample {
+        u2d,
+        u: Some(u),
+        p,
+        report,
+    })
+}
+
+/// Neighbouring integer positions around `pos` on a periodic axis of `n`, and the weight of the upper one.
+fn bracket(pos: f64, n: usize) -> (usize, usize, f32) {
+    let lo = pos.floor();
+    let i0 = (lo as usize) % n;
+    (i0, (i0 + 1) % n, (pos - lo) as f32)
+}
+
+/// Writes slice `k` of `(S, C, H, W)` SI fields from a lattice flow interpolated between
+/// planes `j0` and `j1` (weight `t` on `j1`), zero where the slice is fibre.
+fn write_slice(
+    flow: &LatticeFlow,
+    (j0, j1, t): (usize, usize, f32),
+    fluid: ArrayView2<u8>,
+    scales: &Scales,
+    u: &mut Array4<f32>,
+    p: &mut Array4<f32>,
+    k: usize,
+) {
+    let hw = flow.grid.ny * flow.grid.nx;
+    let (vs, ps) = (scales.velocity as f32, scales.pressure as f32);
+    let mix = |a: f32, b: f32| (1.0 - t) * a + t * b;
+    for ((y, x), &m) in fluid.indexed_iter() {
+        if m == 0 {
+            continue;
+        }
+        let c = y * flow.grid.nx + x;
+        let (a, b) = (flow.velocity[j0 * hw + c], flow.velocity[j1 * hw + c]);
+        for ch in 0..3 {
+            u[[k, ch, y, x]] = mix(a[ch], b[ch]) * vs;
+        }
+        p[[k, 0, y, x]] = mix(flow.density[j0 * hw + c], flow.density[j1 * hw + c]) * ps;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LbmConfig;
+    use ndarray::Array3;
+
+    fn cfg() -> FlowConfig {
+        FlowConfig {
+            lbm: LbmConfig {
+                tol: 1e-7,
+                field_tol: 1e-6,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A slit of `n` fluid rows between fibre rows, `s` slices.
+    fn slit(s: usize, n: usize) -> Array3<u8> {
+        Array3::from_shape_fn((s, n + 2, 6), |(_, y, _)| u8::from(y >= 1 && y <= n))
+    }
+
+    #[test]
+    fn slit_flow_in_si_units_matches_the_analytic_profile_and_permeability() {
+        let (n, dx) = (10, 0.5e-6);
+        let masks = slit(2, n);
+        let voxel = VoxelSize::from_um(0.5, 1.0);
+        let cfg = cfg();
+        let planes = masks.clone();
+        let out = solve_sample(masks.view(), Some(planes.view()), voxel, &cfg, None).unwrap();
+        let (g, mu) = (
+            cfg.physics.pressure_gradient_pa_per_m,
+            cfg.physics.viscosity_pa_s,
+        );
+        let width = n as f64 * dx;
+        for j in 1..=n {
+            let d = (j as f64 - 0.5) * dx;
+            let exact = g / (2.0 * mu) * d * (width - d);
+            for field in [&out.u2d, out.u.as_ref().unwrap()] {
+                let got = f64::from(field[[1, 0, j, 3]]);
+                assert!((got - exact).abs() < 1e-3 * exact, "{got} vs {exact}");
+            }
+        }
+        // Superficial: K = (h²/12)·(h/H) for a slit of width h in a period H, times the
+        // node-sum quadrature term 1 + 1/(2N²) of a parabola sampled at N nodes.
+        let quadrature = 1.0 + 0.5 / (n * n) as f64;
+        let k = width * width / 12.0 * n as f64 / (n + 2) as f64 * quadrature;
+        for got in out.report.k_2d_m2.iter().chain(out.report.k_3d_m2.iter()) {
+            assert!((got - k).abs() < 1e-3 * k, "{got} vs {k}");
+        }
+        assert!(out.report.converged());
+        let u = out.u.as_ref().unwrap();
+        let vz = u
+            .slice(s![.., 2, .., ..])
+            .iter()
+            .map(|v| v.abs())
+            .fold(0.0, f32::max);
+        let vx = u
+            .slice(s![.., 0, .., ..])
+            .iter()
+            .map(|v| v.abs())
+            .fold(0.0, f32::max);
+        assert!(vz < 1e-6 * vx, "vz {vz}");
+    }
+
+    #[test]
+    fn blocked_geometry_and_bad_voxels_are_errors() {
+        let mut masks = slit(1, 4);
+        masks.slice_mut(s![0, .., 2]).fill(0);
+        let e = solve_sample(
+            masks.view(),
+            None,
+            VoxelSize::from_um(0.5, 1.0),
+            &cfg(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, SolverError::NotPercolating { .. }), "{e}");
+        let masks = slit(1, 4);
+        let voxel = VoxelSize {
+            dx_m: 1e-6,
+            dy_m: 2e-6,
+            dz_m: 1e-6,
+        };
+        assert!(solve_sample(masks.view(), None, voxel, &cfg(), None).is_err());
+    }
+
+    #[test]
+    fn planes_and_brackets() {
+        assert_eq!(lattice_planes(11, 5e-6, 50e-6 / 64.0), 70);
+        assert_eq!(bracket(3.25, 10), (3, 4, 0.25));
+        assert_eq!(bracket(9.5, 10), (9, 0, 0.5));
+    }
+}

@@ -1,0 +1,284 @@
+//! The solver against exact and published results (physics facts in shared/spec/physics.md).
+
+use fiberflow_solver::LbmConfig;
+use fiberflow_solver::solve::{Dim, LatticeFlow, solve_lattice};
+use ndarray::{Array3, s};
+use std::f64::consts::PI;
+
+fn tight() -> LbmConfig {
+    LbmConfig {
+        tol: 1e-7,
+        field_tol: 1e-6,
+        max_iterations: 200_000,
+        ..Default::default()
+    }
+}
+
+fn solve(mask: &Array3<u8>, dim: Dim, cfg: &LbmConfig) -> LatticeFlow {
+    let flow = solve_lattice(mask.view(), dim, cfg, None, None).expect("solve");
+    assert!(
+        flow.converged,
+        "did not converge: {:?}",
+        (flow.iterations, flow.residual)
+    );
+    flow
+}
+
+/// Disk of radius r (lattice units) centred at (cx, cy) in a periodic nx × ny plane.
+fn disks(nx: usize, ny: usize, centres: &[(f64, f64)], r: f64) -> Array3<u8> {
+    Array3::from_shape_fn((1, ny, nx), |(_, y, x)| {
+        let inside = centres.iter().any(|&(cx, cy)| {
+            let mut dx = (x as f64 + 0.5 - cx).abs();
+            let mut dy = (y as f64 + 0.5 - cy).abs();
+            dx = dx.min(nx as f64 - dx);
+            dy = dy.min(ny as f64 - dy);
+            dx * dx + dy * dy < r * r
+        });
+        u8::from(!inside)
+    })
+}
+
+fn solid_fraction(mask: &Array3<u8>) -> f64 {
+    mask.iter().filter(|&&v| v == 0).count() as f64 / mask.len() as f64
+}
+
+#[test]
+fn plane_poiseuille_is_exact_at_the_nodes() {
+    let n = 12;
+    let mut mask = Array3::<u8>::ones((1, n + 2, 4));
+    mask.slice_mut(s![0, 0, ..]).fill(0);
+    mask.slice_mut(s![0, n + 1, ..]).fill(0);
+    for tau in [0.8, 1.5, 3.0] {
+        let cfg = LbmConfig { tau, ..tight() };
+        let flow = solve(&mask, Dim::Two, &cfg);
+        let (f, nu) = (cfg.force, cfg.nu());
+        for j in 1..=n {
+            // Half-way bounce-back: the wall sits half a cell outside the first fluid node.
+            let d = j as f64 - 0.5;
+            let exact = f / (2.0 * nu) * d * (n as f64 - d);
+            let got = f64::from(flow.velocity[j * 4 + 2][0]);
+            assert!(
+                (got - exact).abs() < 2e-4 * exact,
+                "tau {tau}, node {j}: {got} vs {exact}"
+            );
+            assert!(f64::from(flow.velocity[j * 4 + 2][1].abs()) < 1e-6 * exact);
+        }
+    }
+}
+
+#[test]
+fn square_duct_flux_matches_the_series_solution() {
+    let n = 16;
+    let mut mask = Array3::<u8>::zeros((n + 2, n + 2, 2));
+    mask.slice_mut(s![1..=n, 1..=n, ..]).fill(1);
+    let cfg = tight();
+    let flow = solve(&mask, Dim::Three, &cfg);
+    // Flux through one cross-section (cells of unit area) vs Q = 0.421731·F h⁴/(12ν).
+    let q: f64 = flow
+        .velocity
+        .iter()
+        .step_by(2)
+        .map(|v| f64::from(v[0]))
+        .sum();
+    let exact = 0.421731 * cfg.force * (n as f64).powi(4) / (12.0 * cfg.nu());
+    assert!((q - exact).abs() < 0.01 * exact, "{q} vs {exact}");
+}
+
+/// Drummond & Tahir (1984), square array, transverse: K/r².
+fn drummond_tahir_square(vf: f64) -> f64 {
+    (1.0 / (8.0 * vf))
+        * (-vf.ln() - 1.476 + (2.0 * vf - 0.796 * vf * vf) / (1.0 + 0.489 * vf - 1.605 * vf * vf))
+}
+
+#[test]
+fn square_array_matches_drummond_tahir() {
+    let l = 64;
+    for vf in [0.1, 0.2] {
+        let r = (vf * (l * l) as f64 / PI).sqrt();
+        let mask = disks(l, l, &[(l as f64 / 2.0, l as f64 / 2.0)], r);
+        let vox = solid_fraction(&mask);
+        let r_vox = (vox * (l * l) as f64 / PI).sqrt();
+        let flow = solve(&mask, Dim::Two, &LbmConfig::default());
+        let expect = drummond_tahir_square(vox) * r_vox * r_vox;
+        let err = (flow.permeability - expect) / expect;
+        assert!(
+            err.abs() < 0.02,
+            "Vf {vox:.4}: K {} vs {expect} ({err:+.4})",
+            flow.permeability
+        );
+    }
+}
+
+#[test]
+fn hexagonal_array_matches_gebart() {
+    // Hexagonal cell a × a√3 with two fibres; a = 56 makes a√3 = 96.995 ≈ 97.
+    let (a, h) = (56usize, 97usize);
+    let r = (0.5 * (a * h) as f64 / (2.0 * PI)).sqrt();
+    assert!(r >= 18.0);
+    let mask = disks(a, h, &[(0.0, 0.0), (a as f64 / 2.0, h as f64 / 2.0)], r);
+    let vox = solid_fraction(&mask);
+    let r_vox = (vox * (a * h) as f64 / (2.0 * PI)).sqrt();
+    let flow = solve(&mask, Dim::Two, &LbmConfig::default());
+    let c1 = 16.0 / (9.0 * PI * 6f64.sqrt());
+    let vf_max = PI / (2.0 * 3f64.sqrt());
+    let expect = c1 * ((vf_max / vox).sqrt() - 1.0).powf(2.5) * r_vox * r_vox;
+    let err = (flow.permeability - expect) / expect;
+    assert!(
+        err.abs() < 0.03,
+        "Vf {vox:.4}: K {} vs Gebart {expect} ({err:+.4})",
+        flow.permeability
+    );
+}
+
+/// A random-looking but fixed 2D packing of overlapping-free disks.
+fn packing(nx: usize, ny: usize) -> Array3<u8> {
+    disks(
+        nx,
+        ny,
+        &[
+            (10.3, 7.1),
+            (30.8, 12.4),
+            (21.5, 30.2),
+            (5.2, 33.9),
+            (36.1, 36.7),
+            (40.0, 22.0),
+        ],
+        6.3,
+    )
+}
+
+#[test]
+fn mass_is_conserved_and_fibres_do_not_move() {
+    let mask = packing(48, 44);
+    let flow = solve(&mask, Dim::Two, &tight());
+    let (ny, nx) = (44, 48);
+    for (v, &m) in flow.velocity.iter().zip(mask.iter()) {
+        if m == 0 {
+            assert_eq!(*v, [0.0; 3]);
+        }
+    }
+    // Flux through every cross-section x = const is the same (integral continuity).
+    let q: Vec<f64> = (0..nx)
+        .map(|x| {
+            (0..ny)
+                .map(|y| f64::from(flow.velocity[y * nx + x][0]))
+                .sum()
+        })
+        .collect();
+    let mean = q.iter().sum::<f64>() / nx as f64;
+    let worst = q.iter().map(|v| (v - mean).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-3 * mean, "flux varies by {worst} around {mean}");
+    // Pointwise: central-difference divergence in fully fluid interiors, against |u|/dx.
+    let (mut div, mut speed, mut n) = (0.0, 0.0, 0);
+    let at = |x: usize, y: usize| flow.velocity[(y % ny) * nx + (x % nx)];
+    for y in 0..ny {
+        for x in 0..nx {
+            let nb = [
+                (x + 1, y),
+                (x + nx - 1, y),
+                (x, y + 1),
+                (x, y + ny - 1),
+                (x, y),
+            ];
+            if nb.iter().all(|&(a, b)| mask[[0, b % ny, a % nx]] == 1) {
+                let d = (at(x + 1, y)[0] - at(x + nx - 1, y)[0]) / 2.0
+                    + (at(x, y + 1)[1] - at(x, y + ny - 1)[1]) / 2.0;
+                div += f64::from(d.abs());
+                speed += f64::from(at(x, y)[0].hypot(at(x, y)[1]));
+                n += 1;
+            }
+        }
+    }
+    let ratio = div / speed;
+    // Measured 4.4e-3: O(dx²) truncation at the walls; a wrong scheme gives O(1).
+    assert!(
+        n > 100 && ratio < 1e-2,
+        "mean |div u|·dx / mean |u| = {ratio}"
+    );
+}
+
+#[test]
+fn mirroring_y_flips_vy_and_keeps_k() {
+    let (nx, ny) = (48, 44);
+    let mask = packing(nx, ny);
+    let mirrored = mask.slice(s![.., ..;-1, ..]).to_owned();
+    let cfg = tight();
+    let a = solve(&mask, Dim::Two, &cfg);
+    let b = solve(&mirrored, Dim::Two, &cfg);
+    assert!((a.permeability - b.permeability).abs() < 1e-5 * a.permeability);
+    let scale = a.velocity.iter().map(|v| v[0].abs()).fold(0.0, f32::max);
+    for y in 0..ny {
+        for x in 0..nx {
+            let (u, w) = (a.velocity[y * nx + x], b.velocity[(ny - 1 - y) * nx + x]);
+            assert!((u[0] - w[0]).abs() < 1e-4 * scale, "vx at {y},{x}");
+            assert!((u[1] + w[1]).abs() < 1e-4 * scale, "vy at {y},{x}");
+        }
+    }
+    // The geometry is not symmetric itself, so vy is really there to flip.
+    let vy_max = a.velocity.iter().map(|v| v[1].abs()).fold(0.0, f32::max);
+    assert!(vy_max > 0.05 * scale);
+}
+
+#[test]
+fn three_d_solver_reproduces_two_d_on_a_z_invariant_geometry() {
+    let (nx, ny, nz) = (48, 44, 3);
+    let plane = packing(nx, ny);
+    let volume = Array3::from_shape_fn((nz, ny, nx), |(_, y, x)| plane[[0, y, x]]);
+    let cfg = tight();
+    let two = solve(&plane, Dim::Two, &cfg);
+    let three = solve(&volume, Dim::Three, &cfg);
+    let scale = two.velocity.iter().map(|v| v[0].abs()).fold(0.0, f32::max);
+    let vz_max = three
+        .velocity
+        .iter()
+        .map(|v| v[2].abs())
+        .fold(0.0, f32::max);
+    assert!(vz_max < 1e-5 * scale, "vz = {vz_max}");
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for z in 0..nz {
+        for c in 0..nx * ny {
+            for k in 0..2 {
+                let d = three.velocity[z * nx * ny + c][k] - two.velocity[c][k];
+                diff += f64::from(d).powi(2);
+                norm += f64::from(two.velocity[c][k]).powi(2);
+            }
+        }
+    }
+    let rel = (diff / norm).sqrt();
+    assert!(rel < 1e-4, "relative L2 difference {rel}");
+    assert!((three.permeability - two.permeability).abs() < 1e-4 * two.permeability);
+}
+
+#[test]
+fn permeability_does_not_depend_on_tau() {
+    let mask = packing(48, 44);
+    let k: Vec<f64> = [0.8, 1.5, 3.0]
+        .iter()
+        .map(|&tau| solve(&mask, Dim::Two, &LbmConfig { tau, ..tight() }).permeability)
+        .collect();
+    assert!(
+        (k[0] - k[2]).abs() < 1e-3 * k[1] && (k[1] - k[2]).abs() < 1e-3 * k[1],
+        "{k:?}"
+    );
+}
+
+#[test]
+fn inclined_slot_turns_the_flow_into_vz() {
+    // A fluid slot at 45° in the x–z plane: flow driven along x must follow the slot,
+    // so ⟨vz⟩ = ⟨vx⟩; mirroring z flips vz.
+    let (n, gap) = (24usize, 8usize);
+    let slot = |mirror: bool| {
+        Array3::from_shape_fn((n, 3, n), |(z, _, x)| {
+            let z = if mirror { n - 1 - z } else { z };
+            u8::from((z + n - x) % n < gap)
+        })
+    };
+    let cfg = tight();
+    let a = solve(&slot(false), Dim::Three, &cfg);
+    let b = solve(&slot(true), Dim::Three, &cfg);
+    let [ux, uy, uz] = a.mean_velocity;
+    assert!((uz / ux - 1.0).abs() < 0.02, "vz/vx = {}", uz / ux);
+    assert!(uy.abs() < 1e-6 * ux);
+    assert!((b.mean_velocity[2] + uz).abs() < 1e-5 * ux);
+    assert!((b.mean_velocity[0] - ux).abs() < 1e-5 * ux);
+}
