@@ -169,7 +169,7 @@ mod tests {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            u8::from((state >> 33) % 7 != 0)
+            u8::from(!(state >> 33).is_multiple_of(7))
         });
         let fast = periodic_edt(plane.view(), |v| v == 0);
         let slow = brute(plane.view());

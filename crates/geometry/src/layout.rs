@@ -41,3 +41,66 @@ impl VoxelSize {
         [self.dx_m, self.dy_m, self.dz_m]
     }
 }
+
+/// Number of cubic-cell lattice planes spanning `slices` slices `pitch_m` apart at pixel `dx_m`.
+pub fn lattice_planes(slices: usize, pitch_m: f64, dx_m: f64) -> usize {
+    ((slices as f64 * pitch_m / dx_m).round() as usize).max(1)
+}
+
+/// How a sample is sampled: a square `size`×`size` raster of the window and `slices`
+/// slices `pitch_um` apart (the z period is `slices · pitch_um`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceGrid {
+    /// Pixels along x and y (H = W).
+    pub size: usize,
+    /// Slices along z (S).
+    pub slices: usize,
+    /// Slice pitch, µm.
+    pub pitch_um: f64,
+}
+
+impl Default for SliceGrid {
+    /// The reference resolution: 256×256 pixels, 11 slices 5 µm apart.
+    fn default() -> Self {
+        Self {
+            size: 256,
+            slices: 11,
+            pitch_um: 5.0,
+        }
+    }
+}
+
+impl SliceGrid {
+    /// z period of the sample, µm.
+    pub fn z_period_um(&self) -> f64 {
+        self.slices as f64 * self.pitch_um
+    }
+
+    /// Voxel size for a square window of `window_um`.
+    pub fn voxel(&self, window_um: f64) -> VoxelSize {
+        VoxelSize::from_um(window_um / self.size as f64, self.pitch_um)
+    }
+
+    /// Lattice planes of the 3D solve over the z period.
+    pub fn lattice_planes(&self, window_um: f64) -> usize {
+        let v = self.voxel(window_um);
+        lattice_planes(self.slices, v.dz_m, v.dx_m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_grid_matches_the_reference() {
+        let g = SliceGrid::default();
+        let v = g.voxel(50.0);
+        assert!((v.dx_m - 0.1953125e-6).abs() < 1e-15);
+        assert!((v.dz_m / v.dx_m - 25.6).abs() < 1e-9);
+        assert_eq!(g.lattice_planes(50.0), 282);
+        let small = SliceGrid { size: 64, ..g };
+        assert_eq!(small.lattice_planes(50.0), 70);
+    }
+}

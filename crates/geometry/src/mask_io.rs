@@ -129,6 +129,29 @@ fn read_npy_binary(path: &Path) -> Result<Array3<u8>, GeometryError> {
     }
 }
 
+/// Writes each slice of a `(S, H, W)` mask as `slice_000.png`, … (fluid white, fibre black),
+/// the layout `load_mask` reads back.
+pub fn save_png_stack(mask: &Array3<u8>, dir: &Path) -> Result<(), GeometryError> {
+    std::fs::create_dir_all(dir).map_err(|source| GeometryError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let (_, h, w) = mask.dim();
+    for (k, slice) in mask.outer_iter().enumerate() {
+        let path = dir.join(format!("slice_{k:03}.png"));
+        let img = image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
+            image::Luma([if slice[[y as usize, x as usize]] != 0 {
+                255
+            } else {
+                0
+            }])
+        });
+        img.save(&path)
+            .map_err(|e| GeometryError::input(&path, format!("cannot write PNG: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Reads every PNG/TIFF in a folder (sorted by name) as one slice; bright (≥ half range) = 1.
 fn read_image_folder(dir: &Path) -> Result<Array3<u8>, GeometryError> {
     let io = |source| GeometryError::Io {
@@ -255,6 +278,14 @@ mod tests {
                 .to_string()
                 .contains("no such")
         );
+    }
+
+    #[test]
+    fn png_stack_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Array3::from_shape_fn((3, 5, 7), |(s, y, x)| u8::from((s + y * x) % 3 != 0));
+        save_png_stack(&m, dir.path()).unwrap();
+        assert_eq!(load_mask(dir.path(), SolidValue::Low).unwrap(), m);
     }
 
     #[test]

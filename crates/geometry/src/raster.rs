@@ -4,6 +4,7 @@
 //! fibre's local axis, measured perpendicular to the axis, so a leaning fibre cuts the
 //! plane in the slightly stretched ellipse it really makes.
 
+use crate::layout::SliceGrid;
 use crate::packing::{Microstructure, min_image};
 use ndarray::{Array2, Array3, Axis};
 use rayon::prelude::*;
@@ -53,6 +54,13 @@ impl Microstructure {
     pub fn rasterise_volume(&self, planes: usize, n: usize) -> Array3<u8> {
         let dz = self.z_period_um / planes as f64;
         self.rasterise_heights(&(0..planes).map(|k| k as f64 * dz).collect::<Vec<_>>(), n)
+    }
+
+    /// Slice masks `(S, n, n)` and the 3D lattice's plane masks `(NZ, n, n)` of a sample grid.
+    pub fn sample_masks(&self, grid: &SliceGrid) -> (Array3<u8>, Array3<u8>) {
+        let slices = self.rasterise_slices(grid.slices, grid.pitch_um, grid.size);
+        let planes = self.rasterise_volume(grid.lattice_planes(self.window_um), grid.size);
+        (slices, planes)
     }
 
     fn rasterise_heights(&self, z_um: &[f64], n: usize) -> Array3<u8> {

@@ -1,12 +1,14 @@
 //! The fused pull-stream / TRT-collide step and the moment pass.
 //!
-//! Populations live in one `Vec<f32>` blocked by lattice row: row r = z·ny + y holds its Q
-//! direction arrays of nx cells one after the other, `f[(r·Q + q)·nx + x]`. A step writes
-//! whole rows of the second lattice, so rayon can hand rows to threads without sharing,
-//! and every inner loop runs over contiguous x, which the compiler vectorises.
+//! Populations live in one `Vec<f32>` ordered by direction, `f[q·cells + (z·ny + y)·nx + x]`,
+//! so each direction is one long contiguous stream that hardware prefetchers follow across
+//! consecutive rows. A step hands blocks of consecutive rows to threads; each block writes
+//! only its own cells of every direction, so the output splits into disjoint slices.
+//! Every inner loop runs over contiguous x, which the compiler vectorises.
 //! Bytes per fluid-cell update: Q reads + Q writes (+ Q write-allocate reads) of f32.
 
-use crate::lattice::VelocitySet;
+use crate::lattice::{VelocitySet, opposite};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Cells processed together in the collision, a multiple of the widest SIMD lane count.
@@ -27,6 +29,13 @@ impl Grid {
 
     pub fn cells(&self) -> usize {
         self.nx * self.rows()
+    }
+
+    /// Distance between direction arrays: the cells plus 128 bytes, so that the Q streams
+    /// of a step never all map to the same L1 cache sets (lattices are often a multiple
+    /// of 4 KiB per direction, which would make every access conflict).
+    pub fn stride(&self) -> usize {
+        self.cells() + 32
     }
 
     /// Row holding the cells (·, y, z).
@@ -57,8 +66,8 @@ pub struct Trt {
 /// Post-streaming populations of row `r` into `buf` (Q·nx): pulled from the upwind
 /// neighbour, or bounced back from the cell's own opposite population when that
 /// neighbour is fibre (half-way bounce-back).
-fn gather_row<const Q: usize>(
-    set: &VelocitySet<Q>,
+#[inline(always)]
+fn gather_row<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     f: &[f32],
     fluid: &[u8],
@@ -67,13 +76,19 @@ fn gather_row<const Q: usize>(
 ) {
     let nx = grid.nx;
     for q in 0..Q {
-        let [cx, cy, cz] = set.c[q];
+        let [cx, cy, cz] = V::C[q];
         let src_row = grid.shifted_row(r, -cy, -cz);
-        let src = &f[(src_row * Q + q) * nx..][..nx];
+        let stride = grid.stride();
+        let src = &f[q * stride + src_row * nx..][..nx];
         let src_fluid = &fluid[src_row * nx..][..nx];
-        let own_opp = &f[(r * Q + VelocitySet::<Q>::opposite(q)) * nx..][..nx];
+        let own_opp = &f[opposite(q) * stride + r * nx..][..nx];
         let dst = &mut buf[q * nx..][..nx];
-        let pick = |s: f32, is_fluid: u8, bb: f32| if is_fluid != 0 { s } else { bb };
+        // Bitwise blend of two plain loads: a branch or `if` here is compiled into an
+        // address select and a hardware gather, several times slower.
+        let pick = |s: f32, is_fluid: u8, bb: f32| {
+            let keep = 0u32.wrapping_sub(u32::from(is_fluid != 0));
+            f32::from_bits((s.to_bits() & keep) | (bb.to_bits() & !keep))
+        };
         match cx {
             0 => {
                 for x in 0..nx {
@@ -98,28 +113,24 @@ fn gather_row<const Q: usize>(
 
 /// Density deviation and velocity u = j + F/2 of `L` cells starting at `x0` of a gathered row.
 #[inline(always)]
-fn moments<const Q: usize, const L: usize>(
-    set: &VelocitySet<Q>,
+fn moments<const Q: usize, V: VelocitySet<Q>, const L: usize>(
     buf: &[f32],
     nx: usize,
     x0: usize,
     force: [f32; 3],
-) -> ([[f32; L]; Q], [f32; L], [[f32; L]; 3]) {
-    let mut g = [[0.0f32; L]; Q];
-    for (q, gq) in g.iter_mut().enumerate() {
-        gq.copy_from_slice(&buf[q * nx + x0..][..L]);
-    }
+) -> ([f32; L], [[f32; L]; 3]) {
     let mut rho = [0.0f32; L];
     let mut u = [[0.0f32; L]; 3];
-    for (q, gq) in g.iter().enumerate() {
+    for q in 0..Q {
+        let g = &buf[q * nx + x0..][..L];
         for l in 0..L {
-            rho[l] += gq[l];
+            rho[l] += g[l];
         }
         for (a, ua) in u.iter_mut().enumerate() {
-            let c = set.c[q][a] as f32;
+            let c = V::C[q][a] as f32;
             if c != 0.0 {
                 for l in 0..L {
-                    ua[l] += c * gq[l];
+                    ua[l] += c * g[l];
                 }
             }
         }
@@ -129,85 +140,126 @@ fn moments<const Q: usize, const L: usize>(
             *v += 0.5 * fa;
         }
     }
-    (g, rho, u)
+    (rho, u)
 }
 
-/// TRT collision of `L` cells with the linear Stokes equilibrium and Guo forcing,
-/// written to `out` (the row's slot in the new lattice). Fibre cells get zeros.
+/// TRT collision of `L` cells with the linear Stokes equilibrium and Guo forcing, written
+/// to `outs[q][at..]` (the row's cells of each direction in the new lattice). Fibre cells
+/// get zeros. Each opposite pair is loaded, relaxed and stored in turn, so only the
+/// moments stay in registers.
 #[inline(always)]
-fn collide<const Q: usize, const L: usize>(
-    set: &VelocitySet<Q>,
+fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
     trt: &Trt,
     buf: &[f32],
     fluid: &[u8],
     x0: usize,
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
+    at: usize,
 ) {
     let nx = fluid.len();
-    let (g, rho, u) = moments::<Q, L>(set, buf, nx, x0, trt.force);
+    let (rho, u) = moments::<Q, V, L>(buf, nx, x0, trt.force);
     let mut keep = [0.0f32; L];
     for l in 0..L {
         keep[l] = f32::from(fluid[x0 + l]);
     }
     let (wp, wm) = (trt.omega_plus, trt.omega_minus);
     let src_scale = 1.0 - 0.5 * wm;
-    let mut post = [[0.0f32; L]; Q];
-    for l in 0..L {
-        post[0][l] = keep[l] * (g[0][l] - wp * (g[0][l] - set.w[0] * rho[l]));
+    {
+        let g = &buf[x0..][..L];
+        let out = &mut outs[0][at + x0..][..L];
+        for l in 0..L {
+            out[l] = keep[l] * (g[l] - wp * (g[l] - V::W[0] * rho[l]));
+        }
     }
     for a in (1..Q).step_by(2) {
         let b = a + 1;
-        let w = set.w[a];
-        let c = set.c[a].map(|v| v as f32);
+        let w = V::W[a];
+        let c = V::C[a].map(|v| v as f32);
         let cf = c[0] * trt.force[0] + c[1] * trt.force[1] + c[2] * trt.force[2];
         let source = 3.0 * w * cf * src_scale;
+        let ga = &buf[a * nx + x0..][..L];
+        let gb = &buf[b * nx + x0..][..L];
+        let mut pa = [0.0f32; L];
+        let mut pb = [0.0f32; L];
         for l in 0..L {
             let cu = c[0] * u[0][l] + c[1] * u[1][l] + c[2] * u[2][l];
-            let plus = wp * (0.5 * (g[a][l] + g[b][l]) - w * rho[l]);
-            let minus = wm * (0.5 * (g[a][l] - g[b][l]) - 3.0 * w * cu);
-            post[a][l] = keep[l] * (g[a][l] - plus - minus + source);
-            post[b][l] = keep[l] * (g[b][l] - plus + minus - source);
+            let plus = wp * (0.5 * (ga[l] + gb[l]) - w * rho[l]);
+            let minus = wm * (0.5 * (ga[l] - gb[l]) - 3.0 * w * cu);
+            pa[l] = keep[l] * (ga[l] - plus - minus + source);
+            pb[l] = keep[l] * (gb[l] - plus + minus - source);
         }
-    }
-    for (q, pq) in post.iter().enumerate() {
-        out[q * nx + x0..][..L].copy_from_slice(pq);
+        outs[a][at + x0..][..L].copy_from_slice(&pa);
+        outs[b][at + x0..][..L].copy_from_slice(&pb);
     }
 }
 
+/// Streams and collides row `r` into `outs[q][at..at + nx]`, compiled for AVX-512, AVX2+FMA
+/// and the baseline, chosen at run time so one binary is fast on any x86-64 machine.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+#[allow(clippy::too_many_arguments)]
+fn update_row<const Q: usize, V: VelocitySet<Q>>(
+    grid: &Grid,
+    trt: &Trt,
+    f: &[f32],
+    fluid: &[u8],
+    r: usize,
+    buf: &mut [f32],
+    outs: &mut [&mut [f32]],
+    at: usize,
+) {
+    let nx = grid.nx;
+    gather_row::<Q, V>(grid, f, fluid, r, buf);
+    let row_fluid = &fluid[r * nx..][..nx];
+    // Whole SIMD-width chunks, then the remainder cell by cell.
+    let wide = nx - nx % LANES;
+    for x0 in (0..wide).step_by(LANES) {
+        collide::<Q, V, LANES>(trt, buf, row_fluid, x0, outs, at);
+    }
+    for x0 in wide..nx {
+        collide::<Q, V, 1>(trt, buf, row_fluid, x0, outs, at);
+    }
+}
+
+/// Rows per parallel task: enough tasks to balance the threads, long enough streams.
+fn rows_per_task(grid: &Grid) -> usize {
+    (grid.rows() / (8 * rayon::current_num_threads())).max(1)
+}
+
 /// One lattice time step: stream from `f` and collide into `f_new`.
-pub fn step<const Q: usize>(
-    set: &VelocitySet<Q>,
+pub fn step<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     trt: &Trt,
     f: &[f32],
     fluid: &[u8],
     f_new: &mut [f32],
 ) {
-    let nx = grid.nx;
-    f_new
-        .par_chunks_mut(Q * nx)
-        .enumerate()
-        .with_min_len(4)
-        .for_each_init(
-            || vec![0.0f32; Q * nx],
-            |buf, (r, out)| {
-                gather_row(set, grid, f, fluid, r, buf);
-                let row_fluid = &fluid[r * nx..][..nx];
-                // Whole SIMD-width chunks, then the remainder cell by cell.
-                let wide = nx - nx % LANES;
-                for x0 in (0..wide).step_by(LANES) {
-                    collide::<Q, LANES>(set, trt, buf, row_fluid, x0, out);
-                }
-                for x0 in wide..nx {
-                    collide::<Q, 1>(set, trt, buf, row_fluid, x0, out);
-                }
-            },
-        );
+    let (nx, cells) = (grid.nx, grid.cells());
+    let block = rows_per_task(grid) * nx;
+    // tasks[t][q]: the cells of direction q that task t writes.
+    let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+    for dir in f_new.chunks_mut(grid.stride()) {
+        for (t, part) in dir[..cells].chunks_mut(block).enumerate() {
+            if tasks.len() <= t {
+                tasks.push(Vec::with_capacity(Q));
+            }
+            tasks[t].push(part);
+        }
+    }
+    tasks.into_par_iter().enumerate().for_each(|(t, mut outs)| {
+        let mut buf = vec![0.0f32; Q * nx];
+        let first_row = t * block / nx;
+        for (i, r) in (first_row..grid.rows().min(first_row + block / nx)).enumerate() {
+            update_row::<Q, V>(grid, trt, f, fluid, r, &mut buf, &mut outs, i * nx);
+        }
+    });
 }
 
 /// Density deviation δρ and velocity (ux, uy, uz) of every cell, zero in fibre.
-pub fn macroscopic<const Q: usize>(
-    set: &VelocitySet<Q>,
+pub fn macroscopic<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     force: [f32; 3],
     f: &[f32],
@@ -222,13 +274,13 @@ pub fn macroscopic<const Q: usize>(
         .for_each_init(
             || vec![0.0f32; Q * nx],
             |buf, (r, (rho_row, vel_row))| {
-                gather_row(set, grid, f, fluid, r, buf);
+                gather_row::<Q, V>(grid, f, fluid, r, buf);
                 let row_fluid = &fluid[r * nx..][..nx];
                 for x in 0..nx {
                     if row_fluid[x] == 0 {
                         continue;
                     }
-                    let (_, d, u) = moments::<Q, 1>(set, buf, nx, x, force);
+                    let (d, u) = moments::<Q, V, 1>(buf, nx, x, force);
                     rho_row[x] = d[0];
                     vel_row[x] = [u[0][0], u[1][0], u[2][0]];
                 }
@@ -238,28 +290,23 @@ pub fn macroscopic<const Q: usize>(
 }
 
 /// Populations at equilibrium with δρ = 0 and the given velocities (zero in fibre).
-pub fn equilibrium<const Q: usize>(
-    set: &VelocitySet<Q>,
+pub fn equilibrium<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     fluid: &[u8],
     vel: Option<&[[f32; 3]]>,
 ) -> Vec<f32> {
-    let nx = grid.nx;
-    let mut f = vec![0.0f32; grid.cells() * Q];
+    let mut f = vec![0.0f32; grid.stride() * Q];
     if let Some(vel) = vel {
-        f.par_chunks_mut(Q * nx).enumerate().for_each(|(r, row)| {
-            for q in 0..Q {
-                let c = set.c[q].map(|v| v as f32);
-                for x in 0..nx {
-                    let cell = r * nx + x;
-                    if fluid[cell] != 0 {
-                        let u = vel[cell];
-                        row[q * nx + x] =
-                            3.0 * set.w[q] * (c[0] * u[0] + c[1] * u[1] + c[2] * u[2]);
+        f.par_chunks_mut(grid.stride())
+            .enumerate()
+            .for_each(|(q, dir)| {
+                let c = V::C[q].map(|v| v as f32);
+                for ((o, u), &m) in dir.iter_mut().zip(vel).zip(fluid) {
+                    if m != 0 {
+                        *o = 3.0 * V::W[q] * (c[0] * u[0] + c[1] * u[1] + c[2] * u[2]);
                     }
                 }
-            }
-        });
+            });
     }
     f
 }

@@ -8,6 +8,7 @@
 //! precision keeps creeping-flow velocities accurate. Flow is driven along +x by a body
 //! force standing in for the mean pressure gradient; all boundaries are periodic.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod kernel;

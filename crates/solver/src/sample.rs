@@ -22,11 +22,6 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Number of cubic-cell lattice planes that spans `slices` slices `pitch_m` apart.
-pub fn lattice_planes(slices: usize, pitch_m: f64, dx_m: f64) -> usize {
-    ((slices as f64 * pitch_m / dx_m).round() as usize).max(1)
-}
-
 /// Convergence and permeability of one solve, as written to `permeability.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SolveStats {
@@ -335,7 +330,6 @@ mod tests {
 
     #[test]
     fn planes_and_brackets() {
-        assert_eq!(lattice_planes(11, 5e-6, 50e-6 / 64.0), 70);
         assert_eq!(bracket(3.25, 10), (3, 4, 0.25));
         assert_eq!(bracket(9.5, 10), (9, 0, 0.5));
     }

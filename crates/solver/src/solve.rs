@@ -73,13 +73,12 @@ pub fn solve_lattice(
         )));
     }
     match dim {
-        Dim::Two => run(&D2Q9, grid, &fluid, cfg, init, progress),
-        Dim::Three => run(&D3Q19, grid, &fluid, cfg, init, progress),
+        Dim::Two => run::<9, D2Q9>(grid, &fluid, cfg, init, progress),
+        Dim::Three => run::<19, D3Q19>(grid, &fluid, cfg, init, progress),
     }
 }
 
-fn run<const Q: usize>(
-    set: &VelocitySet<Q>,
+fn run<const Q: usize, V: VelocitySet<Q>>(
     grid: Grid,
     fluid: &[u8],
     cfg: &LbmConfig,
@@ -91,7 +90,7 @@ fn run<const Q: usize>(
         omega_minus: (1.0 / cfg.tau_minus()) as f32,
         force: [cfg.force as f32, 0.0, 0.0],
     };
-    let mut f = kernel::equilibrium(set, &grid, fluid, init);
+    let mut f = kernel::equilibrium::<Q, V>(&grid, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
     let mut prev: Option<(f64, Vec<[f32; 3]>)> = None;
     let (mut residual, mut field_residual) = (f64::INFINITY, f64::INFINITY);
@@ -99,11 +98,11 @@ fn run<const Q: usize>(
     let mut converged = false;
     while iterations < cfg.max_iterations {
         for _ in 0..cfg.check_every {
-            kernel::step(set, &grid, &trt, &f, fluid, &mut f_new);
+            kernel::step::<Q, V>(&grid, &trt, &f, fluid, &mut f_new);
             std::mem::swap(&mut f, &mut f_new);
         }
         iterations += cfg.check_every;
-        let (_, vel) = kernel::macroscopic(set, &grid, trt.force, &f, fluid);
+        let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid);
         let flux = mean(&vel)[0];
         if !flux.is_finite() {
             return Err(SolverError::Diverged {
@@ -123,7 +122,7 @@ fn run<const Q: usize>(
             break;
         }
     }
-    let (density, velocity) = kernel::macroscopic(set, &grid, trt.force, &f, fluid);
+    let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid);
     let mean_velocity = mean(&velocity);
     let porosity = fluid.iter().filter(|&&v| v != 0).count() as f64 / grid.cells() as f64;
     Ok(LatticeFlow {

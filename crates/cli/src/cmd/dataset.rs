@@ -1,0 +1,158 @@
+//! `fiberflow dataset`: import the reference data, export to NumPy, inspect, merge
+//! shards, and (re)write the split and the train-only statistics of a dataset.
+
+use std::path::PathBuf;
+
+use crate::progress::Bar;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use fiberflow_data::statistics::STATISTICS_FILE;
+use fiberflow_data::{
+    Dataset, DatasetInfo, Manifest, SplitMode, Splits, Statistics, Subset, export_npy,
+    import_reference, merge,
+};
+
+#[derive(Args, Debug)]
+pub struct DatasetArgs {
+    #[command(subcommand)]
+    command: DatasetCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetCommand {
+    /// Import the reference dataset (SRC/x/{domain,U_2d,U,p,dxyz}.pt) with its exact split.
+    ImportReference {
+        /// Directory holding `x/` (or `x/` itself).
+        src: PathBuf,
+        /// New dataset directory (re-running resumes an interrupted import).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write samples as .npy files with a leading sample axis (plus indices.npy).
+    Export {
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "npy", value_parser = ["npy"])]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this subset (train, val or test), in split order.
+        #[arg(long)]
+        split: Option<Subset>,
+    },
+    /// Summarise a dataset: shapes, split sizes, porosity and K ranges, statistics.
+    Info {
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join shard directories written with `--shard i/n` into one dataset.
+    Merge {
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of samples expected (otherwise the highest index found + 1).
+        #[arg(long)]
+        samples: Option<usize>,
+    },
+    /// Compute statistics.json from the training split (written once; --force recomputes).
+    Stats {
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write splits.json (written once; --force replaces it and makes statistics stale).
+    Split {
+        dir: PathBuf,
+        /// `fiberflow` (ChaCha8, sorted lists) or `reference` (the reference's Python shuffle).
+        #[arg(long, default_value = "fiberflow")]
+        mode: SplitMode,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn run(args: DatasetArgs) -> Result<()> {
+    let mut bar = Bar::default();
+    match args.command {
+        DatasetCommand::ImportReference { src, out } => {
+            let dataset = import_reference(&src, &out, &mut bar)?;
+            println!("imported {} samples into {}", dataset.len(), out.display());
+        }
+        DatasetCommand::Export {
+            dir,
+            format: _,
+            out,
+            split,
+        } => {
+            let dataset = Dataset::open(&dir)?;
+            for file in export_npy(&dataset, &out, split, &mut bar)? {
+                println!("wrote {}", file.display());
+            }
+        }
+        DatasetCommand::Info { dir, json } => {
+            let info = DatasetInfo::gather(&Dataset::open(&dir)?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).context("cannot serialise the summary")?
+                );
+            } else {
+                println!("{info}");
+            }
+        }
+        DatasetCommand::Merge {
+            shards,
+            out,
+            samples,
+        } => {
+            let dataset = merge(&shards, &out, samples, &mut bar)?;
+            println!(
+                "merged {} shards into {} ({} samples)",
+                shards.len(),
+                out.display(),
+                dataset.len()
+            );
+        }
+        DatasetCommand::Stats { dir, force } => {
+            let dataset = Dataset::open(&dir)?;
+            if !force && dir.join(STATISTICS_FILE).exists() {
+                Statistics::load(&dataset)?;
+                println!(
+                    "{} is up to date (use --force to recompute)",
+                    dir.join(STATISTICS_FILE).display()
+                );
+            } else {
+                let stats = Statistics::compute(&dataset, &mut bar)?;
+                stats.save(&dir, force)?;
+                println!(
+                    "wrote {} from {} training samples",
+                    dir.join(STATISTICS_FILE).display(),
+                    stats.fingerprint.n_train
+                );
+            }
+        }
+        DatasetCommand::Split { dir, mode, force } => {
+            let manifest = Manifest::load(&dir)?;
+            let splits = Splits::new(manifest.len(), mode);
+            let unchanged = Splits::load(&dir, manifest.len()).is_ok_and(|old| old == splits);
+            splits.save(&dir, force)?;
+            println!(
+                "wrote {}: {mode}, train {}, val {}, test {}",
+                dir.join(fiberflow_data::split::SPLITS_FILE).display(),
+                splits.train.len(),
+                splits.val.len(),
+                splits.test.len()
+            );
+            if !unchanged && dir.join(STATISTICS_FILE).exists() {
+                println!(
+                    "note: statistics.json is now stale; run `fiberflow dataset stats {} --force`",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}

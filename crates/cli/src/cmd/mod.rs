@@ -1,0 +1,7 @@
+//! One module per subcommand: argument parsing and orchestration only.
+
+pub mod bench;
+pub mod dataset;
+pub mod generate;
+pub mod geometry;
+pub mod solve;

@@ -1,0 +1,61 @@
+//! `fiberflow`: thin command-line front end over the fiberflow libraries.
+
+mod cmd;
+mod config_file;
+mod output;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Predict 3D resin flow in fibre composites: make microstructures, solve Stokes flow,
+/// build datasets.
+#[derive(Parser)]
+#[command(name = "fiberflow", version, about)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Draw a random fibre microstructure and write its masks.
+    Geometry(cmd::geometry::GeometryArgs),
+    /// Solve 2D and/or 3D Stokes flow through a microstructure.
+    Solve(cmd::solve::SolveArgs),
+    /// Generate a dataset: microstructures with their 2D and 3D flows.
+    Generate(cmd::generate::GenerateArgs),
+    /// Inspect, import, export, merge and split datasets.
+    Dataset(cmd::dataset::DatasetArgs),
+    /// Measure throughput (solver kernels vs memory bandwidth, convergence time).
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+    {
+        eprintln!("error: cannot start {n} threads: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Geometry(a) => cmd::geometry::run(a),
+        Command::Solve(a) => cmd::solve::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Dataset(a) => cmd::dataset::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

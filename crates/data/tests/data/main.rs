@@ -1,0 +1,10 @@
+//! Integration tests of the data crate through its public API, on tiny datasets.
+
+mod common;
+mod export;
+mod info;
+mod loader;
+mod reference_import;
+mod sample_files;
+mod statistics;
+mod writer;

@@ -1,0 +1,148 @@
+//! Import of `.pt` fixtures written by PyTorch itself (scripts/make_reference_fixtures.py).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use fiberflow_data::{Dataset, Field, Silent, SplitMode, Statistics, import_reference};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
+}
+
+/// The formulas of scripts/make_reference_fixtures.py.
+fn u(n: usize, s: usize, c: usize, h: usize, w: usize) -> f32 {
+    let code = (n * 4096 + s * 512 + c * 128 + h * 16 + w) as f64;
+    let sign = if c == 1 { -1.0 } else { 1.0 };
+    (sign * code / 1024.0 * 1e-3) as f32
+}
+
+fn u2d(n: usize, s: usize, c: usize, h: usize, w: usize) -> f32 {
+    if c == 2 {
+        0.0
+    } else {
+        (0.5 * f64::from(u(n, s, c, h, w))) as f32
+    }
+}
+
+#[test]
+fn imported_values_equal_the_values_pytorch_saved() {
+    let out = tempfile::tempdir().unwrap();
+    let ds = import_reference(&fixtures(), out.path(), &mut Silent).unwrap();
+    assert_eq!(ds.len(), 4);
+    let shape = ds.manifest.header.shape;
+    assert_eq!((shape.slices, shape.height, shape.width), (3, 8, 8));
+    assert_eq!(ds.manifest.header.voxel_size.dz_m, 5e-6);
+    assert_eq!(ds.manifest.header.voxel_size.dx_m, 1e-7);
+
+    for n in 0..4 {
+        let sample = ds.open_sample(n).unwrap().load().unwrap();
+        for ((s, c, h, w), v) in sample.u.indexed_iter() {
+            assert_eq!(*v, u(n, s, c, h, w), "U[{n}, {s}, {c}, {h}, {w}]");
+        }
+        for ((s, c, h, w), v) in sample.u2d.indexed_iter() {
+            assert_eq!(*v, u2d(n, s, c, h, w), "U_2d[{n}, {s}, {c}, {h}, {w}]");
+        }
+        for ((s, _, h, w), v) in sample.p.indexed_iter() {
+            assert_eq!(*v, (n * 64 + s * 16 + h + w) as f32 * 0.5);
+        }
+        for ((s, _, h, w), v) in sample.domain.indexed_iter() {
+            assert_eq!(*v, if (n + s + h + w) % 3 != 0 { 1.0 } else { 0.0 });
+        }
+        let a = (1 + n) as f64;
+        assert_eq!(sample.dxyz, [a * 1e-7, a * 1e-7, 5e-6]);
+        let record = &ds.manifest.samples[n];
+        assert_eq!(record.porosity, sample.porosity());
+        assert!(record.k_3d_m2.is_nan());
+        assert_eq!(record.extra["reference_index"], n);
+    }
+
+    // python3 -c 'import random; idx=list(range(4)); random.Random(2024).shuffle(idx); print(idx)'
+    // gives [2, 1, 0, 3]; int(0.7*4) = 2, int(0.15*4) = 0.
+    assert_eq!(ds.splits.mode, SplitMode::Reference);
+    assert_eq!(
+        (
+            &ds.splits.train[..],
+            &ds.splits.val[..],
+            &ds.splits.test[..]
+        ),
+        (&[2, 1][..], &[][..], &[0, 3][..])
+    );
+    let stats = Statistics::load(&ds).unwrap();
+    // max |vx| over the training samples 1 and 2 is U[2, 2, 0, 7, 7].
+    assert_eq!(stats.u.vx.max_abs, f64::from(u(2, 2, 0, 7, 7)));
+
+    // Re-running resumes: nothing changes.
+    let manifest = fs::read(out.path().join("dataset.json")).unwrap();
+    let again = import_reference(&fixtures().join("x"), out.path(), &mut Silent).unwrap();
+    assert_eq!(fs::read(out.path().join("dataset.json")).unwrap(), manifest);
+    let reopened = Dataset::open(out.path()).unwrap();
+    // (Manifests with unknown = NaN permeabilities compare by hash, NaN != NaN.)
+    assert_eq!(
+        reopened.manifest.sha256(out.path()).unwrap(),
+        again.manifest.sha256(out.path()).unwrap()
+    );
+    assert!(
+        fs::read_dir(out.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp"))
+    );
+    assert_eq!(
+        again.open_sample(3).unwrap().read(Field::P).unwrap()[[0, 0, 0, 0]],
+        96.0
+    );
+}
+
+#[test]
+fn a_truncated_or_missing_pt_file_is_a_clear_error() {
+    let src = tempfile::tempdir().unwrap();
+    let x = src.path().join("x");
+    fs::create_dir(&x).unwrap();
+    for entry in fs::read_dir(fixtures().join("x")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), x.join(entry.file_name())).unwrap();
+    }
+    let bytes = fs::read(x.join("U_2d.pt")).unwrap();
+    fs::write(x.join("U_2d.pt"), &bytes[..bytes.len() - 100]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = import_reference(src.path(), out.path(), &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("U_2d.pt") && err.contains("corrupt or truncated"),
+        "{err}"
+    );
+
+    fs::remove_file(x.join("p.pt")).unwrap();
+    fs::write(x.join("U_2d.pt"), &bytes).unwrap();
+    let err = import_reference(src.path(), out.path(), &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("p.pt") && err.contains("not found") && err.contains("SRC/x/"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mismatched_sample_counts_are_an_error_naming_the_file() {
+    let src = tempfile::tempdir().unwrap();
+    for name in ["U.pt", "U_2d.pt", "domain.pt", "dxyz.pt"] {
+        fs::copy(fixtures().join("x").join(name), src.path().join(name)).unwrap();
+    }
+    // A p.pt with the shape of another tensor (the fixture's dict_root.pt: (2, 3)).
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch/dict_root.pt"),
+        src.path().join("p.pt"),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = import_reference(src.path(), out.path(), &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("p.pt") && err.contains("`p` has shape [2, 3]"),
+        "{err}"
+    );
+}

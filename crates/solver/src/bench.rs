@@ -1,0 +1,95 @@
+//! Throughput measurements for `fiberflow bench solver`: lattice updates per second next
+//! to the machine's memory bandwidth, measured in the same run.
+//!
+//! Both numbers count the same traffic: each f32 read, each f32 written and the
+//! write-allocate read that a normal store of a new cache line costs. One pull-scheme
+//! update with two lattices therefore moves 3·Q·4 bytes (228 for D3Q19, 108 for D2Q9),
+//! so memory bandwidth / bytes per update is the ceiling the kernel can reach.
+
+use crate::config::LbmConfig;
+use crate::kernel::{self, Grid, Trt};
+use crate::lattice::{D2Q9, D3Q19, VelocitySet};
+use crate::solve::Dim;
+use ndarray::ArrayView3;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Bytes moved per cell update by the two-lattice pull kernel with `q` directions.
+pub fn bytes_per_update(q: usize) -> usize {
+    3 * 4 * q
+}
+
+/// Best-of-`reps` bandwidth in GB/s of a parallel scale kernel b = s·a over `mib` MiB
+/// arrays, counting read + write-allocate + write bytes.
+pub fn memory_bandwidth_gbs(mib: usize, reps: usize) -> f64 {
+    let n = mib * (1 << 20) / 4;
+    let a: Vec<f32> = (0..n).into_par_iter().map(|i| i as f32).collect();
+    let mut b = vec![0.0f32; n];
+    let chunk = 1 << 16;
+    let mut best = f64::INFINITY;
+    for rep in 0..reps.max(1) {
+        let s = 1.0 + rep as f32 * 1e-3;
+        let t = Instant::now();
+        b.par_chunks_mut(chunk)
+            .zip(a.par_chunks(chunk))
+            .for_each(|(bo, ai)| bo.iter_mut().zip(ai).for_each(|(o, &v)| *o = s * v));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&b);
+    (3 * 4 * n) as f64 / best / 1e9
+}
+
+/// Measured kernel throughput on one geometry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelThroughput {
+    pub lattice: String,
+    /// (nz, ny, nx).
+    pub shape: [usize; 3],
+    pub steps: usize,
+    /// Million lattice (cell) updates per second, fibre cells included.
+    pub mlups: f64,
+    pub bytes_per_update: usize,
+    /// Bandwidth the kernel used, GB/s (mlups · bytes per update).
+    pub effective_gbs: f64,
+}
+
+/// Times `steps` kernel steps (after one warm-up step) on the `(nz, ny, nx)` mask.
+pub fn kernel_throughput(mask: ArrayView3<u8>, dim: Dim, steps: usize) -> KernelThroughput {
+    match dim {
+        Dim::Two => run::<9, D2Q9>(mask, steps),
+        Dim::Three => run::<19, D3Q19>(mask, steps),
+    }
+}
+
+fn run<const Q: usize, V: VelocitySet<Q>>(mask: ArrayView3<u8>, steps: usize) -> KernelThroughput {
+    let (nz, ny, nx) = mask.dim();
+    let grid = Grid { nx, ny, nz };
+    let cfg = LbmConfig::default();
+    let trt = Trt {
+        omega_plus: (1.0 / cfg.tau) as f32,
+        omega_minus: (1.0 / cfg.tau_minus()) as f32,
+        force: [cfg.force as f32, 0.0, 0.0],
+    };
+    let fluid: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
+    let mut f = kernel::equilibrium::<Q, V>(&grid, &fluid, None);
+    let mut g = vec![0.0f32; f.len()];
+    kernel::step::<Q, V>(&grid, &trt, &f, &fluid, &mut g);
+    let t = Instant::now();
+    for _ in 0..steps {
+        kernel::step::<Q, V>(&grid, &trt, &f, &fluid, &mut g);
+        std::mem::swap(&mut f, &mut g);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(&f);
+    let mlups = (grid.cells() * steps) as f64 / secs / 1e6;
+    let bytes = bytes_per_update(Q);
+    KernelThroughput {
+        lattice: V::NAME.to_string(),
+        shape: [nz, ny, nx],
+        steps,
+        mlups,
+        bytes_per_update: bytes,
+        effective_gbs: mlups * 1e6 * bytes as f64 / 1e9,
+    }
+}
