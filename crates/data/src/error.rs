@@ -10,11 +10,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The operating system refused an operation.
-    #[error("{}: could not {action}: {source}", path.display())]
+    #[error("{}: could not {action}: {error}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file the dataset needs is not there.
     #[error("{}: not found; {fix}", path.display())]
@@ -64,10 +64,10 @@ pub enum DataError {
     #[error("{}: already exists; {fix}", path.display())]
     Exists { path: PathBuf, fix: String },
     /// A JSON file cannot be read into the expected structure.
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON: {error}", path.display())]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -81,10 +81,10 @@ impl DataError {
         action: &'static str,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io {
+        move |error| Self::Io {
             path,
             action,
-            source,
+            error,
         }
     }
 

@@ -30,7 +30,8 @@ pub struct GeneratorConfig {
     pub tilt_std_deg: [f64; 2],
     /// Range of the waviness amplitude, µm.
     pub wave_amplitude_um: [f64; 2],
-    /// Packing attempts (each with a fresh seed) before a sample is given up as jammed.
+    /// Packing attempts (each with a fresh seed) before a sample is given up as jammed or
+    /// blocked (fluid not connected along x).
     pub packing_attempts: usize,
     /// Flow solver settings.
     pub flow: FlowConfig,
@@ -54,10 +55,10 @@ impl Default for GeneratorConfig {
 pub enum GenerateError {
     #[error("invalid generator configuration: {0}")]
     Config(String),
-    #[error("sample {index}: {source}")]
-    Geometry { index: usize, source: GeometryError },
-    #[error("sample {index}: {source}")]
-    Solver { index: usize, source: SolverError },
+    #[error("sample {index}: {error}")]
+    Geometry { index: usize, error: GeometryError },
+    #[error("sample {index}: {error}")]
+    Solver { index: usize, error: SolverError },
 }
 
 impl GeneratorConfig {
@@ -129,19 +130,29 @@ pub fn generate_sample(
         ..cfg.packing.clone()
     };
     let pixel_um = packing.window_um / grid.size as f64;
+    let voxel = grid.voxel(packing.window_um);
+    // A packing can jam, or rasterise with fibres touching diagonally so the fluid no
+    // longer connects along x; both are redrawn with the next seed of the sample's stream.
     let mut attempt = 0;
-    let (ms, report) = loop {
+    let (ms, report, slices, flow) = loop {
         let packing_seed = rng.random::<u64>();
-        match Microstructure::generate(&packing, grid.z_period_um(), pixel_um, packing_seed) {
-            Ok(done) => break done,
-            Err(GeometryError::Jammed { .. }) if attempt + 1 < cfg.packing_attempts => attempt += 1,
-            Err(source) => return Err(GenerateError::Geometry { index, source }),
+        let retry = attempt + 1 < cfg.packing_attempts;
+        let (ms, report) =
+            match Microstructure::generate(&packing, grid.z_period_um(), pixel_um, packing_seed) {
+                Ok(done) => done,
+                Err(GeometryError::Jammed { .. }) if retry => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(error) => return Err(GenerateError::Geometry { index, error }),
+            };
+        let (slices, planes) = ms.sample_masks(grid);
+        match solve_sample(slices.view(), Some(planes.view()), voxel, &cfg.flow, None) {
+            Ok(flow) => break (ms, report, slices, flow),
+            Err(SolverError::NotPercolating { .. }) if retry => attempt += 1,
+            Err(error) => return Err(GenerateError::Solver { index, error }),
         }
     };
-    let (slices, planes) = ms.sample_masks(grid);
-    let voxel = grid.voxel(ms.window_um);
-    let flow = solve_sample(slices.view(), Some(planes.view()), voxel, &cfg.flow, None)
-        .map_err(|source| GenerateError::Solver { index, source })?;
     let u = flow.u.expect("a 3D solve was requested");
     let sample = Sample {
         domain: slices.mapv(f32::from).insert_axis(ndarray::Axis(1)),

@@ -23,13 +23,13 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, fix_if_missing: &str) 
             DataError::Io {
                 path: path.to_path_buf(),
                 action: "read",
-                source,
+                error: source,
             }
         }
     })?;
     serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 
@@ -37,7 +37,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, fix_if_missing: &str) 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
@@ -48,7 +48,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 pub(crate) fn canonical_sha256<T: Serialize>(value: &T, path: &Path) -> Result<String> {
     let value = serde_json::to_value(value).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let text = sorted(value).to_string();
     Ok(format!("{:x}", Sha256::digest(text.as_bytes())))

@@ -313,7 +313,7 @@ fn wrap_root(src: &Path, dst: &File) -> Result<()> {
         _ => DataError::Io {
             path: src.to_path_buf(),
             action: "open",
-            source,
+            error: source,
         },
     })?;
     let zip_error = |e: zip::result::ZipError| corrupt(format!("not a PyTorch zip archive ({e})"));

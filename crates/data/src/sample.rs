@@ -267,7 +267,7 @@ impl SampleFile {
             _ => DataError::Io {
                 path: path.to_path_buf(),
                 action: "open",
-                source,
+                error: source,
             },
         })?;
         // SAFETY: the map is read-only and dataset files are only ever replaced by an

@@ -339,7 +339,7 @@ fn differing_keys(a: &DatasetHeader, b: &DatasetHeader, path: &Path) -> Result<V
     let to_value = |h: &DatasetHeader| {
         serde_json::to_value(h).map_err(|source| DataError::Json {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })
     };
     let (a, b) = (to_value(a)?, to_value(b)?);

@@ -17,10 +17,10 @@ pub enum GeometryError {
     },
     #[error("{path}: {msg}")]
     Input { path: PathBuf, msg: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

@@ -60,9 +60,9 @@ pub fn load_mask(path: &Path, solid: SolidValue) -> Result<Array3<u8>, GeometryE
 /// Reads a `.npy` of any supported dtype as 0/1 values, shaped `(S, H, W)`.
 fn read_npy_binary(path: &Path) -> Result<Array3<u8>, GeometryError> {
     fn try_read<T: ReadableElement>(path: &Path) -> Result<Option<ArrayD<T>>, GeometryError> {
-        let file = File::open(path).map_err(|source| GeometryError::Io {
+        let file = File::open(path).map_err(|error| GeometryError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         match ArrayD::<T>::read_npy(file) {
             Ok(a) => Ok(Some(a)),
@@ -132,9 +132,9 @@ fn read_npy_binary(path: &Path) -> Result<Array3<u8>, GeometryError> {
 /// Writes each slice of a `(S, H, W)` mask as `slice_000.png`, … (fluid white, fibre black),
 /// the layout `load_mask` reads back.
 pub fn save_png_stack(mask: &Array3<u8>, dir: &Path) -> Result<(), GeometryError> {
-    std::fs::create_dir_all(dir).map_err(|source| GeometryError::Io {
+    std::fs::create_dir_all(dir).map_err(|error| GeometryError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let (_, h, w) = mask.dim();
     for (k, slice) in mask.outer_iter().enumerate() {
@@ -154,9 +154,9 @@ pub fn save_png_stack(mask: &Array3<u8>, dir: &Path) -> Result<(), GeometryError
 
 /// Reads every PNG/TIFF in a folder (sorted by name) as one slice; bright (≥ half range) = 1.
 fn read_image_folder(dir: &Path) -> Result<Array3<u8>, GeometryError> {
-    let io = |source| GeometryError::Io {
+    let io = |error| GeometryError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?

@@ -24,6 +24,8 @@ pub struct LbmConfig {
     pub force: f64,
     /// Start the 3D solve from the 2D slice solutions.
     pub warm_start: bool,
+    /// Refuse lattices whose solve would need more memory than this, GiB.
+    pub max_memory_gib: f64,
 }
 
 impl Default for LbmConfig {
@@ -37,6 +39,7 @@ impl Default for LbmConfig {
             max_iterations: 50_000,
             force: 1e-5,
             warm_start: true,
+            max_memory_gib: 16.0,
         }
     }
 }
@@ -57,6 +60,9 @@ impl LbmConfig {
         if self.check_every == 0 || self.max_iterations < 2 * self.check_every {
             return bad("check_every must be ≥ 1 and max_iterations ≥ 2·check_every");
         }
+        if !(self.max_memory_gib.is_finite() && self.max_memory_gib > 0.0) {
+            return bad("max_memory_gib must be > 0");
+        }
         if !(self.force.is_finite() && self.force > 0.0 && self.force < 1e-2) {
             return bad("force must lie in (0, 1e-2) lattice units");
         }
@@ -66,6 +72,13 @@ impl LbmConfig {
     /// Kinematic viscosity ν = (τ⁺ − ½)/3 in lattice units.
     pub fn nu(&self) -> f64 {
         (self.tau - 0.5) / 3.0
+    }
+
+    /// Bytes a solve of `cells` cells with `q` directions holds: two lattices of populations,
+    /// the mask, the bounce-back links, and the velocity and density fields with the
+    /// previous velocity kept for the stopping rule.
+    pub fn solve_bytes(cells: usize, q: usize) -> f64 {
+        cells as f64 * (2.0 * 4.0 * q as f64 + 1.0 + 8.0 + 4.0 + 2.0 * 12.0)
     }
 
     /// Antisymmetric relaxation time from the magic parameter.

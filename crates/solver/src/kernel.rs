@@ -43,12 +43,17 @@ impl Grid {
         z * self.ny + y
     }
 
-    /// Row reached from row (y, z) by moving (dy, dz), periodically.
-    fn shifted_row(&self, r: usize, dy: i32, dz: i32) -> usize {
-        let (y, z) = (r % self.ny, r / self.ny);
-        let y = (y as i64 + i64::from(dy)).rem_euclid(self.ny as i64) as usize;
-        let z = (z as i64 + i64::from(dz)).rem_euclid(self.nz as i64) as usize;
-        self.row(y, z)
+    /// Row reached from row (y, z) by moving (dy, dz) ∈ {−1, 0, 1}², periodically.
+    #[inline(always)]
+    fn shifted_row(&self, y: usize, z: usize, dy: i32, dz: i32) -> usize {
+        let wrap = |v: usize, d: i32, n: usize| match d {
+            1 if v + 1 == n => 0,
+            1 => v + 1,
+            -1 if v == 0 => n - 1,
+            -1 => v - 1,
+            _ => v,
+        };
+        self.row(wrap(y, dy, self.ny), wrap(z, dz, self.nz))
     }
 }
 
@@ -63,51 +68,86 @@ pub struct Trt {
     pub force: [f32; 3],
 }
 
+/// Half-way bounce-back links: for every fluid cell and direction whose upwind neighbour
+/// is fibre, where the cell must take its own opposite population instead. Listed per row
+/// once per solve, so streaming itself is a plain shifted copy with no mask test.
+pub struct Links {
+    /// Entries of row r are `entries[row_start[r]..row_start[r + 1]]`.
+    row_start: Vec<usize>,
+    /// `(q << 16) | x`.
+    entries: Vec<u32>,
+}
+
+impl Links {
+    /// Largest row length the packed entries can address.
+    pub const MAX_NX: usize = 1 << 16;
+
+    pub fn new<const Q: usize, V: VelocitySet<Q>>(grid: &Grid, fluid: &[u8]) -> Self {
+        let nx = grid.nx;
+        assert!(
+            nx < Self::MAX_NX && Q < 32,
+            "lattice row too long for packed links"
+        );
+        let mut row_start = Vec::with_capacity(grid.rows() + 1);
+        let mut entries = Vec::new();
+        for r in 0..grid.rows() {
+            row_start.push(entries.len());
+            let (y, z) = (r % grid.ny, r / grid.ny);
+            for q in 1..Q {
+                let [cx, cy, cz] = V::C[q];
+                let src_row = grid.shifted_row(y, z, -cy, -cz);
+                for x in 0..nx {
+                    let sx = (x as i64 - i64::from(cx)).rem_euclid(nx as i64) as usize;
+                    if fluid[r * nx + x] != 0 && fluid[src_row * nx + sx] == 0 {
+                        entries.push(((q as u32) << 16) | x as u32);
+                    }
+                }
+            }
+        }
+        row_start.push(entries.len());
+        Self { row_start, entries }
+    }
+
+    fn row(&self, r: usize) -> &[u32] {
+        &self.entries[self.row_start[r]..self.row_start[r + 1]]
+    }
+}
+
 /// Post-streaming populations of row `r` into `buf` (Q·nx): pulled from the upwind
-/// neighbour, or bounced back from the cell's own opposite population when that
-/// neighbour is fibre (half-way bounce-back).
+/// neighbour, then, on the bounce-back links, replaced by the cell's own opposite
+/// population (half-way bounce-back).
 #[inline(always)]
 fn gather_row<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     f: &[f32],
-    fluid: &[u8],
+    links: &Links,
     r: usize,
     buf: &mut [f32],
 ) {
-    let nx = grid.nx;
+    let (nx, stride) = (grid.nx, grid.stride());
+    let (y, z) = (r % grid.ny, r / grid.ny);
     for q in 0..Q {
         let [cx, cy, cz] = V::C[q];
-        let src_row = grid.shifted_row(r, -cy, -cz);
-        let stride = grid.stride();
+        let src_row = grid.shifted_row(y, z, -cy, -cz);
         let src = &f[q * stride + src_row * nx..][..nx];
-        let src_fluid = &fluid[src_row * nx..][..nx];
-        let own_opp = &f[opposite(q) * stride + r * nx..][..nx];
         let dst = &mut buf[q * nx..][..nx];
-        // Bitwise blend of two plain loads: a branch or `if` here is compiled into an
-        // address select and a hardware gather, several times slower.
-        let pick = |s: f32, is_fluid: u8, bb: f32| {
-            let keep = 0u32.wrapping_sub(u32::from(is_fluid != 0));
-            f32::from_bits((s.to_bits() & keep) | (bb.to_bits() & !keep))
-        };
+        // Cell x pulls from x − cx, wrapping at the row ends.
         match cx {
-            0 => {
-                for x in 0..nx {
-                    dst[x] = pick(src[x], src_fluid[x], own_opp[x]);
-                }
-            }
+            0 => dst.copy_from_slice(src),
             1 => {
-                dst[0] = pick(src[nx - 1], src_fluid[nx - 1], own_opp[0]);
-                for x in 1..nx {
-                    dst[x] = pick(src[x - 1], src_fluid[x - 1], own_opp[x]);
-                }
+                dst[1..].copy_from_slice(&src[..nx - 1]);
+                dst[0] = src[nx - 1];
             }
             _ => {
-                for x in 0..nx - 1 {
-                    dst[x] = pick(src[x + 1], src_fluid[x + 1], own_opp[x]);
-                }
-                dst[nx - 1] = pick(src[0], src_fluid[0], own_opp[nx - 1]);
+                dst[..nx - 1].copy_from_slice(&src[1..]);
+                dst[nx - 1] = src[0];
             }
         }
+    }
+    let own = r * nx;
+    for &e in links.row(r) {
+        let (q, x) = ((e >> 16) as usize, (e & 0xffff) as usize);
+        buf[q * nx + x] = f[opposite(q) * stride + own + x];
     }
 }
 
@@ -128,10 +168,8 @@ fn moments<const Q: usize, V: VelocitySet<Q>, const L: usize>(
         }
         for (a, ua) in u.iter_mut().enumerate() {
             let c = V::C[q][a] as f32;
-            if c != 0.0 {
-                for l in 0..L {
-                    ua[l] += c * g[l];
-                }
+            for l in 0..L {
+                ua[l] += c * g[l];
             }
         }
     }
@@ -206,13 +244,14 @@ fn update_row<const Q: usize, V: VelocitySet<Q>>(
     trt: &Trt,
     f: &[f32],
     fluid: &[u8],
+    links: &Links,
     r: usize,
     buf: &mut [f32],
     outs: &mut [&mut [f32]],
     at: usize,
 ) {
     let nx = grid.nx;
-    gather_row::<Q, V>(grid, f, fluid, r, buf);
+    gather_row::<Q, V>(grid, f, links, r, buf);
     let row_fluid = &fluid[r * nx..][..nx];
     // Whole SIMD-width chunks, then the remainder cell by cell.
     let wide = nx - nx % LANES;
@@ -235,6 +274,7 @@ pub fn step<const Q: usize, V: VelocitySet<Q>>(
     trt: &Trt,
     f: &[f32],
     fluid: &[u8],
+    links: &Links,
     f_new: &mut [f32],
 ) {
     let (nx, cells) = (grid.nx, grid.cells());
@@ -253,7 +293,7 @@ pub fn step<const Q: usize, V: VelocitySet<Q>>(
         let mut buf = vec![0.0f32; Q * nx];
         let first_row = t * block / nx;
         for (i, r) in (first_row..grid.rows().min(first_row + block / nx)).enumerate() {
-            update_row::<Q, V>(grid, trt, f, fluid, r, &mut buf, &mut outs, i * nx);
+            update_row::<Q, V>(grid, trt, f, fluid, links, r, &mut buf, &mut outs, i * nx);
         }
     });
 }
@@ -264,6 +304,7 @@ pub fn macroscopic<const Q: usize, V: VelocitySet<Q>>(
     force: [f32; 3],
     f: &[f32],
     fluid: &[u8],
+    links: &Links,
 ) -> (Vec<f32>, Vec<[f32; 3]>) {
     let nx = grid.nx;
     let mut rho = vec![0.0f32; grid.cells()];
@@ -274,7 +315,7 @@ pub fn macroscopic<const Q: usize, V: VelocitySet<Q>>(
         .for_each_init(
             || vec![0.0f32; Q * nx],
             |buf, (r, (rho_row, vel_row))| {
-                gather_row::<Q, V>(grid, f, fluid, r, buf);
+                gather_row::<Q, V>(grid, f, links, r, buf);
                 let row_fluid = &fluid[r * nx..][..nx];
                 for x in 0..nx {
                     if row_fluid[x] == 0 {

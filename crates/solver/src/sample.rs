@@ -31,6 +31,8 @@ pub struct SolveStats {
     pub residual: f64,
     /// Relative L2 change of the velocity over the last check window.
     pub field_residual: f64,
+    /// Wall time, s. Not serialised, so that identical solves write identical records.
+    #[serde(skip)]
     pub wall_s: f64,
 }
 

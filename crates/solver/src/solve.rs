@@ -2,7 +2,7 @@
 
 use crate::config::LbmConfig;
 use crate::error::SolverError;
-use crate::kernel::{self, Grid, Trt};
+use crate::kernel::{self, Grid, Links, Trt};
 use crate::lattice::{D2Q9, D3Q19, VelocitySet};
 use ndarray::ArrayView3;
 
@@ -56,11 +56,18 @@ pub fn solve_lattice(
             "lattice must be at least 2×2 in-plane, got {ny}×{nx}"
         )));
     }
+    if nx >= crate::kernel::Links::MAX_NX {
+        return Err(SolverError::Geometry(format!(
+            "rows of {nx} cells are longer than the {} the solver supports",
+            crate::kernel::Links::MAX_NX - 1
+        )));
+    }
     if dim == Dim::Two && nz != 1 {
         return Err(SolverError::Geometry(format!(
             "a 2D solve takes one plane, got {nz}"
         )));
     }
+    check_memory((nz, ny, nx), dim, cfg)?;
     let grid = Grid { nx, ny, nz };
     let fluid: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
     if let Some(init) = init
@@ -78,6 +85,24 @@ pub fn solve_lattice(
     }
 }
 
+/// Refuses, before anything is allocated, a lattice whose solve would exceed the memory limit.
+pub fn check_memory(
+    (nz, ny, nx): (usize, usize, usize),
+    dim: Dim,
+    cfg: &LbmConfig,
+) -> Result<(), SolverError> {
+    let q = if dim == Dim::Two { 9 } else { 19 };
+    let cells = nz.saturating_mul(ny).saturating_mul(nx);
+    let need = LbmConfig::solve_bytes(cells, q) / f64::from(1u32 << 30);
+    if need > cfg.max_memory_gib {
+        return Err(SolverError::Geometry(format!(
+            "a {nz}×{ny}×{nx} lattice needs {need:.1} GiB, more than max_memory_gib = {} (check the voxel size and slice pitch, or raise the limit)",
+            cfg.max_memory_gib
+        )));
+    }
+    Ok(())
+}
+
 fn run<const Q: usize, V: VelocitySet<Q>>(
     grid: Grid,
     fluid: &[u8],
@@ -90,6 +115,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
         omega_minus: (1.0 / cfg.tau_minus()) as f32,
         force: [cfg.force as f32, 0.0, 0.0],
     };
+    let links = Links::new::<Q, V>(&grid, fluid);
     let mut f = kernel::equilibrium::<Q, V>(&grid, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
     let mut prev: Option<(f64, Vec<[f32; 3]>)> = None;
@@ -98,11 +124,11 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     let mut converged = false;
     while iterations < cfg.max_iterations {
         for _ in 0..cfg.check_every {
-            kernel::step::<Q, V>(&grid, &trt, &f, fluid, &mut f_new);
+            kernel::step::<Q, V>(&grid, &trt, &f, fluid, &links, &mut f_new);
             std::mem::swap(&mut f, &mut f_new);
         }
         iterations += cfg.check_every;
-        let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid);
+        let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &links);
         let flux = mean(&vel)[0];
         if !flux.is_finite() {
             return Err(SolverError::Diverged {
@@ -122,7 +148,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             break;
         }
     }
-    let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid);
+    let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &links);
     let mean_velocity = mean(&velocity);
     let porosity = fluid.iter().filter(|&&v| v != 0).count() as f64 / grid.cells() as f64;
     Ok(LatticeFlow {

@@ -48,8 +48,14 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let cfg: GeneratorConfig = config_file::load_or_default(a.config.as_deref())?;
-    cfg.validate()?;
-    anyhow::ensure!(a.samples >= 1, "--samples must be at least 1");
+    cfg.validate().with_context(|| match &a.config {
+        Some(path) => format!("{}: invalid generator config", path.display()),
+        None => "invalid generator config".into(),
+    })?;
+    anyhow::ensure!(
+        a.samples >= 2,
+        "--samples must be at least 2 so that the training split (70 %) is not empty"
+    );
     anyhow::ensure!(
         a.size >= 8 && a.slices >= 1,
         "--size must be ≥ 8 and --slices ≥ 1"
@@ -77,20 +83,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     )?);
     bar.set_position((mine.len() - pending.len()) as u64);
     if pending.len() < mine.len() {
-        bar.println(format!(
-            "resuming: {} of {} samples already done",
-            mine.len() - pending.len(),
-            mine.len()
-        ));
+        // `suspend` + eprintln also reaches logs when stderr is not a terminal.
+        let done = mine.len() - pending.len();
+        bar.suspend(|| eprintln!("resuming: {done} of {} samples already done", mine.len()));
     }
     let unconverged = AtomicUsize::new(0);
     pending.par_iter().try_for_each(|&i| -> Result<()> {
         let (sample, record) = generate_sample(&cfg, &grid, a.seed, i)?;
         if !record.converged {
             unconverged.fetch_add(1, Ordering::Relaxed);
-            bar.println(format!(
-                "warning: sample {i} did not converge (kept, marked converged=false)"
-            ));
+            bar.suspend(|| {
+                eprintln!("warning: sample {i} did not converge (kept, marked converged=false)")
+            });
         }
         bar.set_message(format!("last K₃D {:.3e} m²", record.k_3d_m2));
         writer.write(i, &sample, record)?;

@@ -9,6 +9,7 @@ use fiberflow_geometry::layout::{VoxelSize, lattice_planes};
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_solver::FlowConfig;
 use fiberflow_solver::sample::{FlowReport, solve_sample};
+use fiberflow_solver::solve::{Dim, check_memory};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use serde::Serialize;
@@ -118,6 +119,8 @@ struct PermeabilityFile<'a> {
     iterations: usize,
     converged: bool,
     residual: f64,
+    /// Wall time of the whole solve, s.
+    wall_s: f64,
     units: serde_json::Value,
     voxel_size_m: VoxelSize,
     config: &'a FlowConfig,
@@ -138,6 +141,7 @@ pub fn run(a: SolveArgs) -> Result<()> {
         (_, Some(planes)) => Some(planes),
         (_, None) => {
             let nz = lattice_planes(ns, voxel.dz_m, voxel.dx_m);
+            check_memory((nz, h, w), Dim::Three, &cfg.lbm)?;
             Some(interpolate_planes(slices.view(), nz))
         }
     };
@@ -152,13 +156,15 @@ pub fn run(a: SolveArgs) -> Result<()> {
     ));
     let progress =
         |it: usize, res: f64| bar.set_message(format!("3D step {it}, flux change {res:.2e}"));
+    let started = std::time::Instant::now();
     let sample = solve_sample(
         slices.view(),
         planes.as_ref().map(|p| p.view()),
         voxel,
         &cfg,
         Some(&progress),
-    )?;
+    )
+    .with_context(|| a.microstructure.display().to_string())?;
     bar.finish_and_clear();
 
     std::fs::create_dir_all(&a.out)
@@ -185,6 +191,7 @@ pub fn run(a: SolveArgs) -> Result<()> {
         iterations: main.iterations,
         converged: r.converged(),
         residual: main.residual,
+        wall_s: started.elapsed().as_secs_f64(),
         units: serde_json::json!({"U": "m/s", "p": "Pa (periodic part; total = p - G x)", "k": "m^2"}),
         voxel_size_m: voxel,
         config: &cfg,

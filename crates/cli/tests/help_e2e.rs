@@ -1,0 +1,60 @@
+//! The command line describes itself: subcommands in `--help`, the version, and usage
+//! errors (exit code 2) for unknown or missing subcommands.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn help_lists_every_subcommand() {
+    let r = ok(["--help"]);
+    for sub in ["geometry", "solve", "generate", "dataset", "bench"] {
+        assert!(
+            r.stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "`--help` does not list `{sub}`:\n{}",
+            r.stdout
+        );
+    }
+    assert!(r.stdout.contains("--threads"), "{}", r.stdout);
+
+    let r = ok(["dataset", "--help"]);
+    for sub in [
+        "import-reference",
+        "export",
+        "info",
+        "merge",
+        "stats",
+        "split",
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "`dataset --help` does not list `{sub}`:\n{}",
+            r.stdout
+        );
+    }
+    for (sub, flag) in [
+        ("geometry", "--out"),
+        ("solve", "--microstructure"),
+        ("generate", "--shard"),
+        ("bench", "--reference"),
+    ] {
+        let r = ok([sub, "--help"]);
+        assert!(r.stdout.contains(flag), "`{sub} --help`:\n{}", r.stdout);
+    }
+}
+
+#[test]
+fn version_and_usage_errors() {
+    let r = ok(["--version"]);
+    assert_eq!(
+        r.stdout.trim(),
+        format!("fiberflow {}", env!("CARGO_PKG_VERSION"))
+    );
+    let r = run(["frobnicate"]);
+    assert_clean_failure(&r, &["unrecognized subcommand 'frobnicate'"]);
+    assert_eq!(r.status.code(), Some(2));
+    let r = run(std::iter::empty::<&str>());
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("Usage: fiberflow"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
