@@ -7,7 +7,7 @@
 //! so memory bandwidth / bytes per update is the ceiling the kernel can reach.
 
 use crate::config::LbmConfig;
-use crate::kernel::{self, Grid, Links, Trt};
+use crate::kernel::{self, Grid, Streaming, Trt};
 use crate::lattice::{D2Q9, D3Q19, VelocitySet};
 use crate::solve::Dim;
 use ndarray::ArrayView3;
@@ -72,13 +72,13 @@ fn run<const Q: usize, V: VelocitySet<Q>>(mask: ArrayView3<u8>, steps: usize) ->
         force: [cfg.force as f32, 0.0, 0.0],
     };
     let fluid: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
-    let links = Links::new::<Q, V>(&grid, &fluid);
+    let streaming = Streaming::new::<Q, V>(&grid, &fluid);
     let mut f = kernel::equilibrium::<Q, V>(&grid, &fluid, None);
     let mut g = vec![0.0f32; f.len()];
-    kernel::step::<Q, V>(&grid, &trt, &f, &fluid, &links, &mut g);
+    kernel::step::<Q, V>(&grid, &trt, &f, &fluid, &streaming, &mut g);
     let t = Instant::now();
     for _ in 0..steps {
-        kernel::step::<Q, V>(&grid, &trt, &f, &fluid, &links, &mut g);
+        kernel::step::<Q, V>(&grid, &trt, &f, &fluid, &streaming, &mut g);
         std::mem::swap(&mut f, &mut g);
     }
     let secs = t.elapsed().as_secs_f64();

@@ -1,18 +1,25 @@
 //! The fused pull-stream / TRT-collide step and the moment pass.
 //!
-//! Populations live in one `Vec<f32>` ordered by direction, `f[q·cells + (z·ny + y)·nx + x]`,
-//! so each direction is one long contiguous stream that hardware prefetchers follow across
-//! consecutive rows. A step hands blocks of consecutive rows to threads; each block writes
-//! only its own cells of every direction, so the output splits into disjoint slices.
-//! Every inner loop runs over contiguous x, which the compiler vectorises.
-//! Bytes per fluid-cell update: Q reads + Q writes (+ Q write-allocate reads) of f32.
+//! Populations live in one `Vec<f32>` ordered by direction, `f[q·stride + cell]` with
+//! cell = (z·ny + y)·nx + x, so each direction is one long contiguous stream. Streaming works
+//! on chunks of up to `CHUNK` consecutive cells of one z plane: for every direction the
+//! chunk's pulled values are one contiguous run of the upwind plane (the flat in-plane
+//! index shifted by cx + cy·nx), copied at once so hardware prefetchers see long streams.
+//! The few cells where that flat shift is wrong, because x or y wraps periodically or the
+//! upwind cell is fibre (half-way bounce-back), are patched from a list computed once per
+//! solve. Threads take runs of whole chunks, i.e. disjoint cell ranges of every direction.
+//! Bytes per cell update: Q reads + Q writes (+ Q write-allocate reads) of f32.
 
 use crate::lattice::{VelocitySet, opposite};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Cells processed together in the collision, a multiple of the widest SIMD lane count.
-const LANES: usize = 16;
+const LANES: usize = 32;
+
+/// Cells streamed and collided together: long enough for prefetching, small enough that
+/// a chunk's Q gathered arrays stay in L2.
+const CHUNK: usize = 1024;
 
 /// Lattice extent; 2D problems have nz = 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +30,12 @@ pub struct Grid {
 }
 
 impl Grid {
-    pub fn rows(&self) -> usize {
-        self.ny * self.nz
+    pub fn plane(&self) -> usize {
+        self.nx * self.ny
     }
 
     pub fn cells(&self) -> usize {
-        self.nx * self.rows()
+        self.plane() * self.nz
     }
 
     /// Distance between direction arrays: the cells plus 128 bytes, so that the Q streams
@@ -36,24 +43,6 @@ impl Grid {
     /// of 4 KiB per direction, which would make every access conflict).
     pub fn stride(&self) -> usize {
         self.cells() + 32
-    }
-
-    /// Row holding the cells (·, y, z).
-    fn row(&self, y: usize, z: usize) -> usize {
-        z * self.ny + y
-    }
-
-    /// Row reached from row (y, z) by moving (dy, dz) ∈ {−1, 0, 1}², periodically.
-    #[inline(always)]
-    fn shifted_row(&self, y: usize, z: usize, dy: i32, dz: i32) -> usize {
-        let wrap = |v: usize, d: i32, n: usize| match d {
-            1 if v + 1 == n => 0,
-            1 => v + 1,
-            -1 if v == 0 => n - 1,
-            -1 => v - 1,
-            _ => v,
-        };
-        self.row(wrap(y, dy, self.ny), wrap(z, dz, self.nz))
     }
 }
 
@@ -68,86 +57,108 @@ pub struct Trt {
     pub force: [f32; 3],
 }
 
-/// Half-way bounce-back links: for every fluid cell and direction whose upwind neighbour
-/// is fibre, where the cell must take its own opposite population instead. Listed per row
-/// once per solve, so streaming itself is a plain shifted copy with no mask test.
-pub struct Links {
-    /// Entries of row r are `entries[row_start[r]..row_start[r + 1]]`.
-    row_start: Vec<usize>,
-    /// `(q << 16) | x`.
-    entries: Vec<u32>,
+/// A run of consecutive cells of one z plane.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    /// First cell (global index).
+    start: usize,
+    len: usize,
 }
 
-impl Links {
-    /// Largest row length the packed entries can address.
-    pub const MAX_NX: usize = 1 << 16;
+/// Chunk layout and the pulls that the flat shifted copy gets wrong, computed once per solve.
+pub struct Streaming {
+    chunks: Vec<Chunk>,
+    /// Exceptions of chunk k are `exceptions[exc_start[k]..exc_start[k + 1]]`.
+    exc_start: Vec<usize>,
+    /// (index into the chunk's gather buffer q·len + offset, index into f to pull from).
+    exceptions: Vec<(u32, u32)>,
+}
+
+impl Streaming {
+    /// Largest number of populations (Q·stride) the packed indices can address.
+    pub const MAX_POPULATIONS: usize = u32::MAX as usize;
 
     pub fn new<const Q: usize, V: VelocitySet<Q>>(grid: &Grid, fluid: &[u8]) -> Self {
-        let nx = grid.nx;
         assert!(
-            nx < Self::MAX_NX && Q < 32,
-            "lattice row too long for packed links"
+            Q * grid.stride() <= Self::MAX_POPULATIONS,
+            "lattice too large for u32 indices"
         );
-        let mut row_start = Vec::with_capacity(grid.rows() + 1);
-        let mut entries = Vec::new();
-        for r in 0..grid.rows() {
-            row_start.push(entries.len());
-            let (y, z) = (r % grid.ny, r / grid.ny);
+        let (nx, ny, nz, plane) = (grid.nx, grid.ny, grid.nz, grid.plane());
+        let stride = grid.stride();
+        let mut chunks = Vec::new();
+        for z in 0..nz {
+            for p0 in (0..plane).step_by(CHUNK) {
+                chunks.push(Chunk {
+                    start: z * plane + p0,
+                    len: CHUNK.min(plane - p0),
+                });
+            }
+        }
+        let wrap =
+            |v: usize, d: i32, n: usize| (v as i64 - i64::from(d)).rem_euclid(n as i64) as usize;
+        let mut exc_start = Vec::with_capacity(chunks.len() + 1);
+        let mut exceptions = Vec::new();
+        for ch in &chunks {
+            exc_start.push(exceptions.len());
             for q in 1..Q {
                 let [cx, cy, cz] = V::C[q];
-                let src_row = grid.shifted_row(y, z, -cy, -cz);
-                for x in 0..nx {
-                    let sx = (x as i64 - i64::from(cx)).rem_euclid(nx as i64) as usize;
-                    if fluid[r * nx + x] != 0 && fluid[src_row * nx + sx] == 0 {
-                        entries.push(((q as u32) << 16) | x as u32);
+                let shift =
+                    (i64::from(cx) + i64::from(cy) * nx as i64).rem_euclid(plane as i64) as usize;
+                for off in 0..ch.len {
+                    let cell = ch.start + off;
+                    if fluid[cell] == 0 {
+                        continue;
+                    }
+                    let (z, p) = (cell / plane, cell % plane);
+                    let (y, x) = (p / nx, p % nx);
+                    let zs = wrap(z, cz, nz);
+                    let src = zs * plane + wrap(y, cy, ny) * nx + wrap(x, cx, nx);
+                    let flat = zs * plane + (p + plane - shift) % plane;
+                    let dst = (q * ch.len + off) as u32;
+                    if fluid[src] == 0 {
+                        exceptions.push((dst, (opposite(q) * stride + cell) as u32));
+                    } else if src != flat {
+                        exceptions.push((dst, (q * stride + src) as u32));
                     }
                 }
             }
         }
-        row_start.push(entries.len());
-        Self { row_start, entries }
-    }
-
-    fn row(&self, r: usize) -> &[u32] {
-        &self.entries[self.row_start[r]..self.row_start[r + 1]]
-    }
-}
-
-/// Post-streaming populations of row `r` into `buf` (Q·nx): pulled from the upwind
-/// neighbour, then, on the bounce-back links, replaced by the cell's own opposite
-/// population (half-way bounce-back).
-#[inline(always)]
-fn gather_row<const Q: usize, V: VelocitySet<Q>>(
-    grid: &Grid,
-    f: &[f32],
-    links: &Links,
-    r: usize,
-    buf: &mut [f32],
-) {
-    let (nx, stride) = (grid.nx, grid.stride());
-    let (y, z) = (r % grid.ny, r / grid.ny);
-    for q in 0..Q {
-        let [cx, cy, cz] = V::C[q];
-        let src_row = grid.shifted_row(y, z, -cy, -cz);
-        let src = &f[q * stride + src_row * nx..][..nx];
-        let dst = &mut buf[q * nx..][..nx];
-        // Cell x pulls from x − cx, wrapping at the row ends.
-        match cx {
-            0 => dst.copy_from_slice(src),
-            1 => {
-                dst[1..].copy_from_slice(&src[..nx - 1]);
-                dst[0] = src[nx - 1];
-            }
-            _ => {
-                dst[..nx - 1].copy_from_slice(&src[1..]);
-                dst[nx - 1] = src[0];
-            }
+        exc_start.push(exceptions.len());
+        Self {
+            chunks,
+            exc_start,
+            exceptions,
         }
     }
-    let own = r * nx;
-    for &e in links.row(r) {
-        let (q, x) = ((e >> 16) as usize, (e & 0xffff) as usize);
-        buf[q * nx + x] = f[opposite(q) * stride + own + x];
+
+    /// Post-streaming populations of chunk `k` into `buf` (Q·len, direction-major).
+    #[inline(always)]
+    fn gather<const Q: usize, V: VelocitySet<Q>>(
+        &self,
+        grid: &Grid,
+        f: &[f32],
+        k: usize,
+        buf: &mut [f32],
+    ) {
+        let Chunk { start, len } = self.chunks[k];
+        let (nx, nz, plane, stride) = (grid.nx, grid.nz, grid.plane(), grid.stride());
+        let (z, p0) = (start / plane, start % plane);
+        for q in 0..Q {
+            let [cx, cy, cz] = V::C[q];
+            let zs = (z as i64 - i64::from(cz)).rem_euclid(nz as i64) as usize;
+            let shift =
+                (i64::from(cx) + i64::from(cy) * nx as i64).rem_euclid(plane as i64) as usize;
+            let src_plane = &f[q * stride + zs * plane..][..plane];
+            let dst = &mut buf[q * len..][..len];
+            // Flat source of the chunk: [p0 − shift, p0 − shift + len) modulo the plane.
+            let s0 = (p0 + plane - shift) % plane;
+            let first = len.min(plane - s0);
+            dst[..first].copy_from_slice(&src_plane[s0..s0 + first]);
+            dst[first..].copy_from_slice(&src_plane[..len - first]);
+        }
+        for &(d, s) in &self.exceptions[self.exc_start[k]..self.exc_start[k + 1]] {
+            buf[d as usize] = f[s as usize];
+        }
     }
 }
 
@@ -167,7 +178,7 @@ fn moments<const Q: usize, V: VelocitySet<Q>, const L: usize>(
             rho[l] += g[l];
         }
         for (a, ua) in u.iter_mut().enumerate() {
-            let c = V::C[q][a] as f32;
+            let c = V::CF[q][a];
             for l in 0..L {
                 ua[l] += c * g[l];
             }
@@ -196,9 +207,10 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
 ) {
     let nx = fluid.len();
     let (rho, u) = moments::<Q, V, L>(buf, nx, x0, trt.force);
+    // One slice, so the conversion vectorises (per-element indexing keeps it scalar).
     let mut keep = [0.0f32; L];
-    for l in 0..L {
-        keep[l] = f32::from(fluid[x0 + l]);
+    for (k, &m) in keep.iter_mut().zip(&fluid[x0..x0 + L]) {
+        *k = f32::from(m);
     }
     let (wp, wm) = (trt.omega_plus, trt.omega_minus);
     let src_scale = 1.0 - 0.5 * wm;
@@ -212,7 +224,7 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
     for a in (1..Q).step_by(2) {
         let b = a + 1;
         let w = V::W[a];
-        let c = V::C[a].map(|v| v as f32);
+        let c = V::CF[a];
         let cf = c[0] * trt.force[0] + c[1] * trt.force[1] + c[2] * trt.force[2];
         let source = 3.0 * w * cf * src_scale;
         let ga = &buf[a * nx + x0..][..L];
@@ -231,41 +243,41 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
     }
 }
 
-/// Streams and collides row `r` into `outs[q][at..at + nx]`, compiled for AVX-512, AVX2+FMA
-/// and the baseline, chosen at run time so one binary is fast on any x86-64 machine.
+/// Streams and collides chunk `k` into `outs[q][at..at + len]`, compiled for AVX-512,
+/// AVX2+FMA and the baseline, chosen at run time so one binary is fast on any x86-64 machine.
 #[multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
     "aarch64+neon"
 ))]
 #[allow(clippy::too_many_arguments)]
-fn update_row<const Q: usize, V: VelocitySet<Q>>(
+fn update_chunk<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     trt: &Trt,
     f: &[f32],
     fluid: &[u8],
-    links: &Links,
-    r: usize,
+    streaming: &Streaming,
+    k: usize,
     buf: &mut [f32],
     outs: &mut [&mut [f32]],
     at: usize,
 ) {
-    let nx = grid.nx;
-    gather_row::<Q, V>(grid, f, links, r, buf);
-    let row_fluid = &fluid[r * nx..][..nx];
-    // Whole SIMD-width chunks, then the remainder cell by cell.
-    let wide = nx - nx % LANES;
+    let Chunk { start, len } = streaming.chunks[k];
+    streaming.gather::<Q, V>(grid, f, k, buf);
+    let chunk_fluid = &fluid[start..][..len];
+    // Whole SIMD-width groups, then the remainder cell by cell.
+    let wide = len - len % LANES;
     for x0 in (0..wide).step_by(LANES) {
-        collide::<Q, V, LANES>(trt, buf, row_fluid, x0, outs, at);
+        collide::<Q, V, LANES>(trt, buf, chunk_fluid, x0, outs, at);
     }
-    for x0 in wide..nx {
-        collide::<Q, V, 1>(trt, buf, row_fluid, x0, outs, at);
+    for x0 in wide..len {
+        collide::<Q, V, 1>(trt, buf, chunk_fluid, x0, outs, at);
     }
 }
 
-/// Rows per parallel task: enough tasks to balance the threads, long enough streams.
-fn rows_per_task(grid: &Grid) -> usize {
-    (grid.rows() / (8 * rayon::current_num_threads())).max(1)
+/// Chunks per parallel task: enough tasks to balance the threads.
+fn chunks_per_task(n_chunks: usize) -> usize {
+    (n_chunks / (8 * rayon::current_num_threads())).max(1)
 }
 
 /// One lattice time step: stream from `f` and collide into `f_new`.
@@ -274,26 +286,40 @@ pub fn step<const Q: usize, V: VelocitySet<Q>>(
     trt: &Trt,
     f: &[f32],
     fluid: &[u8],
-    links: &Links,
+    streaming: &Streaming,
     f_new: &mut [f32],
 ) {
-    let (nx, cells) = (grid.nx, grid.cells());
-    let block = rows_per_task(grid) * nx;
-    // tasks[t][q]: the cells of direction q that task t writes.
-    let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+    let per_task = chunks_per_task(streaming.chunks.len());
+    let groups: Vec<&[Chunk]> = streaming.chunks.chunks(per_task).collect();
+    // tasks[t][q]: the cells of direction q that task t writes (consecutive chunks).
+    let mut tasks: Vec<Vec<&mut [f32]>> =
+        (0..groups.len()).map(|_| Vec::with_capacity(Q)).collect();
     for dir in f_new.chunks_mut(grid.stride()) {
-        for (t, part) in dir[..cells].chunks_mut(block).enumerate() {
-            if tasks.len() <= t {
-                tasks.push(Vec::with_capacity(Q));
-            }
-            tasks[t].push(part);
+        let mut rest = &mut dir[..grid.cells()];
+        for (task, group) in tasks.iter_mut().zip(&groups) {
+            let n: usize = group.iter().map(|c| c.len).sum();
+            let (mine, tail) = rest.split_at_mut(n);
+            task.push(mine);
+            rest = tail;
         }
     }
     tasks.into_par_iter().enumerate().for_each(|(t, mut outs)| {
-        let mut buf = vec![0.0f32; Q * nx];
-        let first_row = t * block / nx;
-        for (i, r) in (first_row..grid.rows().min(first_row + block / nx)).enumerate() {
-            update_row::<Q, V>(grid, trt, f, fluid, links, r, &mut buf, &mut outs, i * nx);
+        let mut buf = vec![0.0f32; Q * CHUNK];
+        let mut at = 0;
+        for k in t * per_task..(t * per_task + groups[t].len()) {
+            let len = streaming.chunks[k].len;
+            update_chunk::<Q, V>(
+                grid,
+                trt,
+                f,
+                fluid,
+                streaming,
+                k,
+                &mut buf[..Q * len],
+                &mut outs,
+                at,
+            );
+            at += len;
         }
     });
 }
@@ -304,26 +330,37 @@ pub fn macroscopic<const Q: usize, V: VelocitySet<Q>>(
     force: [f32; 3],
     f: &[f32],
     fluid: &[u8],
-    links: &Links,
+    streaming: &Streaming,
 ) -> (Vec<f32>, Vec<[f32; 3]>) {
-    let nx = grid.nx;
     let mut rho = vec![0.0f32; grid.cells()];
     let mut vel = vec![[0.0f32; 3]; grid.cells()];
-    rho.par_chunks_mut(nx)
-        .zip(vel.par_chunks_mut(nx))
+    let mut rho_parts = Vec::new();
+    let mut vel_parts = Vec::new();
+    let (mut r_rest, mut v_rest) = (&mut rho[..], &mut vel[..]);
+    for c in &streaming.chunks {
+        let (r, rt) = r_rest.split_at_mut(c.len);
+        let (v, vt) = v_rest.split_at_mut(c.len);
+        rho_parts.push(r);
+        vel_parts.push(v);
+        (r_rest, v_rest) = (rt, vt);
+    }
+    rho_parts
+        .into_par_iter()
+        .zip(vel_parts)
         .enumerate()
         .for_each_init(
-            || vec![0.0f32; Q * nx],
-            |buf, (r, (rho_row, vel_row))| {
-                gather_row::<Q, V>(grid, f, links, r, buf);
-                let row_fluid = &fluid[r * nx..][..nx];
-                for x in 0..nx {
-                    if row_fluid[x] == 0 {
+            || vec![0.0f32; Q * CHUNK],
+            |buf, (k, (rho_c, vel_c))| {
+                let Chunk { start, len } = streaming.chunks[k];
+                let buf = &mut buf[..Q * len];
+                streaming.gather::<Q, V>(grid, f, k, buf);
+                for off in 0..len {
+                    if fluid[start + off] == 0 {
                         continue;
                     }
-                    let (d, u) = moments::<Q, V, 1>(buf, nx, x, force);
-                    rho_row[x] = d[0];
-                    vel_row[x] = [u[0][0], u[1][0], u[2][0]];
+                    let (d, u) = moments::<Q, V, 1>(buf, len, off, force);
+                    rho_c[off] = d[0];
+                    vel_c[off] = [u[0][0], u[1][0], u[2][0]];
                 }
             },
         );
@@ -341,7 +378,7 @@ pub fn equilibrium<const Q: usize, V: VelocitySet<Q>>(
         f.par_chunks_mut(grid.stride())
             .enumerate()
             .for_each(|(q, dir)| {
-                let c = V::C[q].map(|v| v as f32);
+                let c = V::CF[q];
                 for ((o, u), &m) in dir.iter_mut().zip(vel).zip(fluid) {
                     if m != 0 {
                         *o = 3.0 * V::W[q] * (c[0] * u[0] + c[1] * u[1] + c[2] * u[2]);

@@ -8,6 +8,22 @@ pub trait VelocitySet<const Q: usize>: Sync {
     const NAME: &'static str;
     const C: [[i32; 3]; Q];
     const W: [f32; Q];
+    /// `C` as floats, so kernels never convert at run time.
+    const CF: [[f32; 3]; Q] = to_f32(Self::C);
+}
+
+const fn to_f32<const Q: usize>(c: [[i32; 3]; Q]) -> [[f32; 3]; Q] {
+    let mut out = [[0.0; 3]; Q];
+    let mut q = 0;
+    while q < Q {
+        let mut a = 0;
+        while a < 3 {
+            out[q][a] = c[q][a] as f32;
+            a += 1;
+        }
+        q += 1;
+    }
+    out
 }
 
 /// Index of the direction opposite to `q`.
@@ -117,6 +133,7 @@ mod tests {
             let o = opposite(q);
             for a in 0..3 {
                 assert_eq!(V::C[q][a], -V::C[o][a]);
+                assert_eq!(V::CF[q][a], V::C[q][a] as f32);
             }
             assert_eq!(V::W[q], V::W[o]);
         }

@@ -2,7 +2,7 @@
 
 use crate::config::LbmConfig;
 use crate::error::SolverError;
-use crate::kernel::{self, Grid, Links, Trt};
+use crate::kernel::{self, Grid, Streaming, Trt};
 use crate::lattice::{D2Q9, D3Q19, VelocitySet};
 use ndarray::ArrayView3;
 
@@ -56,10 +56,14 @@ pub fn solve_lattice(
             "lattice must be at least 2×2 in-plane, got {ny}×{nx}"
         )));
     }
-    if nx >= crate::kernel::Links::MAX_NX {
+    let populations = nz
+        .saturating_mul(ny)
+        .saturating_mul(nx)
+        .saturating_add(32)
+        .saturating_mul(19);
+    if populations > Streaming::MAX_POPULATIONS {
         return Err(SolverError::Geometry(format!(
-            "rows of {nx} cells are longer than the {} the solver supports",
-            crate::kernel::Links::MAX_NX - 1
+            "a {nz}×{ny}×{nx} lattice is too large for the solver's 32-bit indices"
         )));
     }
     if dim == Dim::Two && nz != 1 {
@@ -115,7 +119,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
         omega_minus: (1.0 / cfg.tau_minus()) as f32,
         force: [cfg.force as f32, 0.0, 0.0],
     };
-    let links = Links::new::<Q, V>(&grid, fluid);
+    let streaming = Streaming::new::<Q, V>(&grid, fluid);
     let mut f = kernel::equilibrium::<Q, V>(&grid, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
     let mut prev: Option<(f64, Vec<[f32; 3]>)> = None;
@@ -124,11 +128,11 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     let mut converged = false;
     while iterations < cfg.max_iterations {
         for _ in 0..cfg.check_every {
-            kernel::step::<Q, V>(&grid, &trt, &f, fluid, &links, &mut f_new);
+            kernel::step::<Q, V>(&grid, &trt, &f, fluid, &streaming, &mut f_new);
             std::mem::swap(&mut f, &mut f_new);
         }
         iterations += cfg.check_every;
-        let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &links);
+        let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
         let flux = mean(&vel)[0];
         if !flux.is_finite() {
             return Err(SolverError::Diverged {
@@ -148,7 +152,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             break;
         }
     }
-    let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &links);
+    let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
     let mean_velocity = mean(&velocity);
     let porosity = fluid.iter().filter(|&&v| v != 0).count() as f64 / grid.cells() as f64;
     Ok(LatticeFlow {

@@ -114,7 +114,7 @@ fn solver(a: &BenchArgs) -> Result<SolverBench> {
         Dim::Two,
         400,
     ));
-    add(kernel_throughput(planes.view(), Dim::Three, 40));
+    add(kernel_throughput(planes.view(), Dim::Three, 150));
     if a.reference {
         let big = SliceGrid::default();
         let (ms, _) =
