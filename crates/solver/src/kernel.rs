@@ -221,8 +221,8 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
             out[l] = keep[l] * (g[l] - wp * (g[l] - V::W[0] * rho[l]));
         }
     }
-    for a in (1..Q).step_by(2) {
-        let b = a + 1;
+    for pair in 0..Q / 2 {
+        let (a, b) = (2 * pair + 1, 2 * pair + 2);
         let w = V::W[a];
         let c = V::CF[a];
         let cf = c[0] * trt.force[0] + c[1] * trt.force[1] + c[2] * trt.force[2];

@@ -112,9 +112,9 @@ fn solver(a: &BenchArgs) -> Result<SolverBench> {
     add(kernel_throughput(
         slices.slice(ndarray::s![0..1, .., ..]),
         Dim::Two,
-        400,
+        2000,
     ));
-    add(kernel_throughput(planes.view(), Dim::Three, 150));
+    add(kernel_throughput(planes.view(), Dim::Three, 40));
     if a.reference {
         let big = SliceGrid::default();
         let (ms, _) =
@@ -123,7 +123,7 @@ fn solver(a: &BenchArgs) -> Result<SolverBench> {
         add(kernel_throughput(
             s.slice(ndarray::s![0..1, .., ..]),
             Dim::Two,
-            100,
+            200,
         ));
         add(kernel_throughput(p.view(), Dim::Three, 5));
     }
