@@ -1,0 +1,128 @@
+//! From dataset batches to normalised tensors: velocities `(B, 3, S, H, W)` divided per
+//! component by factors from the training statistics, masks `(B, 1, S, H, W)`.
+
+use crate::error::ModelError;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use fiberflow_data::{Batch, Field, Statistics};
+use serde::{Deserialize, Serialize};
+
+/// Per-component scale of the velocities (vx, vy, vz), m/s: the largest |component| of U
+/// and U_2d over the training split, as in the reference (each component then spans
+/// about [−1, 1], so the sparse vz is not drowned by vx).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    pub factors: [f64; 3],
+}
+
+impl Normalizer {
+    pub fn from_statistics(stats: &Statistics) -> Result<Self, ModelError> {
+        let (u, u2d) = (&stats.u, &stats.u2d);
+        let factors = [
+            u.vx.max_abs.max(u2d.vx.max_abs),
+            u.vy.max_abs.max(u2d.vy.max_abs),
+            u.vz.max_abs.max(u2d.vz.max_abs),
+        ];
+        if let Some(c) = factors.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(ModelError::Input(format!(
+                "the training split has no {} velocity (max |·| = {}); a 3D flow dataset is needed",
+                ["vx", "vy", "vz"][c],
+                factors[c]
+            )));
+        }
+        Ok(Self { factors })
+    }
+
+    fn scale(&self, device: &Device) -> Tensor<5> {
+        let f: Vec<f32> = self.factors.iter().map(|&v| v as f32).collect();
+        Tensor::from_data(TensorData::new(f, [1, 3, 1, 1, 1]), device)
+    }
+
+    /// Velocities in m/s → normalised units.
+    pub fn normalize(&self, u: Tensor<5>) -> Tensor<5> {
+        let device = u.device();
+        u / self.scale(&device)
+    }
+
+    /// Normalised units → m/s.
+    pub fn denormalize(&self, u: Tensor<5>) -> Tensor<5> {
+        let device = u.device();
+        u * self.scale(&device)
+    }
+}
+
+/// One batch on a device.
+pub struct TensorBatch {
+    /// 3D flow, normalised, `(B, 3, S, H, W)`.
+    pub u: Tensor<5>,
+    /// 2D flow (vz = 0), normalised, `(B, 3, S, H, W)`.
+    pub u2d: Tensor<5>,
+    /// Fluid mask, `(B, 1, S, H, W)`.
+    pub mask: Tensor<5>,
+}
+
+/// Stacks a batch's fields as channel-first tensors on `device`.
+pub fn to_tensors(
+    batch: &Batch,
+    norm: &Normalizer,
+    device: &Device,
+) -> Result<TensorBatch, ModelError> {
+    let field = |f: Field| -> Result<Tensor<5>, ModelError> {
+        let a = batch
+            .stack(f)
+            .map_err(|e| ModelError::Input(e.to_string()))?;
+        let shape: [usize; 5] = a.shape().try_into().expect("stack gives 5 axes");
+        let data = TensorData::new(a.as_standard_layout().iter().copied().collect(), shape);
+        // (B, S, C, H, W) → (B, C, S, H, W)
+        Ok(Tensor::<5>::from_data(data, device).permute([0, 2, 1, 3, 4]))
+    };
+    Ok(TensorBatch {
+        u: norm.normalize(field(Field::U)?),
+        u2d: norm.normalize(field(Field::U2d)?),
+        mask: field(Field::Domain)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fiberflow_data::{Mirror, Sample};
+    use ndarray::Array4;
+
+    #[test]
+    fn tensors_are_channel_first_and_normalised_per_component() {
+        let (s, h, w) = (2, 3, 4);
+        let u = Array4::from_shape_fn((s, 3, h, w), |(k, c, y, x)| {
+            (1 + c) as f32 * 0.001 * (k * 100 + y * 10 + x) as f32
+        });
+        let sample = Sample {
+            domain: Array4::ones((s, 1, h, w)),
+            u2d: u.clone(),
+            u,
+            p: Array4::zeros((s, 1, h, w)),
+            dxyz: [1e-6, 1e-6, 5e-6],
+        };
+        let batch = Batch {
+            indices: vec![0],
+            samples: vec![sample.clone()],
+            mirrors: vec![Mirror::default()],
+        };
+        let norm = Normalizer {
+            factors: [2.0, 4.0, 8.0],
+        };
+        let t = to_tensors(&batch, &norm, &Device::flex()).unwrap();
+        assert_eq!(t.u.dims(), [1, 3, s, h, w]);
+        assert_eq!(t.mask.dims(), [1, 1, s, h, w]);
+        let v: Vec<f32> = t.u.into_data().try_into_vec().unwrap();
+        // Element (b=0, c=2, k=1, y=2, x=3).
+        let at = ((2 * s + 1) * h + 2) * w + 3;
+        let expect = sample.u[[1, 2, 2, 3]] / 8.0;
+        assert!((v[at] - expect).abs() < 1e-9, "{} vs {expect}", v[at]);
+        let back: Vec<f32> = norm
+            .denormalize(norm.normalize(Tensor::<5>::ones([1, 3, 1, 1, 1], &Device::flex())))
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        assert!(back.iter().all(|&x| (x - 1.0).abs() < 1e-7));
+    }
+}

@@ -1,0 +1,5 @@
+//! Training utilities Burn does not provide: global-norm gradient clipping and an
+//! exponential moving average of the weights.
+
+pub mod clip;
+pub mod ema;

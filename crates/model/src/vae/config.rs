@@ -1,0 +1,133 @@
+//! VAE configuration, validated before any layer is built.
+
+use super::{Decoder, Encoder, VaeBranch};
+use crate::error::ModelError;
+use burn::prelude::*;
+
+/// Architecture of one VAE branch. Defaults are sized so a CPU trains it in minutes; the
+/// reference project's widths are [`VaeConfig::reference`].
+#[derive(Config, Debug, PartialEq)]
+pub struct VaeConfig {
+    /// Input and output channels (vx, vy, vz).
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// Latent channels Cz.
+    #[config(default = 8)]
+    pub latent_channels: usize,
+    /// Channels per resolution level; each level after the first halves H and W, so the
+    /// latent is downsampled by f = 2^(levels − 1).
+    #[config(default = "vec![16, 32, 64]")]
+    pub channels: Vec<usize>,
+    /// Residual blocks per level.
+    #[config(default = 1)]
+    pub blocks_per_level: usize,
+    /// GroupNorm groups; every channel count must be divisible by it.
+    #[config(default = 8)]
+    pub groups: usize,
+    /// log σ² is clamped to ±this, so exp(log σ²) cannot overflow.
+    #[config(default = 10.0)]
+    pub logvar_clamp: f64,
+}
+
+impl VaeConfig {
+    /// The reference project's architecture: widths 128/256/512, two blocks per level,
+    /// 32 groups, Cz = 8, f = 4 (35 M encoder and 42 M decoder parameters).
+    pub fn reference() -> Self {
+        Self::new()
+            .with_channels(vec![128, 256, 512])
+            .with_blocks_per_level(2)
+            .with_groups(32)
+    }
+
+    /// Downsampling factor f of H and W.
+    pub fn downsample_factor(&self) -> usize {
+        1 << self.channels.len().saturating_sub(1)
+    }
+
+    /// Checks every dimension rule, naming the field that breaks it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.in_channels == 0 || self.latent_channels == 0 {
+            return bad("in_channels and latent_channels must be ≥ 1".into());
+        }
+        if self.channels.is_empty() || self.channels.contains(&0) {
+            return bad(format!(
+                "channels = {:?} must be non-empty and positive",
+                self.channels
+            ));
+        }
+        if self.groups == 0 {
+            return bad("groups must be ≥ 1".into());
+        }
+        if let Some(c) = self.channels.iter().find(|&&c| c % self.groups != 0) {
+            return bad(format!(
+                "channel count {c} in channels = {:?} is not divisible by groups = {}",
+                self.channels, self.groups
+            ));
+        }
+        if self.blocks_per_level == 0 {
+            return bad("blocks_per_level must be ≥ 1".into());
+        }
+        if !(self.logvar_clamp.is_finite() && self.logvar_clamp > 0.0) {
+            return bad("logvar_clamp must be a positive number".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that an input of `(slices, height, width)` fits: H and W divisible by f.
+    pub fn check_input(&self, height: usize, width: usize) -> Result<(), ModelError> {
+        let f = self.downsample_factor();
+        if !height.is_multiple_of(f) || !width.is_multiple_of(f) {
+            return Err(ModelError::Input(format!(
+                "H × W = {height} × {width} is not divisible by the downsampling factor {f} of channels = {:?}",
+                self.channels
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds one encoder/decoder pair on `device` after validating the configuration.
+    pub fn init(&self, device: &Device) -> Result<VaeBranch, ModelError> {
+        self.validate()?;
+        Ok(VaeBranch {
+            encoder: Encoder::new(self, device),
+            decoder: Decoder::new(self, device),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_configurations_are_named() {
+        let e = VaeConfig::new()
+            .with_channels(vec![16, 30])
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("30") && e.to_string().contains("groups"),
+            "{e}"
+        );
+        assert!(VaeConfig::new().with_channels(vec![]).validate().is_err());
+        assert!(VaeConfig::new().with_latent_channels(0).validate().is_err());
+        assert!(VaeConfig::new().with_groups(0).validate().is_err());
+        let e = VaeConfig::new().check_input(64, 30).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("divisible by the downsampling factor 4"),
+            "{e}"
+        );
+        assert!(VaeConfig::new().check_input(64, 32).is_ok());
+    }
+
+    #[test]
+    fn reference_preset_has_the_reference_parameter_counts() {
+        // shared/spec/reference.md §8: 35,354,768 per encoder, 41,715,459 per decoder.
+        let cfg = VaeConfig::reference();
+        let branch = cfg.init(&Device::flex()).unwrap();
+        assert_eq!(branch.encoder.num_params(), 35_354_768);
+        assert_eq!(branch.decoder.num_params(), 41_715_459);
+    }
+}
