@@ -30,6 +30,8 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Inspect, import, export, merge and split datasets.
     Dataset(cmd::dataset::DatasetArgs),
+    /// Train the networks.
+    Train(cmd::train::TrainArgs),
     /// Measure throughput (solver kernels vs memory bandwidth, convergence time).
     Bench(cmd::bench::BenchArgs),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Solve(a) => cmd::solve::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Dataset(a) => cmd::dataset::run(a),
+        Command::Train(a) => cmd::train::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

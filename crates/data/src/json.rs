@@ -12,7 +12,7 @@ use crate::atomic::write_atomic;
 use crate::error::{DataError, Result};
 
 /// Reads `path` into `T`; a missing file is [`DataError::NotFound`] carrying `fix_if_missing`.
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, fix_if_missing: &str) -> Result<T> {
+pub fn read_json<T: DeserializeOwned>(path: &Path, fix_if_missing: &str) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             DataError::NotFound {
@@ -34,7 +34,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, fix_if_missing: &str) 
 }
 
 /// Writes `value` to `path` as indented JSON, atomically.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         error: source,
@@ -45,7 +45,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// SHA-256 (hex) of the canonical JSON of `value`: compact, object keys sorted, whatever
 /// the `serde_json` features of the build. `path` names the file `value` belongs to.
-pub(crate) fn canonical_sha256<T: Serialize>(value: &T, path: &Path) -> Result<String> {
+pub fn canonical_sha256<T: Serialize>(value: &T, path: &Path) -> Result<String> {
     let value = serde_json::to_value(value).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         error: source,

@@ -12,7 +12,7 @@ pub mod error;
 pub mod export;
 pub mod generate;
 pub mod info;
-mod json;
+pub mod json;
 pub mod loader;
 pub mod manifest;
 pub mod progress;

@@ -7,4 +7,20 @@ pub enum ModelError {
     Config(String),
     #[error("input does not fit the model: {0}")]
     Input(String),
+    #[error("{0}")]
+    Data(#[from] fiberflow_data::DataError),
+    #[error("{path}: {msg}")]
+    Checkpoint {
+        path: std::path::PathBuf,
+        msg: String,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn checkpoint(path: &std::path::Path, msg: impl std::fmt::Display) -> Self {
+        Self::Checkpoint {
+            path: path.to_path_buf(),
+            msg: msg.to_string(),
+        }
+    }
 }

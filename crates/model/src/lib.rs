@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod error;
 pub mod loss;
+pub mod metrics;
 pub mod ops;
 pub mod train;
 pub mod vae;

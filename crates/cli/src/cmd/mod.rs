@@ -5,3 +5,4 @@ pub mod dataset;
 pub mod generate;
 pub mod geometry;
 pub mod solve;
+pub mod train;

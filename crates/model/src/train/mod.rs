@@ -1,5 +1,8 @@
 //! Training utilities Burn does not provide: global-norm gradient clipping and an
 //! exponential moving average of the weights.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod ema;
+pub mod schedule;
+pub mod vae;
