@@ -1,4 +1,4 @@
-//! JSON files of a dataset (manifest, records, splits, statistics): pretty atomic writes,
+//! JSON files of fiberflow (dataset manifests, records, splits, statistics, run logs): pretty atomic writes,
 //! reads whose errors name the file, and the canonical hash later stages record.
 
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! Array layout and units are those of `fiberflow_geometry::layout`: `(S, C, H, W)`,
 //! channels `(vx, vy, vz)`, mask 1 = fluid, SI units.
 
-mod atomic;
+pub mod atomic;
 pub mod dataset;
 pub mod error;
 pub mod export;

@@ -3,6 +3,7 @@
 //! feature). This is the only crate that depends on the ML framework.
 
 pub mod batch;
+pub mod device;
 pub mod error;
 pub mod loss;
 pub mod metrics;

@@ -66,7 +66,17 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     let data = tmp.path().join("data");
     dataset(&data);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let full = train_vae(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap();
+    let full = train_vae(
+        &Device::flex(),
+        Stage::One,
+        &data,
+        None,
+        &a,
+        config(4),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
     assert_eq!(full.history.len(), 4);
     let first = &full.history[0].train["rec"];
     let last = &full.history[3].train["rec"];
@@ -77,6 +87,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
 
     // Killed after two epochs, then resumed with the same arguments.
     let part = train_vae(
+        &Device::flex(),
         Stage::One,
         &data,
         None,
@@ -87,7 +98,17 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     )
     .unwrap();
     assert_eq!(part.history.len(), 2);
-    let resumed = train_vae(Stage::One, &data, None, &b, config(4), true, &mut Quiet).unwrap();
+    let resumed = train_vae(
+        &Device::flex(),
+        Stage::One,
+        &data,
+        None,
+        &b,
+        config(4),
+        true,
+        &mut Quiet,
+    )
+    .unwrap();
     assert_eq!(
         resumed.history,
         full.history
@@ -116,16 +137,37 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(output(&a) == output(&b), "resumed weights differ");
 
     // Refusals: an existing run without --resume, and a resume with another config.
-    let e = train_vae(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap_err();
+    let e = train_vae(
+        &Device::flex(),
+        Stage::One,
+        &data,
+        None,
+        &a,
+        config(4),
+        false,
+        &mut Quiet,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
     let mut other = config(4);
     other.lr = 1e-4;
-    let e = train_vae(Stage::One, &data, None, &a, other, true, &mut Quiet).unwrap_err();
+    let e = train_vae(
+        &Device::flex(),
+        Stage::One,
+        &data,
+        None,
+        &a,
+        other,
+        true,
+        &mut Quiet,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("another configuration"), "{e}");
 
     // Stage 2 on top of stage 1: the 2D latent must let D3D rebuild some vz.
     let two = tmp.path().join("two");
     let log = train_vae(
+        &Device::flex(),
         Stage::Two,
         &data,
         Some(&a),
@@ -143,6 +185,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(log.history[2].train["cross"] < log.history[0].train["cross"]);
     // Stage 2 needs a stage-1 run.
     let e = train_vae(
+        &Device::flex(),
         Stage::Two,
         &data,
         None,
@@ -161,6 +204,7 @@ fn invalid_configs_fail_before_reading_data() {
     let mut cfg = config(1);
     cfg.vae = VaeConfig::new().with_channels(vec![8, 12]).with_groups(8);
     let e = train_vae(
+        &Device::flex(),
         Stage::One,
         &tmp.path().join("none"),
         None,

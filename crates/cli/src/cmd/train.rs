@@ -46,6 +46,9 @@ struct VaeArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -59,7 +62,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let stage = if a.stage == 1 { Stage::One } else { Stage::Two };
     let mut bar = Bar(None);
+    let device = fiberflow_model::device::select(&a.device)?;
     let log = train_vae(
+        &device,
         stage,
         &a.dataset,
         a.stage1.as_deref(),

@@ -200,8 +200,11 @@ pub const LOG_FILE: &str = "log.json";
 pub const BEST_FILE: &str = "best_model.bpk";
 const CHECKPOINT_DIR: &str = "checkpoint";
 
-/// Trains stage 1 or 2 into `out`, resuming from its checkpoint when `resume` is set.
+/// Trains stage 1 or 2 on `device` into `out`, resuming from its checkpoint when `resume`
+/// is set.
+#[allow(clippy::too_many_arguments)]
 pub fn train_vae(
+    device: &Device,
     stage: Stage,
     dataset_dir: &Path,
     stage1_dir: Option<&Path>,
@@ -254,12 +257,11 @@ pub fn train_vae(
     };
 
     std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
-    let device = Device::flex();
     device.seed(cfg.seed);
     let ad = device.clone().autodiff();
     let mut trainer = match &stage1 {
         None => Trainer::stage1(&cfg, &ad)?,
-        Some((dir, _)) => Trainer::stage2(&cfg, &device, &ad, &dir.join(BEST_FILE))?,
+        Some((dir, _)) => Trainer::stage2(&cfg, device, &ad, &dir.join(BEST_FILE))?,
     };
     let mut log = RunLog {
         stage,
@@ -331,7 +333,7 @@ pub fn train_vae(
                 .accumulation
                 .min(batches - (b / cfg.accumulation) * cfg.accumulation);
             let tb = to_tensors(&batch, &normalizer, &ad)?;
-            let terms = trainer.loss(&tb, &batch, beta, &cfg, &device, &ad, &normalizer)?;
+            let terms = trainer.loss(&tb, &batch, beta, &cfg, device, &ad, &normalizer)?;
             let loss = terms.total.clone();
             let value = loss.clone().into_scalar::<f64>();
             if !value.is_finite() {
@@ -369,7 +371,7 @@ pub fn train_vae(
             .into_iter()
             .map(|(k, v)| (k, v / batches as f64))
             .collect();
-        let (val, val_errors) = trainer.validate(&val_loader, &cfg, &device, &normalizer)?;
+        let (val, val_errors) = trainer.validate(&val_loader, &cfg, device, &normalizer)?;
         let record = EpochRecord {
             epoch,
             steps: (epoch + 1) * steps_per_epoch,

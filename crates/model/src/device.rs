@@ -1,0 +1,53 @@
+//! Choice of the compute device by name, so one CLI flag selects CPU or GPU.
+
+use crate::error::ModelError;
+use burn::prelude::*;
+
+/// `cpu` (Burn's flex backend, all cores) or `cuda` / `cuda:N` (needs the `cuda` feature).
+pub fn select(spec: &str) -> Result<Device, ModelError> {
+    match spec {
+        "cpu" => Ok(Device::flex()),
+        s if s == "cuda" || s.starts_with("cuda:") => cuda(s.strip_prefix("cuda:").unwrap_or("0")),
+        other => Err(ModelError::Config(format!(
+            "unknown device `{other}`; use `cpu`, `cuda` or `cuda:N`"
+        ))),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: &str) -> Result<Device, ModelError> {
+    let i: usize = index
+        .parse()
+        .map_err(|_| ModelError::Config(format!("bad CUDA device index `{index}`")))?;
+    Ok(Device::cuda(i))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: &str) -> Result<Device, ModelError> {
+    Err(ModelError::Config(
+        "this build has no GPU support; rebuild with `--features cuda`".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_parsed_and_unknown_ones_refused() {
+        assert!(select("cpu").is_ok());
+        assert!(
+            select("tpu")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown device")
+        );
+        #[cfg(not(feature = "cuda"))]
+        assert!(
+            select("cuda:1")
+                .unwrap_err()
+                .to_string()
+                .contains("--features cuda")
+        );
+    }
+}
