@@ -70,6 +70,9 @@ pub struct VaeTrainConfig {
     pub kl_warmup_epochs: usize,
     /// Mirror augmentation (y, z and x, each with probability ½).
     pub augment: bool,
+    /// Decode every sample into memory once instead of reading the memory-mapped files
+    /// at each access.
+    pub preload: bool,
     pub seed: u64,
     /// Stage 2: weight of the latent alignment ‖μ2d − μ3d‖².
     pub lambda_align: f64,
@@ -101,6 +104,7 @@ impl Default for VaeTrainConfig {
             kl_end: 1e-3,
             kl_warmup_epochs: 10,
             augment: false,
+            preload: false,
             seed: 0,
             lambda_align: 5.0,
             lambda_cross: 50.0,
@@ -301,7 +305,7 @@ pub fn train_vae(
         batch_size: cfg.batch_size,
         shuffle: subset == Subset::Train,
         seed: cfg.seed,
-        preload: false,
+        preload: cfg.preload,
         augment: if subset == Subset::Train && cfg.augment {
             Mirror {
                 x: true,
