@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 /// Eight 16×16×3 samples: 5 train, 1 val, 2 test.
-fn dataset(dir: &Path) {
+fn dataset(dir: &Path, seed: u64) {
     let mut cfg = GeneratorConfig::default();
     cfg.packing.window_um = 12.0;
     cfg.packing.radius_mean_um = 2.0;
@@ -24,9 +24,9 @@ fn dataset(dir: &Path) {
         slices: 3,
         pitch_um: 2.0,
     };
-    let writer = DatasetWriter::create_or_resume(dir, cfg.header(&grid, 3)).unwrap();
+    let writer = DatasetWriter::create_or_resume(dir, cfg.header(&grid, seed)).unwrap();
     for i in 0..8 {
-        let (sample, record) = generate_sample(&cfg, &grid, 3, i).unwrap();
+        let (sample, record) = generate_sample(&cfg, &grid, seed, i).unwrap();
         writer.write(i, &sample, record).unwrap();
     }
     writer
@@ -64,7 +64,7 @@ impl TrainObserver for Quiet {}
 fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data);
+    dataset(&data, 3);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let full = train_vae(
         &Device::flex(),
@@ -98,6 +98,33 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     )
     .unwrap();
     assert_eq!(part.history.len(), 2);
+    // Stage 2 refuses an unfinished stage 1; resuming on other data is refused.
+    let e = train_vae(
+        &Device::flex(),
+        Stage::Two,
+        &data,
+        Some(&b),
+        &tmp.path().join("early"),
+        config(1),
+        false,
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unfinished"), "{e}");
+    let other_data = tmp.path().join("other");
+    dataset(&other_data, 4);
+    let e = train_vae(
+        &Device::flex(),
+        Stage::One,
+        &other_data,
+        None,
+        &b,
+        config(4),
+        true,
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("another dataset"), "{e}");
     let resumed = train_vae(
         &Device::flex(),
         Stage::One,

@@ -27,6 +27,12 @@ pub fn write_dir(
         std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
     }
     std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+    // Make the renames durable (the files themselves are synced as they are written).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(parent, e))?;
+    }
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
     }

@@ -227,6 +227,14 @@ pub fn train_vae(
                     dir.display()
                 )));
             }
+            if log.history.len() < log.config.epochs {
+                return Err(ModelError::Config(format!(
+                    "stage 1 in {} is unfinished ({} of {} epochs); finish it with --resume first",
+                    dir.display(),
+                    log.history.len(),
+                    log.config.epochs
+                )));
+            }
             // The architecture is the stage-1 one.
             cfg.vae = log.config.vae.clone();
             Some((dir.to_path_buf(), log))
@@ -289,8 +297,19 @@ pub fn train_vae(
                     out.display()
                 )));
             }
+            if saved.dataset_manifest_sha256 != log.dataset_manifest_sha256
+                || saved.normalizer != log.normalizer
+                || saved.stage1 != log.stage1
+            {
+                return Err(ModelError::Config(format!(
+                    "{} was trained on another dataset, normalisation or stage-1 run; resume with the same --dataset and --stage1, or train into a new --out",
+                    out.display()
+                )));
+            }
             trainer.load(&dir)?;
             log = saved;
+            // A kill between the checkpoint and log.json leaves the log one epoch behind.
+            write_json(&out.join(LOG_FILE), &log)?;
         }
         (false, Some(_)) => {
             return Err(ModelError::Config(format!(
@@ -690,10 +709,12 @@ impl Frozen {
             .collect();
         if keys.iter().any(|k| !self.mu3d.contains_key(k)) {
             let u = to_tensors(batch, normalizer, device)?.u;
-            let (mu, _) = self.e3d.encoder.forward(u);
             for (b, key) in keys.iter().enumerate() {
-                self.mu3d
-                    .insert(*key, mu.clone().narrow(0, b, 1).into_data());
+                if !self.mu3d.contains_key(key) {
+                    // One sample at a time, so a value never depends on its batch mates.
+                    let (mu, _) = self.e3d.encoder.forward(u.clone().narrow(0, b, 1));
+                    self.mu3d.insert(*key, mu.into_data());
+                }
             }
         }
         let parts: Vec<Tensor<5>> = keys
