@@ -5,8 +5,11 @@ use burn::tensor::Distribution;
 use fiberflow_data::generate::{GeneratorConfig, generate_sample};
 use fiberflow_data::{DatasetWriter, Silent, SplitMode};
 use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_model::ModelError;
 use fiberflow_model::train::checkpoint;
-use fiberflow_model::train::vae::{EpochRecord, Stage, TrainObserver, VaeTrainConfig, train_vae};
+use fiberflow_model::train::vae::{
+    EpochRecord, RunLog, Stage, TrainObserver, VaeTrainConfig, train_vae,
+};
 use fiberflow_model::vae::VaeConfig;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -60,23 +63,35 @@ impl TrainObserver for StopAfter {
 struct Quiet;
 impl TrainObserver for Quiet {}
 
+/// `train_vae` on the CPU.
+fn run(
+    stage: Stage,
+    data: &Path,
+    stage1: Option<&Path>,
+    out: &Path,
+    cfg: VaeTrainConfig,
+    resume: bool,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunLog, ModelError> {
+    train_vae(
+        &Device::flex(),
+        stage,
+        data,
+        stage1,
+        out,
+        cfg,
+        resume,
+        observer,
+    )
+}
+
 #[test]
 fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data, 3);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let full = train_vae(
-        &Device::flex(),
-        Stage::One,
-        &data,
-        None,
-        &a,
-        config(4),
-        false,
-        &mut Quiet,
-    )
-    .unwrap();
+    let full = run(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap();
     assert_eq!(full.history.len(), 4);
     let first = &full.history[0].train["rec"];
     let last = &full.history[3].train["rec"];
@@ -86,8 +101,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     );
 
     // Killed after two epochs, then resumed with the same arguments.
-    let part = train_vae(
-        &Device::flex(),
+    let part = run(
         Stage::One,
         &data,
         None,
@@ -99,8 +113,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     .unwrap();
     assert_eq!(part.history.len(), 2);
     // Stage 2 refuses an unfinished stage 1; resuming on other data is refused.
-    let e = train_vae(
-        &Device::flex(),
+    let e = run(
         Stage::Two,
         &data,
         Some(&b),
@@ -113,8 +126,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(e.to_string().contains("unfinished"), "{e}");
     let other_data = tmp.path().join("other");
     dataset(&other_data, 4);
-    let e = train_vae(
-        &Device::flex(),
+    let e = run(
         Stage::One,
         &other_data,
         None,
@@ -125,17 +137,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("another dataset"), "{e}");
-    let resumed = train_vae(
-        &Device::flex(),
-        Stage::One,
-        &data,
-        None,
-        &b,
-        config(4),
-        true,
-        &mut Quiet,
-    )
-    .unwrap();
+    let resumed = run(Stage::One, &data, None, &b, config(4), true, &mut Quiet).unwrap();
     assert_eq!(
         resumed.history,
         full.history
@@ -164,37 +166,16 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(output(&a) == output(&b), "resumed weights differ");
 
     // Refusals: an existing run without --resume, and a resume with another config.
-    let e = train_vae(
-        &Device::flex(),
-        Stage::One,
-        &data,
-        None,
-        &a,
-        config(4),
-        false,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
     let mut other = config(4);
     other.lr = 1e-4;
-    let e = train_vae(
-        &Device::flex(),
-        Stage::One,
-        &data,
-        None,
-        &a,
-        other,
-        true,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::One, &data, None, &a, other, true, &mut Quiet).unwrap_err();
     assert!(e.to_string().contains("another configuration"), "{e}");
 
     // Stage 2 on top of stage 1: the 2D latent must let D3D rebuild some vz.
     let two = tmp.path().join("two");
-    let log = train_vae(
-        &Device::flex(),
+    let log = run(
         Stage::Two,
         &data,
         Some(&a),
@@ -211,8 +192,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(rec.val_errors.vz_ratio > 0.0);
     assert!(log.history[2].train["cross"] < log.history[0].train["cross"]);
     // Stage 2 needs a stage-1 run.
-    let e = train_vae(
-        &Device::flex(),
+    let e = run(
         Stage::Two,
         &data,
         None,
@@ -230,8 +210,7 @@ fn invalid_configs_fail_before_reading_data() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(1);
     cfg.vae = VaeConfig::new().with_channels(vec![8, 12]).with_groups(8);
-    let e = train_vae(
-        &Device::flex(),
+    let e = run(
         Stage::One,
         &tmp.path().join("none"),
         None,
