@@ -6,31 +6,30 @@ use burn::prelude::*;
 /// (vz of a 2D flow) contributes |prediction| instead of dividing by zero.
 const NORM_FLOOR: f64 = 1e-6;
 
+/// Σ_fluid e(p − t) / Σ_fluid e(t) per sample and channel, averaged, for an elementwise
+/// error e; the shared form of both normalised losses.
+fn normalized(
+    pred: Tensor<5>,
+    target: Tensor<5>,
+    mask: Tensor<5>,
+    e: impl Fn(Tensor<5>) -> Tensor<5>,
+) -> Tensor<1> {
+    let err = e((pred - target.clone()) * mask.clone()).sum_dims(&[2, 3, 4]);
+    let scale = e(target * mask).sum_dims(&[2, 3, 4]).clamp_min(NORM_FLOOR);
+    (err / scale).mean()
+}
+
 /// Masked, per-component normalised MAE: for every sample b and channel c,
 /// Σ_fluid |p − t| / Σ_fluid |t|, averaged over channels and samples. The reference
 /// project's `normalized_mae_per_channel`; it weighs the sparse vz as much as vx.
 /// `mask` is `(B, 1, S, H, W)`, 1 in fluid.
 pub fn normalized_mae(pred: Tensor<5>, target: Tensor<5>, mask: Tensor<5>) -> Tensor<1> {
-    let err = ((pred - target.clone()) * mask.clone())
-        .abs()
-        .sum_dims(&[2, 3, 4]);
-    let scale = (target * mask)
-        .abs()
-        .sum_dims(&[2, 3, 4])
-        .clamp_min(NORM_FLOOR);
-    (err / scale).mean()
+    normalized(pred, target, mask, |x| x.abs())
 }
 
 /// Masked, per-component normalised MSE: Σ_fluid (p − t)² / Σ_fluid t², averaged.
 pub fn normalized_mse(pred: Tensor<5>, target: Tensor<5>, mask: Tensor<5>) -> Tensor<1> {
-    let err = ((pred - target.clone()) * mask.clone())
-        .square()
-        .sum_dims(&[2, 3, 4]);
-    let scale = (target * mask)
-        .square()
-        .sum_dims(&[2, 3, 4])
-        .clamp_min(NORM_FLOOR);
-    (err / scale).mean()
+    normalized(pred, target, mask, |x| x.square())
 }
 
 /// KL(N(μ, σ²) ‖ N(0, 1)) averaged over latent elements (so β is per element).
