@@ -32,6 +32,8 @@ enum Command {
     Dataset(cmd::dataset::DatasetArgs),
     /// Train the networks.
     Train(cmd::train::TrainArgs),
+    /// Use a trained dual VAE: cache its latents.
+    Vae(cmd::vae::VaeArgs),
     /// Measure throughput (solver kernels vs memory bandwidth, convergence time).
     Bench(cmd::bench::BenchArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Dataset(a) => cmd::dataset::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Vae(a) => cmd::vae::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod dataset;
 pub mod error;
 pub mod export;
+pub mod features;
 pub mod generate;
 pub mod info;
 pub mod json;

@@ -4,28 +4,48 @@
 use crate::error::ModelError;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use fiberflow_data::features::geometry_features;
 use fiberflow_data::{Batch, Field, Statistics};
+use ndarray::{Array5, Axis};
 use serde::{Deserialize, Serialize};
 
-/// Per-component scale of the velocities (vx, vy, vz), m/s: the largest |component| of U
-/// and U_2d over the training split, as in the reference (each component then spans
-/// about [−1, 1], so the sparse vz is not drowned by vx).
+/// How the per-component velocity scales are chosen from the training statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// Root mean square of each component of U over the fluid: every channel has unit
+    /// scale, which is what a network's initialisation and a fixed learning rate assume.
+    /// Flow fields are heavy-tailed (max |vx| ≈ 20 × rms), so dividing by the maximum
+    /// leaves typical values near 0.05 and training starts far from the data.
+    #[default]
+    Rms,
+    /// Largest |component| of U and U_2d over the training split (the reference's choice;
+    /// each component then spans [−1, 1]).
+    Max,
+}
+
+/// Per-component scale of the velocities (vx, vy, vz), m/s; each is divided by its own
+/// factor so the sparse vz is not drowned by vx.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Normalizer {
     pub factors: [f64; 3],
 }
 
 impl Normalizer {
-    pub fn from_statistics(stats: &Statistics) -> Result<Self, ModelError> {
+    pub fn from_statistics(stats: &Statistics, kind: Normalization) -> Result<Self, ModelError> {
         let (u, u2d) = (&stats.u, &stats.u2d);
-        let factors = [
-            u.vx.max_abs.max(u2d.vx.max_abs),
-            u.vy.max_abs.max(u2d.vy.max_abs),
-            u.vz.max_abs.max(u2d.vz.max_abs),
-        ];
+        let rms = |c: &fiberflow_data::statistics::ComponentStats| c.std.hypot(c.mean);
+        let factors = match kind {
+            Normalization::Rms => [rms(&u.vx), rms(&u.vy), rms(&u.vz)],
+            Normalization::Max => [
+                u.vx.max_abs.max(u2d.vx.max_abs),
+                u.vy.max_abs.max(u2d.vy.max_abs),
+                u.vz.max_abs.max(u2d.vz.max_abs),
+            ],
+        };
         if let Some(c) = factors.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
             return Err(ModelError::Input(format!(
-                "the training split has no {} velocity (max |·| = {}); a 3D flow dataset is needed",
+                "the training split has no {} velocity (scale {}); a 3D flow dataset is needed",
                 ["vx", "vy", "vz"][c],
                 factors[c]
             )));
@@ -59,6 +79,16 @@ pub struct TensorBatch {
     pub u2d: Tensor<5>,
     /// Fluid mask, `(B, 1, S, H, W)`.
     pub mask: Tensor<5>,
+    /// Microstructure features (mask, scaled distance to the nearest fibre),
+    /// `(B, 2, S, H, W)`; see `fiberflow_data::features`.
+    pub geometry: Tensor<5>,
+}
+
+/// `(B, S, C, H, W)` array → `(B, C, S, H, W)` tensor on `device`.
+fn channel_first(a: Array5<f32>, device: &Device) -> Tensor<5> {
+    let shape: [usize; 5] = a.shape().try_into().expect("a 5-D array");
+    let data = TensorData::new(a.as_standard_layout().iter().copied().collect(), shape);
+    Tensor::<5>::from_data(data, device).permute([0, 2, 1, 3, 4])
 }
 
 /// Stacks a batch's fields as channel-first tensors on `device`.
@@ -71,15 +101,22 @@ pub fn to_tensors(
         let a = batch
             .stack(f)
             .map_err(|e| ModelError::Input(e.to_string()))?;
-        let shape: [usize; 5] = a.shape().try_into().expect("stack gives 5 axes");
-        let data = TensorData::new(a.as_standard_layout().iter().copied().collect(), shape);
-        // (B, S, C, H, W) → (B, C, S, H, W)
-        Ok(Tensor::<5>::from_data(data, device).permute([0, 2, 1, 3, 4]))
+        Ok(channel_first(a, device))
     };
+    let features = batch
+        .samples
+        .iter()
+        .map(|s| geometry_features(s.domain.view(), s.dxyz[0]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ModelError::Input(e.to_string()))?;
+    let views: Vec<_> = features.iter().map(|f| f.view()).collect();
+    let stacked =
+        ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
     Ok(TensorBatch {
         u: norm.normalize(field(Field::U)?),
         u2d: norm.normalize(field(Field::U2d)?),
         mask: field(Field::Domain)?,
+        geometry: channel_first(stacked, device),
     })
 }
 

@@ -4,11 +4,15 @@
 
 pub mod batch;
 pub mod device;
+pub mod diffusion;
 pub mod error;
+pub mod latent;
 pub mod loss;
 pub mod metrics;
 pub mod ops;
+pub mod predict;
 pub mod train;
+pub mod unet;
 pub mod vae;
 
 pub use error::ModelError;

@@ -19,10 +19,41 @@ pub fn pad_for_downsample(x: Tensor<5>) -> Tensor<5> {
     x.pad([(1, 1), (0, 1), (0, 1)], PadMode::Constant(0.0))
 }
 
+/// Mean over non-overlapping `factor`×`factor` blocks in H and W (slices kept); brings
+/// full-resolution features to a coarser level. H and W must be multiples of `factor`.
+pub fn avg_pool_hw(x: Tensor<5>, factor: usize) -> Tensor<5> {
+    if factor == 1 {
+        return x;
+    }
+    let [b, c, s, h, w] = x.dims();
+    let (ho, wo) = (h / factor, w / factor);
+    x.reshape([b, c, s, ho, factor, wo, factor])
+        .mean_dims(&[4, 6])
+        .reshape([b, c, s, ho, wo])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn pooling_averages_each_block_and_undoes_upsampling() {
+        let dev = Device::flex();
+        let x = Tensor::<5>::from_data(
+            TensorData::new((0..16).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 1, 4, 4]),
+            &dev,
+        );
+        let y: Vec<f32> = avg_pool_hw(x.clone(), 2).into_data().try_into_vec().unwrap();
+        // Block (0,0) holds 0, 1, 4, 5.
+        assert_eq!(y, vec![2.5, 4.5, 10.5, 12.5]);
+        let back: Vec<f32> = avg_pool_hw(upsample_hw(x.clone(), 2), 2)
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        let x: Vec<f32> = x.into_data().try_into_vec().unwrap();
+        assert_eq!(back, x);
+    }
 
     #[test]
     fn upsampling_repeats_each_pixel_in_a_block() {

@@ -51,7 +51,10 @@ fn residual_block_gradient_matches_central_differences() {
 fn saved_and_loaded_networks_give_identical_outputs() {
     let device = Device::flex();
     device.seed(5);
-    let cfg = VaeConfig::new().with_channels(vec![8, 16]).with_groups(4);
+    let cfg = VaeConfig::new()
+        .with_channels(vec![8, 16])
+        .with_groups(4)
+        .with_geometry_channels(0);
     let vae = cfg.init(&device).unwrap();
     let x = Tensor::<5>::random([1, 3, 2, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let tmp = tempfile::tempdir().unwrap();
@@ -59,11 +62,14 @@ fn saved_and_loaded_networks_give_identical_outputs() {
     checkpoint::save(&vae, &path).unwrap();
     let loaded = checkpoint::load(cfg.init(&device).unwrap(), &path).unwrap();
     assert!(
-        values(vae.forward(x.clone(), false).reconstruction)
-            == values(loaded.forward(x, false).reconstruction)
+        values(vae.forward(x.clone(), None, false).reconstruction)
+            == values(loaded.forward(x, None, false).reconstruction)
     );
     // Another architecture is refused with the file named.
-    let other = VaeConfig::new().with_channels(vec![8, 32]).with_groups(4);
+    let other = VaeConfig::new()
+        .with_channels(vec![8, 32])
+        .with_groups(4)
+        .with_geometry_channels(0);
     let e = checkpoint::load(other.init(&device).unwrap(), &path).unwrap_err();
     assert!(e.to_string().contains("vae.bpk"), "{e}");
 }
@@ -76,6 +82,7 @@ fn overfits_a_fixed_batch_tenfold() {
     let mut vae = VaeConfig::new()
         .with_channels(vec![8, 16])
         .with_groups(4)
+        .with_geometry_channels(0)
         .init(&ad)
         .unwrap();
     let x = Tensor::<5>::random([1, 3, 2, 8, 8], Distribution::Normal(0.0, 1.0), &ad);
@@ -83,7 +90,7 @@ fn overfits_a_fixed_batch_tenfold() {
     let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
     let loss_of = |vae: &fiberflow_model::vae::VaeBranch| {
         normalized_mae(
-            vae.forward(x.clone(), false).reconstruction,
+            vae.forward(x.clone(), None, false).reconstruction,
             x.clone(),
             mask.clone(),
         )

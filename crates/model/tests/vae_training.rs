@@ -153,11 +153,12 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     let device = Device::flex();
     device.seed(9);
     let probe = Tensor::<5>::random([1, 3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let geometry = Tensor::<5>::random([1, 2, 3, 16, 16], Distribution::Uniform(0.0, 1.0), &device);
     let output = |dir: &Path| -> Vec<f32> {
         let fresh = config(4).vae.init(&device).unwrap();
         let model = checkpoint::load(fresh, &dir.join("checkpoint/model.bpk")).unwrap();
         model
-            .forward(probe.clone(), false)
+            .forward(probe.clone(), Some(geometry.clone()), false)
             .reconstruction
             .into_data()
             .try_into_vec()

@@ -6,3 +6,4 @@ pub mod generate;
 pub mod geometry;
 pub mod solve;
 pub mod train;
+pub mod vae;

@@ -2,6 +2,7 @@
 //! exponential moving average of the weights.
 
 pub mod checkpoint;
+pub mod diffusion;
 pub mod clip;
 pub mod ema;
 pub mod schedule;

@@ -12,7 +12,7 @@
 //! (z = μ) and an atomic checkpoint; a resumed run replays exactly (the loader order and
 //! the sampling noise are functions of (seed, epoch)).
 
-use crate::batch::{Normalizer, TensorBatch, to_tensors};
+use crate::batch::{Normalization, Normalizer, TensorBatch, to_tensors};
 use crate::error::ModelError;
 use crate::loss::{kl_divergence, normalized_mae, normalized_mse};
 use crate::metrics::{ErrorSums, FieldErrors};
@@ -63,6 +63,8 @@ pub struct VaeTrainConfig {
     /// Weight EMA decay ceiling; 0 disables the EMA.
     pub ema_decay: f64,
     pub loss: ReconLoss,
+    /// Per-component velocity scaling (stage 2 inherits stage 1's factors).
+    pub normalization: Normalization,
     /// KL weight β at the first epoch.
     pub kl_start: f64,
     /// KL weight β after the warm-up.
@@ -99,7 +101,8 @@ impl Default for VaeTrainConfig {
             weight_decay: 1e-4,
             grad_clip: 1.0,
             ema_decay: 0.0,
-            loss: ReconLoss::Mae,
+            loss: ReconLoss::Mse,
+            normalization: Normalization::Rms,
             kl_start: 1e-5,
             kl_end: 1e-3,
             kl_warmup_epochs: 10,
@@ -237,6 +240,7 @@ pub fn train_vae(
             }
             // The architecture is the stage-1 one.
             cfg.vae = log.config.vae.clone();
+            cfg.normalization = log.config.normalization;
             Some((dir.to_path_buf(), log))
         }
         (Stage::One, Some(_)) => {
@@ -265,7 +269,7 @@ pub fn train_vae(
             }
             log.normalizer
         }
-        None => Normalizer::from_statistics(&Statistics::load(&dataset)?)?,
+        None => Normalizer::from_statistics(&Statistics::load(&dataset)?, cfg.normalization)?,
     };
 
     std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
@@ -451,6 +455,11 @@ struct Frozen {
     mu3d: HashMap<(usize, [bool; 3]), TensorData>,
 }
 
+/// The batch's microstructure features when the VAE is conditioned on them.
+fn geometry(tb: &TensorBatch, cfg: &VaeTrainConfig) -> Option<Tensor<5>> {
+    (cfg.vae.geometry_channels > 0).then(|| tb.geometry.clone())
+}
+
 fn recon(kind: ReconLoss, pred: Tensor<5>, target: Tensor<5>, mask: Tensor<5>) -> Tensor<1> {
     match kind {
         ReconLoss::Mae => normalized_mae(pred, target, mask),
@@ -539,7 +548,7 @@ impl Trainer {
     ) -> Result<LossTerms, ModelError> {
         let mask = tb.mask.clone();
         let Some(frozen) = &mut self.frozen else {
-            let out = self.model.forward(tb.u.clone(), true);
+            let out = self.model.forward(tb.u.clone(), geometry(tb, cfg), true);
             let rec = recon(cfg.loss, out.reconstruction, tb.u.clone(), mask);
             let kl = kl_divergence(out.mu, out.logvar);
             let parts = vec![
@@ -551,8 +560,11 @@ impl Trainer {
                 parts,
             });
         };
-        let mu3d = frozen.targets(batch, normalizer, device, ad)?;
-        let (mu2d, logvar2d) = self.model.encoder.forward(tb.u2d.clone());
+        let mu3d = frozen.targets(batch, normalizer, cfg, device, ad)?;
+        let (mu2d, logvar2d) = self
+            .model
+            .encoder
+            .forward(tb.u2d.clone(), geometry(tb, cfg));
         let z2d = if cfg.kl_2d > 0.0 {
             reparameterize(mu2d.clone(), logvar2d.clone())
         } else {
@@ -560,14 +572,14 @@ impl Trainer {
         };
         let rec2d = recon(
             cfg.loss,
-            without_vz(self.model.decoder.forward(z2d)),
+            without_vz(self.model.decoder.forward(z2d, geometry(tb, cfg))),
             tb.u2d.clone(),
             mask.clone(),
         );
         let align = alignment(mu2d.clone(), mu3d, cfg.align_cosine);
         let cross = recon(
             cfg.loss,
-            frozen.d3d.forward(mu2d.clone()),
+            frozen.d3d.forward(mu2d.clone(), geometry(tb, cfg)),
             tb.u.clone(),
             mask,
         );
@@ -616,7 +628,7 @@ impl Trainer {
             let mut add = |k: &str, v: f64| *sums.entry(k.into()).or_default() += v;
             let loss = match &mut self.frozen {
                 None => {
-                    let out = model.forward(tb.u.clone(), false);
+                    let out = model.forward(tb.u.clone(), geometry(&tb, cfg), false);
                     let rec = recon(
                         cfg.loss,
                         out.reconstruction.clone(),
@@ -630,18 +642,18 @@ impl Trainer {
                     rec
                 }
                 Some(frozen) => {
-                    let mu3d = frozen.targets(&batch, normalizer, device, device)?;
-                    let (mu2d, _) = model.encoder.forward(tb.u2d.clone());
+                    let mu3d = frozen.targets(&batch, normalizer, cfg, device, device)?;
+                    let (mu2d, _) = model.encoder.forward(tb.u2d.clone(), geometry(&tb, cfg));
                     let rec2d = recon(
                         cfg.loss,
-                        without_vz(model.decoder.forward(mu2d.clone())),
+                        without_vz(model.decoder.forward(mu2d.clone(), geometry(&tb, cfg))),
                         tb.u2d.clone(),
                         tb.mask.clone(),
                     )
                     .into_scalar::<f64>();
                     let align =
                         alignment(mu2d.clone(), mu3d, cfg.align_cosine).into_scalar::<f64>();
-                    let cross_pred = frozen.e3d.decoder.forward(mu2d);
+                    let cross_pred = frozen.e3d.decoder.forward(mu2d, geometry(&tb, cfg));
                     let cross = recon(cfg.loss, cross_pred.clone(), tb.u.clone(), tb.mask.clone())
                         .into_scalar::<f64>();
                     add("rec2d", rec2d);
@@ -698,6 +710,7 @@ impl Frozen {
         &mut self,
         batch: &fiberflow_data::Batch,
         normalizer: &Normalizer,
+        cfg: &VaeTrainConfig,
         device: &Device,
         target: &Device,
     ) -> Result<Tensor<5>, ModelError> {
@@ -708,11 +721,14 @@ impl Frozen {
             .map(|(&i, m)| (i, [m.x, m.y, m.z]))
             .collect();
         if keys.iter().any(|k| !self.mu3d.contains_key(k)) {
-            let u = to_tensors(batch, normalizer, device)?.u;
+            let tb = to_tensors(batch, normalizer, device)?;
             for (b, key) in keys.iter().enumerate() {
                 if !self.mu3d.contains_key(key) {
                     // One sample at a time, so a value never depends on its batch mates.
-                    let (mu, _) = self.e3d.encoder.forward(u.clone().narrow(0, b, 1));
+                    let (mu, _) = self.e3d.encoder.forward(
+                        tb.u.clone().narrow(0, b, 1),
+                        geometry(&tb, cfg).map(|g| g.narrow(0, b, 1)),
+                    );
                     self.mu3d.insert(*key, mu.into_data());
                 }
             }

@@ -11,6 +11,12 @@ pub struct VaeConfig {
     /// Input and output channels (vx, vy, vz).
     #[config(default = 3)]
     pub in_channels: usize,
+    /// Microstructure feature channels given to both encoder and decoder (mask and
+    /// distance to fibres, `fiberflow_data::features`); 0 for the reference's
+    /// unconditioned VAE. The geometry is known whenever a flow is predicted, and a decoder
+    /// that sees it spends its latent on the flow only.
+    #[config(default = 2)]
+    pub geometry_channels: usize,
     /// Latent channels Cz.
     #[config(default = 8)]
     pub latent_channels: usize,
@@ -27,6 +33,12 @@ pub struct VaeConfig {
     /// log σ² is clamped to ±this, so exp(log σ²) cannot overflow.
     #[config(default = 10.0)]
     pub logvar_clamp: f64,
+    /// Initial log σ² of the posterior (the bias of the encoder's log-variance channels).
+    /// With 0, the decoder first sees latents drowned in unit noise and learns to ignore
+    /// them; starting at σ ≈ 0.05 lets reconstruction train from the first step while the
+    /// KL term still widens σ where the data allows.
+    #[config(default = -6.0)]
+    pub logvar_init: f64,
 }
 
 impl VaeConfig {
@@ -37,6 +49,7 @@ impl VaeConfig {
             .with_channels(vec![128, 256, 512])
             .with_blocks_per_level(2)
             .with_groups(32)
+            .with_geometry_channels(0)
     }
 
     /// Downsampling factor f of H and W.
@@ -70,6 +83,12 @@ impl VaeConfig {
         }
         if !(self.logvar_clamp.is_finite() && self.logvar_clamp > 0.0) {
             return bad("logvar_clamp must be a positive number".into());
+        }
+        if self.logvar_init.is_nan() || self.logvar_init.abs() > self.logvar_clamp {
+            return bad(format!(
+                "logvar_init = {} must lie within ±logvar_clamp = {}",
+                self.logvar_init, self.logvar_clamp
+            ));
         }
         Ok(())
     }

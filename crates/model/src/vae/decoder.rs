@@ -1,8 +1,9 @@
 //! VAE decoder: latent (B, Cz, S, h, w) → field (B, C, S, h·f, w·f), linear output.
 
-use super::blocks::{ResBlock, conv3, upsample};
+use super::blocks::{ResBlock, conv3, upsample, with_geometry};
+use crate::ops::avg_pool_hw;
 use super::config::VaeConfig;
-use burn::nn::conv::Conv3d;
+use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
@@ -11,6 +12,8 @@ use burn::tensor::activation::silu;
 /// next (shallower) width except at the last level.
 #[derive(Module, Debug)]
 pub struct DecoderLevel {
+    /// 1×1×1 convolution mixing the level's features with the microstructure features.
+    inject: Option<Conv3d>,
     blocks: Vec<ResBlock>,
     up: Option<Conv3d>,
 }
@@ -21,6 +24,7 @@ pub struct Decoder {
     levels: Vec<DecoderLevel>,
     norm_out: GroupNorm,
     conv_out: Conv3d,
+    geometry_channels: usize,
 }
 
 impl Decoder {
@@ -30,6 +34,9 @@ impl Decoder {
             .iter()
             .enumerate()
             .map(|(i, &c)| DecoderLevel {
+                inject: (cfg.geometry_channels > 0).then(|| {
+                    Conv3dConfig::new([c + cfg.geometry_channels, c], [1, 1, 1]).init(device)
+                }),
                 blocks: (0..cfg.blocks_per_level)
                     .map(|_| ResBlock::new(c, c, cfg.groups, device))
                     .collect(),
@@ -42,12 +49,22 @@ impl Decoder {
             levels,
             norm_out: GroupNormConfig::new(cfg.groups, first).init(device),
             conv_out: conv3(first, cfg.in_channels, device),
+            geometry_channels: cfg.geometry_channels,
         }
     }
 
-    pub fn forward(&self, z: Tensor<5>) -> Tensor<5> {
+    /// `geometry` holds the full-resolution microstructure features when the config has
+    /// geometry channels; each level sees them averaged to its own resolution.
+    pub fn forward(&self, z: Tensor<5>, geometry: Option<Tensor<5>>) -> Tensor<5> {
         let mut h = self.conv_in.forward(z);
-        for level in &self.levels {
+        let levels = self.levels.len();
+        for (i, level) in self.levels.iter().enumerate() {
+            let factor = 1 << (levels - 1 - i);
+            let g = geometry.clone().map(|g| avg_pool_hw(g, factor));
+            h = with_geometry(h, g, self.geometry_channels);
+            if let Some(conv) = &level.inject {
+                h = conv.forward(h);
+            }
             for block in &level.blocks {
                 h = block.forward(h);
             }
@@ -72,12 +89,29 @@ mod tests {
         let cfg = VaeConfig::new();
         let vae = cfg.init(&dev).unwrap();
         let x = Tensor::<5>::random([2, 3, 5, 16, 24], Distribution::Normal(0.0, 1.0), &dev);
-        let out = vae.forward(x, true);
+        let g = Tensor::<5>::random([2, 2, 5, 16, 24], Distribution::Uniform(0.0, 1.0), &dev);
+        let out = vae.forward(x, Some(g), true);
         assert_eq!(out.mu.dims(), [2, 8, 5, 4, 6]);
         assert_eq!(out.logvar.dims(), [2, 8, 5, 4, 6]);
         assert_eq!(out.reconstruction.dims(), [2, 3, 5, 16, 24]);
         let lv: Vec<f32> = out.logvar.into_data().try_into_vec().unwrap();
         assert!(lv.iter().all(|v| v.abs() <= 10.0));
+        // The posterior starts narrow (logvar_init = −6).
+        let mean = lv.iter().sum::<f32>() / lv.len() as f32;
+        assert!((mean + 6.0).abs() < 1.5, "{mean}");
+    }
+
+    #[test]
+    fn the_decoder_sees_the_geometry() {
+        let dev = Device::flex();
+        dev.seed(3);
+        let vae = VaeConfig::new().with_channels(vec![8, 16]).with_groups(4).init(&dev).unwrap();
+        let z = Tensor::<5>::random([1, 8, 3, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let g = Tensor::<5>::random([1, 2, 3, 8, 8], Distribution::Uniform(0.0, 1.0), &dev);
+        let a = vae.decoder.forward(z.clone(), Some(g.clone()));
+        let b = vae.decoder.forward(z, Some(g.mul_scalar(2.0)));
+        assert_eq!(a.dims(), [1, 3, 3, 8, 8]);
+        assert!((a - b).abs().max().into_scalar::<f32>() > 1e-4);
     }
 
     #[test]
@@ -85,15 +119,15 @@ mod tests {
         // Changing one slice of the input changes the latent of its neighbour slice.
         let dev = Device::flex();
         dev.seed(2);
-        let vae = VaeConfig::new().init(&dev).unwrap();
+        let vae = VaeConfig::new().with_geometry_channels(0).init(&dev).unwrap();
         let x = Tensor::<5>::random([1, 3, 4, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let mut y = x.clone();
         y = y.slice_assign(
             [0..1, 0..3, 2..3, 0..8, 0..8],
             Tensor::<5>::ones([1, 3, 1, 8, 8], &dev),
         );
-        let (a, _) = vae.encoder.forward(x);
-        let (b, _) = vae.encoder.forward(y);
+        let (a, _) = vae.encoder.forward(x, None);
+        let (b, _) = vae.encoder.forward(y, None);
         let diff = |s: usize| {
             (a.clone().narrow(2, s, 1) - b.clone().narrow(2, s, 1))
                 .abs()

@@ -1,9 +1,10 @@
 //! VAE encoder: (B, C, S, H, W) → μ, log σ² of shape (B, Cz, S, H/f, W/f).
 
-use super::blocks::{ResBlock, conv3, down_conv, downsample};
+use super::blocks::{ResBlock, conv3, down_conv, downsample, with_geometry};
 use super::config::VaeConfig;
 use burn::nn::conv::Conv3d;
 use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
@@ -14,6 +15,17 @@ pub struct EncoderLevel {
     down: Option<Conv3d>,
 }
 
+/// Sets the bias of the output channels `cz..2cz` (log σ²) to `value`, and of μ to 0.
+fn with_logvar_bias(mut conv: Conv3d, cz: usize, value: f64, device: &Device) -> Conv3d {
+    let mut bias = vec![0.0f32; 2 * cz];
+    bias[cz..].fill(value as f32);
+    conv.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(bias, [2 * cz]),
+        device,
+    )));
+    conv
+}
+
 #[derive(Module, Debug)]
 pub struct Encoder {
     conv_in: Conv3d,
@@ -21,6 +33,7 @@ pub struct Encoder {
     norm_out: GroupNorm,
     conv_out: Conv3d,
     latent_channels: usize,
+    geometry_channels: usize,
     logvar_clamp: f64,
 }
 
@@ -42,18 +55,28 @@ impl Encoder {
             .collect();
         let last = *ch.last().expect("validated: channels non-empty");
         Self {
-            conv_in: conv3(cfg.in_channels, ch[0], device),
+            conv_in: conv3(cfg.in_channels + cfg.geometry_channels, ch[0], device),
             levels,
             norm_out: GroupNormConfig::new(cfg.groups, last).init(device),
-            conv_out: conv3(last, 2 * cfg.latent_channels, device),
+            conv_out: with_logvar_bias(
+                conv3(last, 2 * cfg.latent_channels, device),
+                cfg.latent_channels,
+                cfg.logvar_init,
+                device,
+            ),
             latent_channels: cfg.latent_channels,
+            geometry_channels: cfg.geometry_channels,
             logvar_clamp: cfg.logvar_clamp,
         }
     }
 
     /// Mean and clamped log-variance of the latent.
-    pub fn forward(&self, x: Tensor<5>) -> (Tensor<5>, Tensor<5>) {
-        let mut h = self.conv_in.forward(x);
+    /// `geometry` holds the full-resolution microstructure features when the config has
+    /// geometry channels.
+    pub fn forward(&self, x: Tensor<5>, geometry: Option<Tensor<5>>) -> (Tensor<5>, Tensor<5>) {
+        let mut h = self
+            .conv_in
+            .forward(with_geometry(x, geometry, self.geometry_channels));
         for level in &self.levels {
             for block in &level.blocks {
                 h = block.forward(h);

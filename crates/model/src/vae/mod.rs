@@ -35,16 +35,17 @@ pub struct VaeOutput {
 }
 
 impl VaeBranch {
-    /// Encodes, samples z = μ + σ·ε (or takes z = μ when `sample` is false) and decodes.
-    pub fn forward(&self, x: Tensor<5>, sample: bool) -> VaeOutput {
-        let (mu, logvar) = self.encoder.forward(x);
+    /// Encodes, samples z = μ + σ·ε (or takes z = μ when `sample` is false) and decodes;
+    /// `geometry` as for [`Encoder::forward`].
+    pub fn forward(&self, x: Tensor<5>, geometry: Option<Tensor<5>>, sample: bool) -> VaeOutput {
+        let (mu, logvar) = self.encoder.forward(x, geometry.clone());
         let z = if sample {
             reparameterize(mu.clone(), logvar.clone())
         } else {
             mu.clone()
         };
         VaeOutput {
-            reconstruction: self.decoder.forward(z),
+            reconstruction: self.decoder.forward(z, geometry),
             mu,
             logvar,
         }

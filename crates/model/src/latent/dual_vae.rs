@@ -1,0 +1,102 @@
+//! The frozen dual VAE that the diffusion stage works in: E2D from a stage-2 run, E3D and
+//! D3D from the stage-1 run it records. Loaded once, never trained further.
+
+use crate::batch::{Normalizer, TensorBatch};
+use crate::error::ModelError;
+use crate::train::checkpoint;
+use crate::train::vae::{BEST_FILE, LOG_FILE, RunLog, Stage};
+use crate::vae::{Decoder, Encoder, VaeConfig};
+use burn::prelude::*;
+use fiberflow_data::json::read_json;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// E2D, E3D and D3D with the normalisation they were trained with.
+pub struct DualVae {
+    pub e2d: Encoder,
+    pub e3d: Encoder,
+    pub d3d: Decoder,
+    pub config: VaeConfig,
+    pub normalizer: Normalizer,
+    /// The stage-2 and stage-1 run folders.
+    pub stage2_dir: PathBuf,
+    pub stage1_dir: PathBuf,
+    /// SHA-256 of both best-model files and the normaliser: names the latent cache and is
+    /// recorded by every diffusion run, so a retrained VAE is never mixed with old latents.
+    pub key: String,
+    /// The dataset manifest hash both stages were trained on.
+    pub dataset_manifest_sha256: String,
+}
+
+impl DualVae {
+    /// Loads the pair from a finished stage-2 run folder (which names its stage-1 run).
+    pub fn load(stage2_dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let log2: RunLog = read_json(
+            &stage2_dir.join(LOG_FILE),
+            "pass the folder of a stage-2 VAE run (fiberflow train vae --stage 2)",
+        )?;
+        if log2.stage != Stage::Two {
+            return Err(ModelError::Config(format!(
+                "{} is a stage-1 run; the diffusion model needs the stage-2 run (it records its stage 1)",
+                stage2_dir.display()
+            )));
+        }
+        let stage1_dir = log2.stage1.clone().ok_or_else(|| {
+            ModelError::Config(format!(
+                "{}/log.json names no stage-1 run",
+                stage2_dir.display()
+            ))
+        })?;
+        let log1: RunLog = read_json(&stage1_dir.join(LOG_FILE), "the stage-1 run has moved")?;
+        if log1.config.vae != log2.config.vae || log1.normalizer != log2.normalizer {
+            return Err(ModelError::Config(format!(
+                "{} and its stage 1 {} disagree on architecture or normalisation",
+                stage2_dir.display(),
+                stage1_dir.display()
+            )));
+        }
+        let config = log2.config.vae.clone();
+        let (best1, best2) = (stage1_dir.join(BEST_FILE), stage2_dir.join(BEST_FILE));
+        let stage1 = checkpoint::load(config.init(device)?, &best1)?;
+        let stage2 = checkpoint::load(config.init(device)?, &best2)?;
+        let mut hasher = Sha256::new();
+        for path in [&best1, &best2] {
+            let bytes = std::fs::read(path).map_err(|e| ModelError::checkpoint(path, e))?;
+            hasher.update(Sha256::digest(&bytes));
+        }
+        for f in log2.normalizer.factors {
+            hasher.update(f.to_le_bytes());
+        }
+        Ok(Self {
+            e2d: stage2.encoder,
+            e3d: stage1.encoder,
+            d3d: stage1.decoder,
+            config,
+            normalizer: log2.normalizer,
+            stage2_dir: stage2_dir.to_path_buf(),
+            stage1_dir,
+            key: format!("{:x}", hasher.finalize()),
+            dataset_manifest_sha256: log2.dataset_manifest_sha256,
+        })
+    }
+
+    fn geometry(&self, tb: &TensorBatch) -> Option<Tensor<5>> {
+        (self.config.geometry_channels > 0).then(|| tb.geometry.clone())
+    }
+
+    /// μ of E3D(U): the diffusion target x0.
+    pub fn encode_3d(&self, tb: &TensorBatch) -> Tensor<5> {
+        self.e3d.forward(tb.u.clone(), self.geometry(tb)).0
+    }
+
+    /// μ of E2D(U_2d): the diffusion condition.
+    pub fn encode_2d(&self, tb: &TensorBatch) -> Tensor<5> {
+        self.e2d.forward(tb.u2d.clone(), self.geometry(tb)).0
+    }
+
+    /// D3D(z) masked to zero in fibres and de-normalised to m/s.
+    pub fn decode(&self, z: Tensor<5>, tb: &TensorBatch) -> Tensor<5> {
+        let u = self.d3d.forward(z, self.geometry(tb));
+        self.normalizer.denormalize(u) * tb.mask.clone()
+    }
+}

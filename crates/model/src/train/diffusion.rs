@@ -1,0 +1,536 @@
+//! Training of the latent predictor — the conditional denoiser of the latent diffusion
+//! model (Rombach et al., CVPR 2022) or the direct latent conditioner — on the latent
+//! cache of a frozen dual VAE. Every sample gets one timestep for all its slices (the
+//! reference drew one per slice and denoised slices independently).
+//!
+//! Run folder: `log.json` (config, VAE reference by path and key, latent scales, history),
+//! `best_model.bpk` (EMA weights of the epoch with the lowest decoded-velocity validation
+//! error), `checkpoint/` (model, EMA, optimiser, state) written atomically for `--resume`.
+//! The VAE is referenced, never copied.
+
+use super::checkpoint;
+use super::clip::clip_global_norm;
+use super::ema;
+use super::schedule;
+use super::vae::{BEST_FILE, LOG_FILE};
+use crate::batch::to_tensors;
+use crate::diffusion::{
+    ChaCha8Rng, DiffusionConfig, NoiseSchedule, SamplerConfig, SamplerKind, TimestepSpacing,
+    seeded_rng, standard_normal,
+};
+use crate::error::ModelError;
+use crate::latent::{DualVae, LatentCache, encode_dataset};
+use crate::metrics::{ErrorSums, FieldErrors};
+use crate::predict::inputs::{LatentScales, latent_geometry};
+use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
+use crate::unet::{UNet, UNetConfig};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use fiberflow_data::json::{read_json, write_json};
+use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Progress, Subset};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything a diffusion training run needs besides the data and the VAE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffusionTrainConfig {
+    pub predictor: PredictorKind,
+    /// Network; `in_channels` and `out_channels` are set from the VAE and the predictor.
+    pub unet: UNetConfig,
+    pub diffusion: DiffusionConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Largest global gradient norm.
+    pub grad_clip: f64,
+    /// EMA decay ceiling (with warm-up); samples and `best_model` use the EMA weights.
+    pub ema_decay: f64,
+    /// Probability of training a sample without its E2D condition, for classifier-free
+    /// guidance at sampling time (Ho & Salimans 2022).
+    pub cond_dropout: f64,
+    /// Sampler of the per-epoch decoded-velocity validation (few steps: it runs every epoch).
+    pub val_sampler: SamplerConfig,
+    pub seed: u64,
+}
+
+impl Default for DiffusionTrainConfig {
+    fn default() -> Self {
+        Self {
+            predictor: PredictorKind::Diffusion,
+            unet: UNetConfig::new()
+                .with_features(vec![16, 32, 64])
+                .with_groups(8)
+                .with_time_mlp_dim(64),
+            diffusion: DiffusionConfig::new(),
+            epochs: 100,
+            batch_size: 4,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_steps: 50,
+            weight_decay: 1e-4,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            cond_dropout: 0.1,
+            val_sampler: SamplerConfig::new()
+                .with_kind(SamplerKind::DpmSolver)
+                .with_steps(10)
+                .with_spacing(TimestepSpacing::Trailing),
+            seed: 0,
+        }
+    }
+}
+
+impl DiffusionTrainConfig {
+    /// Checks every field before any data is read.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch_size must be ≥ 1".into());
+        }
+        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!(
+                "need 0 ≤ min_lr ≤ lr and lr > 0, got lr = {}, min_lr = {}",
+                self.lr, self.min_lr
+            ));
+        }
+        if !(self.weight_decay >= 0.0 && self.grad_clip > 0.0) {
+            return bad("weight_decay must be ≥ 0 and grad_clip > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!("ema_decay = {} must be in [0, 1)", self.ema_decay));
+        }
+        if !(0.0..1.0).contains(&self.cond_dropout) {
+            return bad(format!(
+                "cond_dropout = {} must be in [0, 1)",
+                self.cond_dropout
+            ));
+        }
+        if self.predictor == PredictorKind::Direct && self.unet.time_conditioned {
+            return bad("the direct predictor takes no timestep: set unet.time_conditioned = false".into());
+        }
+        if self.predictor == PredictorKind::Diffusion && !self.unet.time_conditioned {
+            return bad("a diffusion denoiser needs unet.time_conditioned = true".into());
+        }
+        self.diffusion.validate()?;
+        self.unet.validate()
+    }
+}
+
+/// One epoch of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffusionEpoch {
+    pub epoch: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    /// Loss on the validation split at fixed, seeded (t, ε) per sample, so epochs compare.
+    pub val_loss: f64,
+    /// Decoded velocity of the validation split, sampled with `val_sampler`, against U.
+    pub val_errors: FieldErrors,
+    pub mean_grad_norm: f64,
+    pub seconds: f64,
+}
+
+/// `log.json` of a diffusion run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiffusionRunLog {
+    pub config: DiffusionTrainConfig,
+    /// The stage-2 VAE run and the key of its weights.
+    pub vae: PathBuf,
+    pub vae_key: String,
+    pub dataset: PathBuf,
+    pub dataset_manifest_sha256: String,
+    pub scales: LatentScales,
+    pub history: Vec<DiffusionEpoch>,
+    pub best_epoch: Option<usize>,
+    /// Lowest validation relative L2 error of the decoded velocity.
+    pub best_val_error: f64,
+    pub parameters: usize,
+}
+
+/// Receives progress; `epoch` runs after the epoch's checkpoint is on disk.
+pub trait DiffusionObserver: Progress {
+    fn batch(&mut self, _epoch: usize, _batch: usize, _batches: usize, _loss: f64) {}
+    fn epoch(&mut self, _record: &DiffusionEpoch) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// The cached latents of one split, scaled, with latent-resolution geometry.
+struct Split {
+    indices: Vec<usize>,
+    target: Vec<TensorData>,
+    cond: Vec<TensorData>,
+    geometry: Vec<TensorData>,
+}
+
+/// Trains the latent predictor on the dataset's latent cache of `vae_dir` (computing the
+/// cache when it is missing) into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_diffusion(
+    device: &Device,
+    dataset_dir: &Path,
+    vae_dir: &Path,
+    out: &Path,
+    mut cfg: DiffusionTrainConfig,
+    resume: bool,
+    observer: &mut dyn DiffusionObserver,
+) -> Result<DiffusionRunLog, ModelError> {
+    let vae = DualVae::load(vae_dir, device)?;
+    let cz = vae.config.latent_channels;
+    cfg.unet.in_channels = cfg
+        .predictor
+        .in_channels(cz, fiberflow_data::features::GEOMETRY_CHANNELS);
+    cfg.unet.out_channels = cz;
+    cfg.validate()?;
+    let dataset = Dataset::open(dataset_dir)?;
+    let shape = dataset.manifest.header.shape;
+    let f = vae.config.downsample_factor();
+    cfg.unet
+        .check_input([1, cfg.unet.in_channels, shape.slices, shape.height / f, shape.width / f])?;
+    let cache = match LatentCache::open(&dataset, &vae)? {
+        Some(c) => c,
+        None => encode_dataset(&vae, &dataset, device, observer)?,
+    };
+    let mut train = load_split(&dataset, &cache, &vae, Subset::Train, device)?;
+    let mut val = load_split(&dataset, &cache, &vae, Subset::Val, device)?;
+    if train.indices.is_empty() || val.indices.is_empty() {
+        return Err(ModelError::Input(
+            "the train and validation splits must both hold samples; generate more".into(),
+        ));
+    }
+    let scales = LatentScales {
+        target: std_of(&train.target)?,
+        condition: std_of(&train.cond)?,
+    };
+    for split in [&mut train, &mut val] {
+        scale(&mut split.target, scales.target);
+        scale(&mut split.cond, scales.condition);
+    }
+    let schedule = cfg.diffusion.init()?;
+
+    std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
+    device.seed(cfg.seed);
+    let ad = device.clone().autodiff();
+    let mut model = cfg.unet.init(&ad)?;
+    let mut ema_model = model.valid();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
+    let mut log = DiffusionRunLog {
+        config: cfg.clone(),
+        vae: vae.stage2_dir.clone(),
+        vae_key: vae.key.clone(),
+        dataset: dataset.dir.clone(),
+        dataset_manifest_sha256: vae.dataset_manifest_sha256.clone(),
+        scales,
+        history: Vec::new(),
+        best_epoch: None,
+        best_val_error: f64::INFINITY,
+        parameters: model.num_params(),
+    };
+    let ckpt = out.join("checkpoint");
+    match (resume, checkpoint::existing_dir(&ckpt)) {
+        (true, Some(dir)) => {
+            let saved: DiffusionRunLog = read_json(&dir.join("state.json"), "")?;
+            if saved.config != cfg {
+                return Err(ModelError::Config(format!(
+                    "{} was trained with another configuration; resume with the same one, or train into a new --out",
+                    out.display()
+                )));
+            }
+            if saved.vae_key != log.vae_key || saved.scales != log.scales {
+                return Err(ModelError::Config(format!(
+                    "{} was trained with another VAE or dataset; resume with the same --vae and --dataset, or train into a new --out",
+                    out.display()
+                )));
+            }
+            model = checkpoint::load(model, &dir.join("model.bpk"))?;
+            ema_model = checkpoint::load(ema_model, &dir.join("ema.bpk"))?;
+            let path = dir.join("optim.bpk");
+            optim = optim
+                .load(&path)
+                .map_err(|e| ModelError::checkpoint(&path, e))?;
+            log = saved;
+            write_json(&out.join(LOG_FILE), &log)?;
+        }
+        (false, Some(_)) => {
+            return Err(ModelError::Config(format!(
+                "{} already holds a run; pass --resume to continue it, or choose a new --out",
+                out.display()
+            )));
+        }
+        _ => {}
+    }
+
+    let val_batches = val_batches(&dataset)?;
+    let batches = train.indices.len().div_ceil(cfg.batch_size);
+    let total_steps = batches * cfg.epochs;
+    for epoch in log.history.len()..cfg.epochs {
+        let started = Instant::now();
+        let mut rng = seeded_rng(cfg.seed);
+        rng.set_stream(1 + epoch as u64);
+        let mut order: Vec<usize> = (0..train.indices.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
+        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            let step = epoch * batches + b;
+            let (loss, _) = batch_loss(&model, &schedule, &cfg, &train, chunk, &mut rng, true, &ad)?;
+            let value = loss.clone().into_scalar::<f64>();
+            if !value.is_finite() {
+                return Err(ModelError::Input(format!(
+                    "training loss became {value} at epoch {epoch}, batch {b}; lower lr"
+                )));
+            }
+            loss_sum += value;
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            norms.push(clip_global_norm(&model, &mut grads, cfg.grad_clip));
+            lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
+            model = optim.step(lr, model, grads);
+            let decay = ema::warmup_decay(step as u64, cfg.ema_decay);
+            ema_model = ema::update(ema_model, &model.valid(), decay);
+            observer.batch(epoch, b, batches, value);
+        }
+        let val_loss = validation_loss(&ema_model, &schedule, &cfg, &val, device)?;
+        let predictor = LatentPredictor {
+            unet: &ema_model,
+            schedule: &schedule,
+            kind: cfg.predictor,
+        };
+        let options = SampleOptions {
+            sampler: cfg.val_sampler.clone(),
+            guidance: 0.0,
+        };
+        let val_errors =
+            decoded_errors(&predictor, &vae, &scales, &val_batches, &options, cfg.seed, device)?;
+        let record = DiffusionEpoch {
+            epoch,
+            steps: (epoch + 1) * batches,
+            lr,
+            train_loss: loss_sum / batches as f64,
+            val_loss,
+            val_errors,
+            mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if val_errors.relative_l2_total < log.best_val_error {
+            log.best_val_error = val_errors.relative_l2_total;
+            log.best_epoch = Some(epoch);
+            checkpoint::save(&ema_model, &out.join(BEST_FILE))?;
+        }
+        log.history.push(record);
+        checkpoint::write_dir(&ckpt, |dir| {
+            checkpoint::save(&model, &dir.join("model.bpk"))?;
+            checkpoint::save(&ema_model, &dir.join("ema.bpk"))?;
+            let path = dir.join("optim.bpk");
+            optim
+                .save(&path)
+                .map_err(|e| ModelError::checkpoint(&path, e))?;
+            Ok(write_json(&dir.join("state.json"), &log)?)
+        })?;
+        write_json(&out.join(LOG_FILE), &log)?;
+        if observer
+            .epoch(log.history.last().expect("just pushed"))
+            .is_break()
+        {
+            break;
+        }
+    }
+    Ok(log)
+}
+
+/// The loss of the samples `chunk` of `split` and the batch size; `train` enables the
+/// condition dropout.
+#[allow(clippy::too_many_arguments)]
+fn batch_loss(
+    model: &UNet,
+    schedule: &NoiseSchedule,
+    cfg: &DiffusionTrainConfig,
+    split: &Split,
+    chunk: &[usize],
+    rng: &mut ChaCha8Rng,
+    train: bool,
+    device: &Device,
+) -> Result<(Tensor<1>, usize), ModelError> {
+    let stack = |v: &[TensorData]| -> Tensor<5> {
+        Tensor::cat(
+            chunk
+                .iter()
+                .map(|&i| Tensor::<4>::from_data(v[i].clone(), device).unsqueeze_dim::<5>(0))
+                .collect(),
+            0,
+        )
+    };
+    let (x0, mut cond, geometry) = (stack(&split.target), stack(&split.cond), stack(&split.geometry));
+    let n = chunk.len();
+    if train && cfg.cond_dropout > 0.0 {
+        let keep: Vec<f32> = (0..n)
+            .map(|_| f32::from(u8::from(rng.random::<f64>() >= cfg.cond_dropout)))
+            .collect();
+        cond = cond * Tensor::<1>::from_floats(keep.as_slice(), device).reshape([n, 1, 1, 1, 1]);
+    }
+    let loss = match cfg.predictor {
+        PredictorKind::Direct => {
+            let pred = model.forward(Tensor::cat(vec![cond, geometry], 1), None)?;
+            (pred - x0).square().mean()
+        }
+        PredictorKind::Diffusion => {
+            let t = schedule.sample_timesteps(n, rng);
+            let noise = standard_normal(x0.dims(), rng, device);
+            let x_t = schedule.add_noise(x0.clone(), noise.clone(), &t)?;
+            let target = schedule.target(x0, noise, &t)?;
+            let times: Vec<f32> = t.iter().map(|&t| t as f32).collect();
+            let pred = model.forward(
+                Tensor::cat(vec![x_t, cond, geometry], 1),
+                Some(Tensor::<1>::from_floats(times.as_slice(), device)),
+            )?;
+            cfg.diffusion.loss.compute(pred, target)?
+        }
+    };
+    Ok((loss, n))
+}
+
+/// Mean loss over the validation samples, each with its own fixed (t, ε) drawn from a
+/// generator seeded by the run seed and the sample, so the value is comparable epoch to
+/// epoch (the reference validated with fresh, unseeded noise).
+fn validation_loss(
+    model: &UNet,
+    schedule: &NoiseSchedule,
+    cfg: &DiffusionTrainConfig,
+    val: &Split,
+    device: &Device,
+) -> Result<f64, ModelError> {
+    let mut sum = 0.0;
+    for i in 0..val.indices.len() {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0f_0a1);
+        rng.set_stream(val.indices[i] as u64);
+        let (loss, _) = batch_loss(model, schedule, cfg, val, &[i], &mut rng, false, device)?;
+        sum += loss.into_scalar::<f64>();
+    }
+    Ok(sum / val.indices.len() as f64)
+}
+
+/// Relative errors of the decoded, de-normalised, masked prediction against U, one
+/// sample at a time with noise seeded by (seed, sample index).
+/// Errors are over normalised components, so the total weighs vz like vx.
+#[allow(clippy::too_many_arguments)]
+pub fn decoded_errors(
+    predictor: &LatentPredictor,
+    vae: &DualVae,
+    scales: &LatentScales,
+    batches: &[fiberflow_data::Batch],
+    options: &SampleOptions,
+    seed: u64,
+    device: &Device,
+) -> Result<FieldErrors, ModelError> {
+    let mut sums = ErrorSums::default();
+    for batch in batches {
+        let tb = to_tensors(batch, &vae.normalizer, device)?;
+        let (cond, geometry) = crate::predict::inputs::condition_inputs(vae, &tb, scales);
+        let mut rng = seeded_rng(seed);
+        rng.set_stream(batch.indices[0] as u64);
+        let z = predictor.sample(cond, geometry, options, &mut rng)?;
+        let u = vae.decode(z.mul_scalar(scales.target), &tb);
+        sums.add(
+            vae.normalizer.normalize(u),
+            tb.u.clone(),
+            tb.mask.clone(),
+        );
+    }
+    Ok(sums.errors())
+}
+
+/// Validation samples one per batch, in a fixed order.
+fn val_batches(dataset: &Dataset) -> Result<Vec<fiberflow_data::Batch>, ModelError> {
+    let loader = Loader::new(
+        dataset,
+        Some(Subset::Val),
+        LoaderConfig {
+            batch_size: 1,
+            shuffle: false,
+            seed: 0,
+            preload: false,
+            augment: Mirror::default(),
+            drop_last: false,
+        },
+    )?;
+    Ok(loader.epoch(0).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Latents and latent-resolution geometry of a split, unscaled.
+fn load_split(
+    dataset: &Dataset,
+    cache: &LatentCache,
+    vae: &DualVae,
+    subset: Subset,
+    device: &Device,
+) -> Result<Split, ModelError> {
+    let indices = dataset.indices(Some(subset));
+    let mut split = Split {
+        indices: indices.clone(),
+        target: Vec::new(),
+        cond: Vec::new(),
+        geometry: Vec::new(),
+    };
+    for &i in &indices {
+        let latents = cache.load(i)?;
+        split.target.push(latents.mu3d);
+        split.cond.push(latents.mu2d);
+        let sample = dataset.open_sample(i)?;
+        let domain = sample.read(fiberflow_data::Field::Domain)?;
+        let features = fiberflow_data::features::geometry_features(domain.view(), sample.dxyz()[0])?;
+        let (s, c, h, w) = features.dim();
+        let t = Tensor::<4>::from_data(
+            TensorData::new(features.iter().copied().collect::<Vec<f32>>(), [s, c, h, w]),
+            device,
+        )
+        .permute([1, 0, 2, 3])
+        .unsqueeze_dim::<5>(0);
+        let g = latent_geometry(t, vae.config.downsample_factor()).squeeze_dim::<4>(0);
+        split.geometry.push(g.into_data());
+    }
+    Ok(split)
+}
+
+/// Population standard deviation of all values.
+fn std_of(data: &[TensorData]) -> Result<f64, ModelError> {
+    let (mut n, mut s, mut s2) = (0f64, 0f64, 0f64);
+    for d in data {
+        for &v in d.as_slice::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))? {
+            let v = f64::from(v);
+            n += 1.0;
+            s += v;
+            s2 += v * v;
+        }
+    }
+    let var = s2 / n - (s / n).powi(2);
+    if !(var.is_finite() && var > 0.0) {
+        return Err(ModelError::Input(
+            "the cached latents are constant or not finite; retrain the VAE".into(),
+        ));
+    }
+    Ok(var.sqrt())
+}
+
+fn scale(data: &mut [TensorData], factor: f64) {
+    for d in data.iter_mut() {
+        let v: Vec<f32> = d
+            .as_slice::<f32>()
+            .expect("f32 latents")
+            .iter()
+            .map(|&x| (f64::from(x) / factor) as f32)
+            .collect();
+        *d = TensorData::new(v, d.shape().to_vec());
+    }
+}
