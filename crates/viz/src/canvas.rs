@@ -24,17 +24,13 @@ pub(crate) type DrawError = DrawingAreaErrorKind<std::convert::Infallible>;
 
 /// A white RGB picture of `width` × `height` pixels, row 0 at the top.
 pub(crate) struct Canvas {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
+    image: RgbImage,
 }
 
 impl Canvas {
     pub fn new(width: u32, height: u32) -> Self {
         Self {
-            width,
-            height,
-            pixels: vec![255; width as usize * height as usize * 3],
+            image: RgbImage::from_pixel(width, height, image::Rgb([255; 3])),
         }
     }
 
@@ -45,12 +41,13 @@ impl Canvas {
 
     /// Mixes `rgb` into pixel `(x, y)` with opacity `alpha`; outside pixels are ignored.
     fn blend(&mut self, x: i64, y: i64, rgb: [u8; 3], alpha: f64) {
-        if x < 0 || y < 0 || x >= i64::from(self.width) || y >= i64::from(self.height) {
+        let (width, height) = self.image.dimensions();
+        if x < 0 || y < 0 || x >= i64::from(width) || y >= i64::from(height) {
             return;
         }
-        let k = (y as usize * self.width as usize + x as usize) * 3;
         let a = alpha.clamp(0.0, 1.0);
-        for (old, new) in self.pixels[k..k + 3].iter_mut().zip(rgb) {
+        let pixel = self.image.get_pixel_mut(x as u32, y as u32);
+        for (old, new) in pixel.0.iter_mut().zip(rgb) {
             *old = (a * f64::from(new) + (1.0 - a) * f64::from(*old)).round() as u8;
         }
     }
@@ -70,15 +67,14 @@ impl Canvas {
         f(&root).map_err(VizError::draw(what))
     }
 
-    /// A copy of the picture so far (for tests that inspect a partly drawn canvas).
+    /// The picture so far (for tests that inspect a partly drawn canvas).
     #[cfg(test)]
-    pub fn clone_image(&self) -> RgbImage {
-        RgbImage::from_raw(self.width, self.height, self.pixels.clone()).unwrap()
+    pub fn image(&self) -> &RgbImage {
+        &self.image
     }
 
     pub fn into_image(self) -> RgbImage {
-        RgbImage::from_raw(self.width, self.height, self.pixels)
-            .expect("the buffer holds width × height RGB pixels by construction")
+        self.image
     }
 }
 
@@ -92,7 +88,7 @@ impl DrawingBackend for CanvasBackend<'_> {
     type ErrorType = std::convert::Infallible;
 
     fn get_size(&self) -> (u32, u32) {
-        (self.canvas.width, self.canvas.height)
+        self.canvas.image.dimensions()
     }
 
     fn ensure_prepared(&mut self) -> std::result::Result<(), DrawingErrorKind<Self::ErrorType>> {
@@ -195,8 +191,10 @@ mod tests {
     fn text_is_drawn_and_rotated_text_stands_up() {
         let style = crate::font::text(20, BLACK);
         let mut flat = Canvas::new(200, 200);
-        flat.draw("t", |a| a.draw(&Text::new("flow rate", (20, 100), style.clone())))
-            .unwrap();
+        flat.draw("t", |a| {
+            a.draw(&Text::new("flow rate", (20, 100), style.clone()))
+        })
+        .unwrap();
         let (w, h) = ink_box(&flat.into_image());
         assert!(w > 3 * h, "{w}×{h}");
         let mut up = Canvas::new(200, 200);

@@ -40,7 +40,11 @@ impl ColorScale {
 
     /// Reversed RdBu over `[−a, a]` with `a = |max_abs|`, so 0 is always the centre.
     pub fn diverging(max_abs: f64) -> Self {
-        let a = if max_abs.is_finite() { max_abs.abs() } else { 0.0 };
+        let a = if max_abs.is_finite() {
+            max_abs.abs()
+        } else {
+            0.0
+        };
         Self {
             map: ColorMap::Diverging,
             lo: -a,
@@ -145,7 +149,13 @@ mod tests {
     #[test]
     fn fitting_ignores_non_finite_values() {
         let v = [1.0f32, -4.0, f32::NAN, f32::INFINITY, 2.0];
-        assert_eq!(ColorScale::fitting(ColorMap::Diverging, &v).range(), (-4.0, 4.0));
-        assert_eq!(ColorScale::fitting(ColorMap::Sequential, &v).range(), (0.0, 2.0));
+        assert_eq!(
+            ColorScale::fitting(ColorMap::Diverging, &v).range(),
+            (-4.0, 4.0)
+        );
+        assert_eq!(
+            ColorScale::fitting(ColorMap::Sequential, &v).range(),
+            (0.0, 2.0)
+        );
     }
 }

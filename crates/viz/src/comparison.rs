@@ -18,7 +18,7 @@ use plotters::prelude::{BLACK, Text};
 use crate::canvas::{Canvas, write_png};
 use crate::colormap::{ColorMap, ColorScale};
 use crate::error::{Result, VizError};
-use crate::field::{Grid, check_mask, check_shape};
+use crate::field::{Grid, check_mask, check_shape, check_voxel};
 use crate::font::{bold, text};
 use crate::panel::{BAR_LABELS_W, BAR_W, draw_colorbar, paint_panel};
 use crate::si_unit::{SiUnit, si_unit};
@@ -138,13 +138,7 @@ impl<'a> ComparisonFigure<'a> {
         mask: ArrayView4<'a, f32>,
         prediction: ArrayView4<'a, f32>,
     ) -> Result<Self> {
-        let spacing = voxel.as_array();
-        if !spacing.iter().all(|d| d.is_finite() && *d > 0.0) {
-            return Err(VizError::invalid(
-                "voxel size",
-                format!("dx, dy, dz must be finite and positive metres, got {spacing:?}"),
-            ));
-        }
+        check_voxel(&voxel)?;
         let grid = check_shape("mask", &mask, 1, None)?;
         check_mask("mask", &mask)?;
         check_shape("prediction", &prediction, 3, Some(grid))?;
@@ -172,7 +166,9 @@ impl<'a> ComparisonFigure<'a> {
         if let Some(((s, c, i, j), v)) = std.indexed_iter().find(|(_, v)| **v < 0.0) {
             return Err(VizError::invalid(
                 "std",
-                format!("a standard deviation is not negative, found {v} at [{s}, {c}, {i}, {j}]"),
+                format!(
+                    "a standard deviation cannot be negative, found {v} at [{s}, {c}, {i}, {j}]"
+                ),
             ));
         }
         self.std = Some(std);
@@ -205,7 +201,10 @@ impl<'a> ComparisonFigure<'a> {
         if slice >= self.grid.slices {
             return Err(VizError::invalid(
                 "slice",
-                format!("slice {slice} does not exist; the sample has {} slices", self.grid.slices),
+                format!(
+                    "slice {slice} does not exist; the sample has {} slices",
+                    self.grid.slices
+                ),
             ));
         }
         let panels = self.panels(slice);
@@ -216,7 +215,14 @@ impl<'a> ComparisonFigure<'a> {
         for (r, row) in panels.iter().enumerate() {
             for (c, p) in row.iter().enumerate() {
                 let origin = layout.panel_origin(r, c);
-                paint_panel(&mut canvas, origin, layout.k, p.plane.view(), mask, &p.scale);
+                paint_panel(
+                    &mut canvas,
+                    origin,
+                    layout.k,
+                    p.plane.view(),
+                    mask,
+                    &p.scale,
+                );
             }
         }
         let non_finite = panels
@@ -237,9 +243,17 @@ impl<'a> ComparisonFigure<'a> {
                 for (c, p) in row.iter().enumerate() {
                     let (x, y) = layout.panel_origin(r, c);
                     let band = (y - TITLE_BAND_H + 4) as i32;
-                    root.draw(&Text::new(p.title.clone(), (x as i32, band), bold(15, BLACK)))?;
+                    root.draw(&Text::new(
+                        p.title.clone(),
+                        (x as i32, band),
+                        bold(15, BLACK),
+                    ))?;
                     let bar_x = x + layout.panel_w + BAR_GAP;
-                    root.draw(&Text::new(p.unit.label.clone(), (bar_x as i32, band), text(13, BLACK)))?;
+                    root.draw(&Text::new(
+                        p.unit.label.clone(),
+                        (bar_x as i32, band),
+                        text(13, BLACK),
+                    ))?;
                     draw_colorbar(root, (bar_x, y), layout.panel_h, &p.scale, &p.unit)?;
                 }
             }
@@ -258,9 +272,7 @@ impl<'a> ComparisonFigure<'a> {
         let dx_um = self.voxel.dx_m * 1e6;
         let place = format!(
             "slice {slice} of {} (0-based, z = {z_um:.1} µm), {}×{} px of {dx_um:.3} µm",
-            self.grid.slices,
-            self.grid.cols,
-            self.grid.rows
+            self.grid.slices, self.grid.cols, self.grid.rows
         );
         if self.title.is_empty() {
             place
@@ -356,7 +368,9 @@ fn norm(x: ArrayView2<f32>, y: ArrayView2<f32>, z: ArrayView2<f32>) -> Array2<f3
 fn footer(non_finite: usize) -> String {
     let mut f = "x → right, y ↑ up (array row 0 at the bottom, as ParaView shows the .vti); black: fibre outlines".to_string();
     if non_finite > 0 {
-        f.push_str(&format!("; magenta: {non_finite} NaN/Inf pixels"));
+        f.push_str(&format!(
+            "; magenta: NaN/Inf ({non_finite} values over all panels)"
+        ));
     }
     f
 }
@@ -401,7 +415,10 @@ mod tests {
         let l = fig.layout();
         let (x0, y0) = l.panel_origin(row, col);
         let k = l.k;
-        (x0 + j as u32 * k + k / 2, y0 + (N - 1 - i) as u32 * k + k / 2)
+        (
+            x0 + j as u32 * k + k / 2,
+            y0 + (N - 1 - i) as u32 * k + k / 2,
+        )
     }
 
     fn px(img: &RgbImage, (x, y): (u32, u32)) -> [u8; 3] {
@@ -494,7 +511,12 @@ mod tests {
         assert_eq!(px(&img, at(&fig, 0, 0, top, top)), VIRIDIS_1);
         let half = px(&img, at(&fig, 1, 0, top, top));
         // colorous smooths matplotlib's table with a B-spline: within 1 of #21918c.
-        assert!(half.iter().zip(VIRIDIS_HALF).all(|(&a, b)| a.abs_diff(b) <= 1), "{half:?}");
+        assert!(
+            half.iter()
+                .zip(VIRIDIS_HALF)
+                .all(|(&a, b)| a.abs_diff(b) <= 1),
+            "{half:?}"
+        );
         assert_eq!(px(&img, at(&fig, 1, 0, 0, 0)), VIRIDIS_0);
         // The error has its own scale: its maximum is yellow again.
         assert_eq!(px(&img, at(&fig, 2, 0, top, top)), VIRIDIS_1);
@@ -557,7 +579,9 @@ mod tests {
         let mut bad_voxel = voxel();
         bad_voxel.dx_m = f64::NAN;
         assert!(ComparisonFigure::new(bad_voxel, m.view(), u.view()).is_err());
-        let err = fig().write_png(0, Path::new("/nonexistent-dir/c.png")).unwrap_err();
+        let err = fig()
+            .write_png(0, Path::new("/nonexistent-dir/c.png"))
+            .unwrap_err();
         assert!(matches!(err, VizError::Io { .. }), "{err}");
     }
 }

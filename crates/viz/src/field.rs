@@ -1,6 +1,7 @@
 //! Shape, finiteness and mask checks for the `(S, C, H, W)` arrays of the shared layout
 //! (`fiberflow_geometry::layout`), and the velocity magnitude every output shows.
 
+use fiberflow_geometry::layout::VoxelSize;
 use ndarray::{Array4, ArrayView4, Axis, Zip};
 
 use crate::error::{Result, VizError};
@@ -29,9 +30,7 @@ pub(crate) fn check_shape(
     channels: usize,
     grid: Option<Grid>,
 ) -> Result<Grid> {
-    let &[slices, c, rows, cols] = a.shape() else {
-        unreachable!("a 4-D view has four axes")
-    };
+    let (slices, c, rows, cols) = a.dim();
     let found = Grid { slices, rows, cols };
     let fits = c == channels && found.points() > 0 && grid.is_none_or(|g| g == found);
     if !fits {
@@ -46,6 +45,19 @@ pub(crate) fn check_shape(
         });
     }
     Ok(found)
+}
+
+/// Errors unless dx, dy and dz are finite and positive (metres).
+pub(crate) fn check_voxel(voxel: &VoxelSize) -> Result<()> {
+    let spacing = voxel.as_array();
+    if spacing.iter().all(|d| d.is_finite() && *d > 0.0) {
+        Ok(())
+    } else {
+        Err(VizError::invalid(
+            "voxel size",
+            format!("dx, dy, dz must be finite and positive metres, got {spacing:?}"),
+        ))
+    }
 }
 
 /// Errors on the first NaN or ±Inf of `a`, naming its `(s, c, i, j)` index.

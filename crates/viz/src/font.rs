@@ -109,7 +109,10 @@ mod tests {
         // "m" has no kerning with itself, so three are exactly three advances.
         assert!((three.width - 3.0 * one.width).abs() < 1e-3);
         assert_eq!(one.size().1, 20, "box height is the pixel size");
-        assert!(fonts.layout("mmm", 20.0, true).width > three.width, "bold is wider");
+        assert!(
+            fonts.layout("mmm", 20.0, true).width > three.width,
+            "bold is wider"
+        );
         assert_eq!(fonts.layout("", 20.0, false).size().0, 0);
     }
 
@@ -120,7 +123,10 @@ mod tests {
         let (w, h) = line.size();
         let mut covered = 0;
         line.rasterize(|x, y, c| {
-            assert!(x >= -1 && x <= w as i32 && y >= -1 && y <= h as i32, "({x}, {y})");
+            assert!(
+                x >= -1 && x <= w as i32 && y >= -1 && y <= h as i32,
+                "({x}, {y})"
+            );
             if c > 0.5 {
                 covered += 1;
             }

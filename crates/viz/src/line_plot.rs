@@ -12,7 +12,7 @@ use std::path::Path;
 use image::RgbImage;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::{
-    BLACK, ChartBuilder, Circle, IntoLogRange, LineSeries, PathElement, RGBColor,
+    BLACK, BindKeyPoints, ChartBuilder, Circle, IntoLogRange, LineSeries, PathElement, RGBColor,
     SeriesLabelPosition, WHITE,
 };
 use plotters::style::Color as _;
@@ -124,12 +124,18 @@ impl LinePlot {
         let mut canvas = Canvas::new(LINE_PLOT_SIZE.0, LINE_PLOT_SIZE.1);
         canvas.draw("line plot", |root| {
             if self.log_y {
-                self.chart(root, &drawn, x.clone(), y.clone().log_scale(), &|v| {
-                    significant(*v)
-                })
+                let (major, minor) = log_ticks(y.start, y.end);
+                let y = y
+                    .clone()
+                    .log_scale()
+                    .with_key_points(major)
+                    .with_light_points(minor);
+                self.chart(root, &drawn, x.clone(), y, &|v| significant(*v))
             } else {
                 let span = y.end - y.start;
-                self.chart(root, &drawn, x.clone(), y.clone(), &|v| tick_label(*v, span))
+                self.chart(root, &drawn, x.clone(), y.clone(), &|v| {
+                    tick_label(*v, span)
+                })
             }
         })?;
         Ok(canvas.into_image())
@@ -143,7 +149,10 @@ impl LinePlot {
     /// The series as they will be drawn, with log-axis omissions applied.
     fn drawn(&self) -> Result<Vec<Drawn>> {
         if self.series.is_empty() {
-            return Err(VizError::invalid(&self.title, "a line plot needs at least one series"));
+            return Err(VizError::invalid(
+                &self.title,
+                "a line plot needs at least one series",
+            ));
         }
         self.series
             .iter()
@@ -166,10 +175,10 @@ impl LinePlot {
                         reason: "no positive value to show on a log axis".to_string(),
                     });
                 }
-                let label = if omitted > 0 {
-                    format!("{} ({omitted} values ≤ 0 not shown)", s.name)
-                } else {
-                    s.name.clone()
+                let label = match omitted {
+                    0 => s.name.clone(),
+                    1 => format!("{} (1 value ≤ 0 not shown)", s.name),
+                    n => format!("{} ({n} values ≤ 0 not shown)", s.name),
                 };
                 Ok(Drawn {
                     label,
@@ -215,15 +224,16 @@ impl LinePlot {
         for d in drawn {
             let color = d.color;
             chart
-                .draw_series(LineSeries::new(d.points.iter().copied(), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    d.points.iter().copied(),
+                    color.stroke_width(2),
+                ))?
                 .label(d.label.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 24, y)], color.stroke_width(2))
+                });
             if d.points.len() <= MAX_MARKED_POINTS {
-                chart.draw_series(
-                    d.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, color.filled())),
-                )?;
+                chart.draw_series(d.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
             }
         }
         chart
@@ -253,6 +263,38 @@ fn padded(values: impl Iterator<Item = f64>, log: bool) -> Range<f64> {
         };
         lo - pad..hi + pad
     }
+}
+
+/// Labelled and grid-only tick values of a log axis over `[lo, hi]` (`0 < lo < hi`):
+/// 1-2-5 per decade up to four decades, then powers of ten thinned to about ten labels;
+/// grid lines at every 1..9 multiple while that stays readable.
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let decades = (hi / lo).log10();
+    let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let step = ((decades / 10.0).ceil() as usize).max(1);
+    // Relative slack so a tick exactly at an end survives the rounding of powi.
+    let within = |v: &f64| *v >= lo * (1.0 - 1e-9) && *v <= hi * (1.0 + 1e-9);
+    let over = |mantissas: &'static [f64], step: usize| {
+        (first..=last)
+            .step_by(step)
+            .flat_map(move |e| mantissas.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(within)
+            .collect::<Vec<f64>>()
+    };
+    const ALL: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
+    let major = if decades <= 1.0 {
+        over(ALL, 1)
+    } else if decades <= 4.0 {
+        over(&[1.0, 2.0, 5.0], 1)
+    } else {
+        over(&[1.0], step)
+    };
+    let minor = if decades <= 6.0 {
+        over(ALL, 1)
+    } else {
+        Vec::new()
+    };
+    (major, minor)
 }
 
 /// `v` with three significant digits and no trailing zeros, in exponent form outside
@@ -324,7 +366,11 @@ mod tests {
         let plot = LinePlot::new("loss", "epoch", "loss [-]").with_series(exponential());
         let img = plot.clone().log_y(true).render().unwrap();
         let log_trace = trace(&img, color_of(0));
-        assert!(log_trace.len() > 500, "the line spans the plot: {}", log_trace.len());
+        assert!(
+            log_trace.len() > 500,
+            "the line spans the plot: {}",
+            log_trace.len()
+        );
         assert!(bend(&log_trace) < 3.0, "{}", bend(&log_trace));
         let linear = trace(&plot.render().unwrap(), color_of(0));
         assert!(bend(&linear) > 100.0, "{}", bend(&linear));
@@ -353,7 +399,11 @@ mod tests {
         let plot = LinePlot::new("loss", "epoch", "loss").log_y(true);
         let drawn = plot.clone().with_series(mixed).drawn().unwrap();
         assert_eq!(drawn[0].points, vec![(1.0, 0.5), (4.0, 0.1)]);
-        assert!(drawn[0].label.contains("2 values ≤ 0 not shown"), "{}", drawn[0].label);
+        assert!(
+            drawn[0].label.contains("2 values ≤ 0 not shown"),
+            "{}",
+            drawn[0].label
+        );
 
         let never = Series::per_epoch("kl", &[0.0, -0.1]).unwrap();
         let err = plot.with_series(never).render().unwrap_err();
@@ -387,8 +437,24 @@ mod tests {
         let one = Series::per_epoch("train", &[0.25]).unwrap();
         for log in [false, true] {
             let plot = LinePlot::new("loss", "epoch", "loss").with_series(one.clone());
-            assert_eq!(plot.log_y(log).render().unwrap().dimensions(), LINE_PLOT_SIZE);
+            assert_eq!(
+                plot.log_y(log).render().unwrap().dimensions(),
+                LINE_PLOT_SIZE
+            );
         }
+    }
+
+    #[test]
+    fn log_ticks_cover_every_decade_of_the_range() {
+        let (major, minor) = log_ticks(0.017, 0.87);
+        let shown: Vec<String> = major.iter().map(|&v| significant(v)).collect();
+        assert_eq!(shown, ["0.02", "0.05", "0.1", "0.2", "0.5"]);
+        assert_eq!(minor.len(), 8 + 8, "0.02..0.09 and 0.1..0.8");
+        let (major, _) = log_ticks(0.2, 0.85);
+        assert_eq!(major.len(), 7, "0.2 to 0.8 in steps of 0.1");
+        let (major, minor) = log_ticks(1e-30, 1.0);
+        assert_eq!(major.len(), 11, "every third power of ten: {major:?}");
+        assert!(minor.is_empty());
     }
 
     #[test]

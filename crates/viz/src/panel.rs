@@ -68,9 +68,7 @@ pub(crate) fn draw_colorbar(
     scale: &ColorScale,
     unit: &SiUnit,
 ) -> Result<(), DrawError> {
-    let area = root
-        .clone()
-        .shrink((x, y), (BAR_W + BAR_LABELS_W, height));
+    let area = root.clone().shrink((x, y), (BAR_W + BAR_LABELS_W, height));
     let (lo, hi) = scale.range();
     let (mut lo, mut hi) = (lo * unit.scale, hi * unit.scale);
     if hi <= lo {
@@ -123,7 +121,7 @@ mod tests {
     use ndarray::Array2;
 
     fn pixel(c: &Canvas, x: u32, y: u32) -> [u8; 3] {
-        c.clone_image().get_pixel(x, y).0
+        c.image().get_pixel(x, y).0
     }
 
     #[test]
@@ -158,7 +156,11 @@ mod tests {
             .count();
         assert_eq!(outline, 8);
         assert_eq!(pixel(&c, 1, 1), OUTLINE_COLOR);
-        assert_eq!(pixel(&c, 2, 2), scale.color(0.0), "fibre interior shows the data");
+        assert_eq!(
+            pixel(&c, 2, 2),
+            scale.color(0.0),
+            "fibre interior shows the data"
+        );
         assert_eq!(pixel(&c, 0, 0), scale.color(0.0));
     }
 
@@ -178,7 +180,14 @@ mod tests {
         plane[[0, 1]] = f32::NAN;
         let mask = Array2::<f32>::ones((1, 2));
         let mut c = Canvas::new(2, 1);
-        paint_panel(&mut c, (0, 0), 1, plane.view(), mask.view(), &ColorScale::sequential(1.0));
+        paint_panel(
+            &mut c,
+            (0, 0),
+            1,
+            plane.view(),
+            mask.view(),
+            &ColorScale::sequential(1.0),
+        );
         assert_eq!(pixel(&c, 1, 0), crate::colormap::NON_FINITE_COLOR);
     }
 }

@@ -14,17 +14,16 @@
 //! x fastest, then y, then z, as VTK requires, so ParaView's default view (x right, y up)
 //! shows array row 0 at the bottom.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
-use fiberflow_geometry::layout::VoxelSize;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use fiberflow_geometry::layout::VoxelSize;
 use ndarray::ArrayView4;
 
 use crate::atomic::write_atomic;
 use crate::error::{Result, VizError};
-use crate::field::{Grid, check_finite, check_mask, check_shape};
+use crate::field::{Grid, check_finite, check_mask, check_shape, check_voxel};
 
 /// Name of the fluid mask array in every file (UInt8, 1 = fluid, 0 = fibre).
 pub const MASK_ARRAY: &str = "mask";
@@ -54,13 +53,7 @@ impl<'a> VtiVolume<'a> {
     /// A volume on the grid of `mask` (`(S, 1, H, W)`, only 0 and 1) with voxel size
     /// `voxel` (finite, positive, metres).
     pub fn new(voxel: VoxelSize, mask: ArrayView4<'a, f32>) -> Result<Self> {
-        let spacing = voxel.as_array();
-        if !spacing.iter().all(|d| d.is_finite() && *d > 0.0) {
-            return Err(VizError::invalid(
-                "voxel size",
-                format!("dx, dy, dz must be finite and positive metres, got {spacing:?}"),
-            ));
-        }
+        check_voxel(&voxel)?;
         let grid = check_shape(MASK_ARRAY, &mask, 1, None)?;
         check_mask(MASK_ARRAY, &mask)?;
         Ok(Self {
@@ -96,9 +89,16 @@ impl<'a> VtiVolume<'a> {
             return Err(VizError::invalid(name, "an array needs a name"));
         }
         let taken = name == MASK_ARRAY
-            || self.vectors.iter().chain(&self.scalars).any(|a| a.name == name);
+            || self
+                .vectors
+                .iter()
+                .chain(&self.scalars)
+                .any(|a| a.name == name);
         if taken {
-            return Err(VizError::invalid(name, "two arrays of one file share this name"));
+            return Err(VizError::invalid(
+                name,
+                "two arrays of one file share this name",
+            ));
         }
         check_shape(name, &data, channels, Some(self.grid))?;
         check_finite(name, &data)?;
@@ -113,7 +113,7 @@ impl<'a> VtiVolume<'a> {
         write_atomic(path, &self.to_bytes())
     }
 
-    /// The complete file: XML header, then the appended binary blocks.
+    /// The complete file: XML header, then the appended base64 blocks.
     fn to_bytes(&self) -> Vec<u8> {
         let g = self.grid;
         let mut blocks: Vec<(&str, &str, usize, String)> = Vec::new();
@@ -129,28 +129,25 @@ impl<'a> VtiVolume<'a> {
         let extent = format!("0 {} 0 {} 0 {}", g.cols - 1, g.rows - 1, g.slices - 1);
         let [dx, dy, dz] = self.voxel.as_array();
         let active_scalars = self.scalars.first().map_or(MASK_ARRAY, |a| &a.name);
-        let mut xml = String::new();
-        // Writing into a String cannot fail.
-        let _ = write!(
-            xml,
+        let active_vectors = self
+            .vectors
+            .first()
+            .map(|v| format!(" Vectors=\"{}\"", escape(&v.name)))
+            .unwrap_or_default();
+        let mut xml = format!(
             "<?xml version=\"1.0\"?>\n\
              <VTKFile type=\"ImageData\" version=\"1.0\" byte_order=\"LittleEndian\" header_type=\"UInt64\">\n\
              \x20 <ImageData WholeExtent=\"{extent}\" Origin=\"0 0 0\" Spacing=\"{dx:e} {dy:e} {dz:e}\">\n\
              \x20   <Piece Extent=\"{extent}\">\n\
-             \x20     <PointData Scalars=\"{}\"",
+             \x20     <PointData Scalars=\"{}\"{active_vectors}>\n",
             escape(active_scalars)
         );
-        if let Some(v) = self.vectors.first() {
-            let _ = write!(xml, " Vectors=\"{}\"", escape(&v.name));
-        }
-        xml.push_str(">\n");
         let mut offset = 0usize;
         for (name, ty, comps, block) in &blocks {
-            let _ = writeln!(
-                xml,
-                "        <DataArray type=\"{ty}\" Name=\"{}\" NumberOfComponents=\"{comps}\" format=\"appended\" offset=\"{offset}\"/>",
+            xml.push_str(&format!(
+                "        <DataArray type=\"{ty}\" Name=\"{}\" NumberOfComponents=\"{comps}\" format=\"appended\" offset=\"{offset}\"/>\n",
                 escape(name)
-            );
+            ));
             offset += block.len();
         }
         xml.push_str(
@@ -168,7 +165,11 @@ impl<'a> VtiVolume<'a> {
 
 /// The values of `a` in VTK point order: x (column) fastest, then y (row), then z
 /// (slice), with the `comps` channels of one point together.
-fn point_values<'b>(a: &'b ArrayView4<f32>, comps: usize, g: Grid) -> impl Iterator<Item = f32> + 'b {
+fn point_values<'b>(
+    a: &'b ArrayView4<f32>,
+    comps: usize,
+    g: Grid,
+) -> impl Iterator<Item = f32> + 'b {
     (0..g.slices).flat_map(move |s| {
         (0..g.rows).flat_map(move |i| {
             (0..g.cols).flat_map(move |j| (0..comps).map(move |c| a[[s, c, i, j]]))
@@ -221,7 +222,15 @@ mod tests {
         })
     }
 
-    fn read_back(path: &Path) -> (Extent, [f32; 3], [f32; 3], Vec<(String, ElementType, IOBuffer)>) {
+    /// What vtkio finds in a file.
+    struct ReadBack {
+        extent: Extent,
+        origin: [f32; 3],
+        spacing: [f32; 3],
+        arrays: Vec<(String, ElementType, IOBuffer)>,
+    }
+
+    fn read_back(path: &Path) -> ReadBack {
         let vtk = vtkio::Vtk::import(path).unwrap();
         let DataSet::ImageData {
             extent,
@@ -245,7 +254,12 @@ mod tests {
                 Attribute::Field { .. } => panic!("unexpected field data"),
             })
             .collect();
-        (extent, origin, spacing, arrays)
+        ReadBack {
+            extent,
+            origin,
+            spacing,
+            arrays,
+        }
     }
 
     #[test]
@@ -262,7 +276,12 @@ mod tests {
             .write(&path)
             .unwrap();
 
-        let (extent, origin, spacing, arrays) = read_back(&path);
+        let ReadBack {
+            extent,
+            origin,
+            spacing,
+            arrays,
+        } = read_back(&path);
         assert_eq!(extent, Extent::Ranges([0..=3, 0..=2, 0..=1]));
         assert_eq!(origin, [0.0; 3]);
         for (got, want) in spacing.iter().zip([0.78e-6, 0.78e-6, 5e-6]) {
@@ -293,7 +312,11 @@ mod tests {
                 for j in 0..W {
                     let point = j + W * (i + H * s);
                     for c in 0..3 {
-                        assert_eq!(u_values[3 * point + c], u[[s, c, i, j]], "({s},{c},{i},{j})");
+                        assert_eq!(
+                            u_values[3 * point + c],
+                            u[[s, c, i, j]],
+                            "({s},{c},{i},{j})"
+                        );
                     }
                     assert_eq!(speed_values[point], speed[[s, 0, i, j]]);
                 }
@@ -310,10 +333,16 @@ mod tests {
             .unwrap()
             .to_bytes();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(text.contains("Scalars=\"mask\" Vectors=\"U_true\""), "{text}");
+        assert!(
+            text.contains("Scalars=\"mask\" Vectors=\"U_true\""),
+            "{text}"
+        );
         // Two blocks: 8 + 24 mask bytes (44 base64 characters), then 8 + 24·3·4 vector
         // bytes (396 characters); the second offset points just past the first.
-        assert!(text.contains("offset=\"0\"") && text.contains("offset=\"44\""), "{text}");
+        assert!(
+            text.contains("offset=\"0\"") && text.contains("offset=\"44\""),
+            "{text}"
+        );
         let start = text.find("\n   _").unwrap() + 5;
         let tail = "\n  </AppendedData>\n</VTKFile>\n".len();
         assert_eq!(bytes.len() - start - tail, 44 + 396);
@@ -337,7 +366,10 @@ mod tests {
         assert!(matches!(err, VizError::NonFinite { .. }), "{err}");
         assert!(err.to_string().contains("U_pred"));
 
-        let twice = volume().with_vector("U", u.view()).unwrap().with_vector("U", u.view());
+        let twice = volume()
+            .with_vector("U", u.view())
+            .unwrap()
+            .with_vector("U", u.view());
         assert!(twice.is_err());
         assert!(volume().with_vector("mask", u.view()).is_err());
         assert!(volume().with_vector("", u.view()).is_err());

@@ -1,9 +1,17 @@
-//! `fiberflow train vae`: the two VAE stages, with resumable runs.
+//! `fiberflow train vae|diffusion`: the two VAE stages and the latent predictor, with
+//! resumable runs.
 
 use crate::config_file;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use fiberflow_data::Progress;
+use fiberflow_model::metrics::FieldErrors;
+use fiberflow_model::train::diffusion::{
+    DiffusionEpoch, DiffusionObserver, DiffusionTrainConfig, train_diffusion,
+};
 use fiberflow_model::train::vae::{EpochRecord, Stage, TrainObserver, VaeTrainConfig, train_vae};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::ops::ControlFlow;
@@ -19,22 +27,21 @@ pub struct TrainArgs {
 enum TrainWhat {
     /// Train the dual-branch VAE: stage 1 (E3D + D3D), then stage 2 (E2D + D2D).
     Vae(VaeArgs),
+    /// Train the latent diffusion denoiser (or, with `--set predictor=direct
+    /// --set unet.time_conditioned=false`, the direct latent conditioner) on the latent
+    /// cache of a stage-2 VAE run.
+    Diffusion(DiffusionArgs),
 }
 
+/// Options every training command shares.
 #[derive(Args, Debug)]
-struct VaeArgs {
-    /// 1: 3D branch on U; 2: 2D branch on U_2d against a frozen stage-1 run.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
-    stage: u8,
+struct RunArgs {
     #[arg(long)]
     dataset: PathBuf,
     /// Run folder (log.json, best_model.bpk, checkpoint/).
     #[arg(long)]
     out: PathBuf,
-    /// Stage 2: the stage-1 run folder.
-    #[arg(long)]
-    stage1: Option<PathBuf>,
-    /// Training config (TOML or JSON, fields of VaeTrainConfig).
+    /// Training config (TOML or JSON; the fields of the run's config in log.json).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Overrides the config's epoch count.
@@ -51,26 +58,61 @@ struct VaeArgs {
     device: String,
 }
 
+impl RunArgs {
+    /// The config from the file (or the defaults) with every override applied.
+    fn config<T: Serialize + DeserializeOwned + Default>(&self, epochs: impl FnOnce(&mut T, usize)) -> Result<T> {
+        let mut cfg: T = config_file::load_or_default(self.config.as_deref())?;
+        if !self.sets.is_empty() {
+            cfg = apply_sets(&cfg, &self.sets)?;
+        }
+        if let Some(e) = self.epochs {
+            epochs(&mut cfg, e);
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+struct DiffusionArgs {
+    /// A finished stage-2 VAE run folder (it names its stage-1 run).
+    #[arg(long)]
+    vae: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+struct VaeArgs {
+    /// 1: 3D branch on U; 2: 2D branch on U_2d against a frozen stage-1 run.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    stage: u8,
+    /// Stage 2: the stage-1 run folder.
+    #[arg(long)]
+    stage1: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let TrainWhat::Vae(a) = a.what;
-    let mut cfg: VaeTrainConfig = config_file::load_or_default(a.config.as_deref())?;
-    if !a.sets.is_empty() {
-        cfg = apply_sets(&cfg, &a.sets)?;
+    match a.what {
+        TrainWhat::Vae(a) => vae(a),
+        TrainWhat::Diffusion(a) => diffusion(a),
     }
-    if let Some(e) = a.epochs {
-        cfg.epochs = e;
-    }
+}
+
+fn vae(a: VaeArgs) -> Result<()> {
+    let cfg: VaeTrainConfig = a.run.config(|c: &mut VaeTrainConfig, e| c.epochs = e)?;
     let stage = if a.stage == 1 { Stage::One } else { Stage::Two };
     let mut bar = Bar(None);
-    let device = fiberflow_model::device::select(&a.device)?;
+    let device = fiberflow_model::device::select(&a.run.device)?;
     let log = train_vae(
         &device,
         stage,
-        &a.dataset,
+        &a.run.dataset,
         a.stage1.as_deref(),
-        &a.out,
+        &a.run.out,
         cfg,
-        a.resume,
+        a.run.resume,
         &mut bar,
     )?;
     if let Some(b) = bar.0 {
@@ -81,7 +123,36 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "best epoch {best} (val loss {:.4e}); last epoch: {} -> {}",
             log.best_val_loss,
             summary(last),
-            a.out.display()
+            a.run.out.display()
+        ),
+        _ => bail!("no epoch was trained"),
+    }
+    Ok(())
+}
+
+fn diffusion(a: DiffusionArgs) -> Result<()> {
+    let cfg: DiffusionTrainConfig =
+        a.run.config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;
+    let device = fiberflow_model::device::select(&a.run.device)?;
+    let mut bar = Bar(None);
+    let log = train_diffusion(
+        &device,
+        &a.run.dataset,
+        &a.vae,
+        &a.run.out,
+        cfg,
+        a.run.resume,
+        &mut bar,
+    )?;
+    if let Some(b) = bar.0 {
+        b.finish_and_clear();
+    }
+    match (log.best_epoch, log.history.last()) {
+        (Some(best), Some(last)) => println!(
+            "best epoch {best} (val relative L2 {:.4}); last epoch: {} -> {}",
+            log.best_val_error,
+            diffusion_summary(last),
+            a.run.out.display()
         ),
         _ => bail!("no epoch was trained"),
     }
@@ -90,7 +161,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
 /// Applies `field.path=value` overrides to a config through its JSON form, so every
 /// field is reachable without a flag of its own. Values are JSON, or plain strings.
-fn apply_sets(cfg: &VaeTrainConfig, sets: &[String]) -> Result<VaeTrainConfig> {
+fn apply_sets<T: Serialize + DeserializeOwned>(cfg: &T, sets: &[String]) -> Result<T> {
     let mut value = serde_json::to_value(cfg)?;
     for set in sets {
         let (path, raw) = set
@@ -109,17 +180,29 @@ fn apply_sets(cfg: &VaeTrainConfig, sets: &[String]) -> Result<VaeTrainConfig> {
 }
 
 fn summary(r: &EpochRecord) -> String {
-    let e = &r.val_errors;
+    format!("val loss {:.4e}, {}", r.val["loss"], errors(&r.val_errors))
+}
+
+fn diffusion_summary(r: &DiffusionEpoch) -> String {
     format!(
-        "val loss {:.4e}, relative L2 error vx {:.3} vy {:.3} vz {:.3}, vz ratio {:.3}",
-        r.val["loss"], e.relative_l2[0], e.relative_l2[1], e.relative_l2[2], e.vz_ratio
+        "train loss {:.4e}, val loss {:.4e}, decoded {}",
+        r.train_loss,
+        r.val_loss,
+        errors(&r.val_errors)
+    )
+}
+
+fn errors(e: &FieldErrors) -> String {
+    format!(
+        "relative L2 error vx {:.3} vy {:.3} vz {:.3}, vz ratio {:.3}",
+        e.relative_l2[0], e.relative_l2[1], e.relative_l2[2], e.vz_ratio
     )
 }
 
 /// Progress bar over all batches of the run, with one line per finished epoch.
 struct Bar(Option<ProgressBar>);
 
-impl TrainObserver for Bar {
+impl Bar {
     fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
         let bar = self.0.get_or_insert_with(|| {
             ProgressBar::new(batches as u64).with_style(
@@ -134,12 +217,34 @@ impl TrainObserver for Bar {
         bar.set_message(format!("{loss:.4e}"));
     }
 
-    fn epoch(&mut self, record: &EpochRecord) -> ControlFlow<()> {
-        let line = format!("epoch {}: {}", record.epoch, summary(record));
+    fn line(&self, line: String) -> ControlFlow<()> {
         match &self.0 {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),
         }
         ControlFlow::Continue(())
+    }
+}
+
+impl TrainObserver for Bar {
+    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
+        Bar::batch(self, epoch, batch, batches, loss);
+    }
+
+    fn epoch(&mut self, record: &EpochRecord) -> ControlFlow<()> {
+        self.line(format!("epoch {}: {}", record.epoch, summary(record)))
+    }
+}
+
+/// The latent cache is encoded (when missing) before training; it needs no bar of its own.
+impl Progress for Bar {}
+
+impl DiffusionObserver for Bar {
+    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
+        Bar::batch(self, epoch, batch, batches, loss);
+    }
+
+    fn epoch(&mut self, record: &DiffusionEpoch) -> ControlFlow<()> {
+        self.line(format!("epoch {}: {}", record.epoch, diffusion_summary(record)))
     }
 }
