@@ -32,6 +32,8 @@ enum Command {
     Dataset(cmd::dataset::DatasetArgs),
     /// Train the networks.
     Train(cmd::train::TrainArgs),
+    /// Score a trained model (or the VAE alone, or the copy-2D baseline) on a dataset split.
+    Evaluate(cmd::evaluate::EvaluateArgs),
     /// Use a trained dual VAE: cache its latents.
     Vae(cmd::vae::VaeArgs),
     /// Measure throughput (solver kernels vs memory bandwidth, convergence time).
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Dataset(a) => cmd::dataset::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Vae(a) => cmd::vae::run(a),
+        Command::Evaluate(a) => cmd::evaluate::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

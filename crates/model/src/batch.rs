@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::features::geometry_features;
 use fiberflow_data::{Batch, Field, Statistics};
-use ndarray::{Array5, Axis};
+use ndarray::{Array4, Array5, Axis};
 use serde::{Deserialize, Serialize};
 
 /// How the per-component velocity scales are chosen from the training statistics.
@@ -91,6 +91,20 @@ fn channel_first(a: Array5<f32>, device: &Device) -> Tensor<5> {
     Tensor::<5>::from_data(data, device).permute([0, 2, 1, 3, 4])
 }
 
+/// Sample `b` of a `(B, C, S, H, W)` tensor as an `(S, C, H, W)` array in the shared
+/// layout (`fiberflow_geometry::layout`).
+pub fn sample_array(t: Tensor<5>, b: usize) -> Result<Array4<f32>, ModelError> {
+    let [_, c, s, h, w] = t.dims();
+    let values: Vec<f32> = t
+        .narrow(0, b, 1)
+        .permute([0, 2, 1, 3, 4])
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+    Array4::from_shape_vec((s, c, h, w), values).map_err(|e| ModelError::Input(e.to_string()))
+}
+
 /// Stacks a batch's fields as channel-first tensors on `device`.
 pub fn to_tensors(
     batch: &Batch,
@@ -161,5 +175,25 @@ mod tests {
             .try_into_vec()
             .unwrap();
         assert!(back.iter().all(|&x| (x - 1.0).abs() < 1e-7));
+    }
+
+    #[test]
+    fn sample_arrays_come_back_in_the_shared_layout() {
+        let (s, h, w) = (2, 3, 4);
+        let u = Array4::from_shape_fn((s, 3, h, w), |(k, c, y, x)| (k * 1000 + c * 100 + y * 10 + x) as f32);
+        let batch = Batch {
+            indices: vec![0],
+            samples: vec![Sample {
+                domain: Array4::ones((s, 1, h, w)),
+                u2d: u.clone(),
+                u: u.clone(),
+                p: Array4::zeros((s, 1, h, w)),
+                dxyz: [1e-6, 1e-6, 5e-6],
+            }],
+            mirrors: vec![Mirror::default()],
+        };
+        let norm = Normalizer { factors: [1.0; 3] };
+        let t = to_tensors(&batch, &norm, &Device::flex()).unwrap();
+        assert_eq!(sample_array(t.u, 0).unwrap(), u);
     }
 }

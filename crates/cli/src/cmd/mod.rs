@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod dataset;
+pub mod evaluate;
 pub mod generate;
 pub mod geometry;
+pub mod sampler_args;
 pub mod solve;
 pub mod train;
 pub mod vae;

@@ -4,7 +4,7 @@
 use crate::batch::{Normalizer, TensorBatch};
 use crate::error::ModelError;
 use crate::train::checkpoint;
-use crate::train::vae::{BEST_FILE, LOG_FILE, RunLog, Stage};
+use crate::train::vae::{BEST_FILE, LOG_FILE, RunLog, Stage, VaeTarget};
 use crate::vae::{Decoder, Encoder, VaeConfig};
 use burn::prelude::*;
 use fiberflow_data::json::read_json;
@@ -17,6 +17,8 @@ pub struct DualVae {
     pub e3d: Encoder,
     pub d3d: Decoder,
     pub config: VaeConfig,
+    /// Whether D3D gives U or the correction U − U_2d.
+    pub target: VaeTarget,
     pub normalizer: Normalizer,
     /// The stage-2 and stage-1 run folders.
     pub stage2_dir: PathBuf,
@@ -48,7 +50,10 @@ impl DualVae {
             ))
         })?;
         let log1: RunLog = read_json(&stage1_dir.join(LOG_FILE), "the stage-1 run has moved")?;
-        if log1.config.vae != log2.config.vae || log1.normalizer != log2.normalizer {
+        if log1.config.vae != log2.config.vae
+            || log1.normalizer != log2.normalizer
+            || log1.config.target != log2.config.target
+        {
             return Err(ModelError::Config(format!(
                 "{} and its stage 1 {} disagree on architecture or normalisation",
                 stage2_dir.display(),
@@ -72,6 +77,7 @@ impl DualVae {
             e3d: stage1.encoder,
             d3d: stage1.decoder,
             config,
+            target: log2.config.target,
             normalizer: log2.normalizer,
             stage2_dir: stage2_dir.to_path_buf(),
             stage1_dir,
@@ -84,9 +90,9 @@ impl DualVae {
         (self.config.geometry_channels > 0).then(|| tb.geometry.clone())
     }
 
-    /// μ of E3D(U): the diffusion target x0.
+    /// μ of E3D(U) (or of E3D(U − U_2d)): the diffusion target x0.
     pub fn encode_3d(&self, tb: &TensorBatch) -> Tensor<5> {
-        self.e3d.forward(tb.u.clone(), self.geometry(tb)).0
+        self.e3d.forward(self.target.field(tb), self.geometry(tb)).0
     }
 
     /// μ of E2D(U_2d): the diffusion condition.
@@ -94,9 +100,10 @@ impl DualVae {
         self.e2d.forward(tb.u2d.clone(), self.geometry(tb)).0
     }
 
-    /// D3D(z) masked to zero in fibres and de-normalised to m/s.
+    /// The 3D flow from D3D(z) (plus U_2d for a correction VAE), masked to zero in fibres
+    /// and de-normalised to m/s.
     pub fn decode(&self, z: Tensor<5>, tb: &TensorBatch) -> Tensor<5> {
-        let u = self.d3d.forward(z, self.geometry(tb));
+        let u = self.target.flow(self.d3d.forward(z, self.geometry(tb)), tb);
         self.normalizer.denormalize(u) * tb.mask.clone()
     }
 }

@@ -8,15 +8,28 @@ use crate::ops::avg_pool_hw;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Latent scale factors, measured on the training cache and stored with the run: latents
-/// are divided by them so the diffusion works on unit-variance data (Rombach et al. 2022,
-/// §4.3.2).
+/// What the latent network produces and how it maps back to the 3D latent, with scale
+/// factors measured on the training cache and stored with the run: targets are divided by
+/// them so the network works on unit-variance data (Rombach et al. 2022, §4.3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LatentScales {
-    /// Standard deviation of μ3d over the training split.
+    /// The target is μ3d − μ2d, the part of the 3D latent that the aligned 2D latent
+    /// misses, instead of μ3d itself (the residual corrective diffusion of Mardani et al.
+    /// 2023, "CorrDiff"): stage 2 already puts μ2d near μ3d, so the network starts from the
+    /// cross-reconstruction D3D(E2D(U_2d)) and only learns the correction, chiefly vz.
+    pub residual: bool,
+    /// Standard deviation of the target over the training split.
     pub target: f64,
     /// Standard deviation of μ2d over the training split.
     pub condition: f64,
+}
+
+impl LatentScales {
+    /// The 3D latent from a network target `x0` (scaled) and the unscaled E2D latent.
+    pub fn latent(&self, x0: Tensor<5>, mu2d: Tensor<5>) -> Tensor<5> {
+        let z = x0.mul_scalar(self.target);
+        if self.residual { z + mu2d } else { z }
+    }
 }
 
 /// Microstructure features `(B, 2, S, H, W)` averaged to the latent grid.
@@ -24,13 +37,21 @@ pub fn latent_geometry(geometry: Tensor<5>, factor: usize) -> Tensor<5> {
     avg_pool_hw(geometry, factor)
 }
 
-/// The condition and geometry inputs of a batch, computed with the frozen E2D.
-pub fn condition_inputs(
-    vae: &DualVae,
-    tb: &TensorBatch,
-    scales: &LatentScales,
-) -> (Tensor<5>, Tensor<5>) {
-    let cond = vae.encode_2d(tb).div_scalar(scales.condition);
-    let geometry = latent_geometry(tb.geometry.clone(), vae.config.downsample_factor());
-    (cond, geometry)
+/// Inputs of a batch computed with the frozen E2D: the unscaled μ2d, the scaled
+/// condition and the latent-resolution geometry.
+pub struct ConditionInputs {
+    pub mu2d: Tensor<5>,
+    pub cond: Tensor<5>,
+    pub geometry: Tensor<5>,
+}
+
+impl ConditionInputs {
+    pub fn new(vae: &DualVae, tb: &TensorBatch, scales: &LatentScales) -> Self {
+        let mu2d = vae.encode_2d(tb);
+        Self {
+            cond: mu2d.clone().div_scalar(scales.condition),
+            mu2d,
+            geometry: latent_geometry(tb.geometry.clone(), vae.config.downsample_factor()),
+        }
+    }
 }

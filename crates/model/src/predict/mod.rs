@@ -15,7 +15,7 @@ use crate::train::vae::{BEST_FILE, LOG_FILE};
 use crate::unet::UNet;
 use burn::prelude::*;
 use fiberflow_data::json::read_json;
-use inputs::condition_inputs;
+use inputs::ConditionInputs;
 use sampling::{LatentPredictor, SampleOptions};
 use std::path::Path;
 
@@ -75,14 +75,21 @@ impl TrainedModel {
         seed: u64,
     ) -> Result<Vec<Tensor<5>>, ModelError> {
         let scales = &self.log.scales;
-        let (cond, geometry) = condition_inputs(&self.vae, tb, scales);
+        let inputs = ConditionInputs::new(&self.vae, tb, scales);
         let predictor = self.latent_predictor();
         (0..k)
             .map(|j| {
                 let mut rng = seeded_rng(seed);
                 rng.set_stream(j as u64);
-                let z = predictor.sample(cond.clone(), geometry.clone(), options, &mut rng)?;
-                Ok(self.vae.decode(z.mul_scalar(scales.target), tb))
+                let x0 = predictor.sample(
+                    inputs.cond.clone(),
+                    inputs.geometry.clone(),
+                    options,
+                    &mut rng,
+                )?;
+                Ok(self
+                    .vae
+                    .decode(scales.latent(x0, inputs.mu2d.clone()), tb))
             })
             .collect()
     }

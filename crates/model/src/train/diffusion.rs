@@ -15,13 +15,13 @@ use super::schedule;
 use super::vae::{BEST_FILE, LOG_FILE};
 use crate::batch::to_tensors;
 use crate::diffusion::{
-    ChaCha8Rng, DiffusionConfig, NoiseSchedule, SamplerConfig, SamplerKind, TimestepSpacing,
+    ChaCha8Rng, DiffusionConfig, NoiseSchedule, Prediction, SamplerConfig, SamplerKind, TimestepSpacing,
     seeded_rng, standard_normal,
 };
 use crate::error::ModelError;
 use crate::latent::{DualVae, LatentCache, encode_dataset};
 use crate::metrics::{ErrorSums, FieldErrors};
-use crate::predict::inputs::{LatentScales, latent_geometry};
+use crate::predict::inputs::{ConditionInputs, LatentScales, latent_geometry};
 use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
 use crate::unet::{UNet, UNetConfig};
 use burn::module::Module;
@@ -58,6 +58,8 @@ pub struct DiffusionTrainConfig {
     /// Probability of training a sample without its E2D condition, for classifier-free
     /// guidance at sampling time (Ho & Salimans 2022).
     pub cond_dropout: f64,
+    /// Train on μ3d − μ2d instead of μ3d (see [`LatentScales::residual`]).
+    pub residual: bool,
     /// Sampler of the per-epoch decoded-velocity validation (few steps: it runs every epoch).
     pub val_sampler: SamplerConfig,
     pub seed: u64,
@@ -71,7 +73,11 @@ impl Default for DiffusionTrainConfig {
                 .with_features(vec![16, 32, 64])
                 .with_groups(8)
                 .with_time_mlp_dim(64),
-            diffusion: DiffusionConfig::new(),
+            // v-prediction: an under-trained ε-model's x̂0 = (x_t − σ ε̂)/α explodes at large
+            // t (1/α ≈ 160 at t = 999), while v̂ ≈ 0 gives x̂0 ≈ α x_t ≈ 0, i.e. the
+            // cross-reconstruction of the residual target (measured on the quickstart data:
+            // decoded vx error 0.85 with ε vs 0.37 with v after the same 15 epochs).
+            diffusion: DiffusionConfig::new().with_prediction(Prediction::V),
             epochs: 100,
             batch_size: 4,
             lr: 1e-3,
@@ -81,6 +87,7 @@ impl Default for DiffusionTrainConfig {
             grad_clip: 1.0,
             ema_decay: 0.999,
             cond_dropout: 0.1,
+            residual: true,
             val_sampler: SamplerConfig::new()
                 .with_kind(SamplerKind::DpmSolver)
                 .with_steps(10)
@@ -209,7 +216,15 @@ pub fn train_diffusion(
             "the train and validation splits must both hold samples; generate more".into(),
         ));
     }
+    if cfg.residual {
+        for split in [&mut train, &mut val] {
+            for (t, c) in split.target.iter_mut().zip(&split.cond) {
+                *t = combine(t, c, |a, b| a - b);
+            }
+        }
+    }
     let scales = LatentScales {
+        residual: cfg.residual,
         target: std_of(&train.target)?,
         condition: std_of(&train.cond)?,
     };
@@ -437,11 +452,11 @@ pub fn decoded_errors(
     let mut sums = ErrorSums::default();
     for batch in batches {
         let tb = to_tensors(batch, &vae.normalizer, device)?;
-        let (cond, geometry) = crate::predict::inputs::condition_inputs(vae, &tb, scales);
+        let inputs = ConditionInputs::new(vae, &tb, scales);
         let mut rng = seeded_rng(seed);
         rng.set_stream(batch.indices[0] as u64);
-        let z = predictor.sample(cond, geometry, options, &mut rng)?;
-        let u = vae.decode(z.mul_scalar(scales.target), &tb);
+        let x0 = predictor.sample(inputs.cond, inputs.geometry, options, &mut rng)?;
+        let u = vae.decode(scales.latent(x0, inputs.mu2d), &tb);
         sums.add(
             vae.normalizer.normalize(u),
             tb.u.clone(),
@@ -521,6 +536,16 @@ fn std_of(data: &[TensorData]) -> Result<f64, ModelError> {
         ));
     }
     Ok(var.sqrt())
+}
+
+/// Elementwise `op(a, b)` of two f32 tensors of the same shape.
+fn combine(a: &TensorData, b: &TensorData, op: impl Fn(f32, f32) -> f32) -> TensorData {
+    let (x, y) = (
+        a.as_slice::<f32>().expect("f32 latents"),
+        b.as_slice::<f32>().expect("f32 latents"),
+    );
+    let v: Vec<f32> = x.iter().zip(y).map(|(&x, &y)| op(x, y)).collect();
+    TensorData::new(v, a.shape().to_vec())
 }
 
 fn scale(data: &mut [TensorData], factor: f64) {

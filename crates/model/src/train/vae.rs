@@ -40,6 +40,37 @@ pub enum ReconLoss {
     Mse,
 }
 
+/// What the 3D branch encodes and decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaeTarget {
+    /// The 3D flow U itself (the reference).
+    Flow,
+    /// The 3D correction U − U_2d: the cheap 2D flow is the zeroth-order answer (vx and vy
+    /// within ~15 % of U) and the networks learn only what it misses — vz and the
+    /// slice-to-slice changes of vx and vy — so a latent error of e costs e·‖U − U_2d‖
+    /// instead of e·‖U‖, and the prediction is never worse than the 2D flow by much.
+    Correction,
+}
+
+impl VaeTarget {
+    /// The field the 3D branch encodes, normalised.
+    pub fn field(self, tb: &TensorBatch) -> Tensor<5> {
+        match self {
+            Self::Flow => tb.u.clone(),
+            Self::Correction => tb.u.clone() - tb.u2d.clone(),
+        }
+    }
+
+    /// The normalised 3D flow from a decoded `field`.
+    pub fn flow(self, field: Tensor<5>, tb: &TensorBatch) -> Tensor<5> {
+        match self {
+            Self::Flow => field,
+            Self::Correction => field + tb.u2d.clone(),
+        }
+    }
+}
+
 /// Everything a VAE training run needs besides the data; saved with the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +94,8 @@ pub struct VaeTrainConfig {
     /// Weight EMA decay ceiling; 0 disables the EMA.
     pub ema_decay: f64,
     pub loss: ReconLoss,
+    /// What the 3D branch encodes (stage 2 inherits stage 1's choice).
+    pub target: VaeTarget,
     /// Per-component velocity scaling (stage 2 inherits stage 1's factors).
     pub normalization: Normalization,
     /// KL weight β at the first epoch.
@@ -102,6 +135,7 @@ impl Default for VaeTrainConfig {
             grad_clip: 1.0,
             ema_decay: 0.0,
             loss: ReconLoss::Mse,
+            target: VaeTarget::Correction,
             normalization: Normalization::Rms,
             kl_start: 1e-5,
             kl_end: 1e-3,
@@ -241,6 +275,7 @@ pub fn train_vae(
             // The architecture is the stage-1 one.
             cfg.vae = log.config.vae.clone();
             cfg.normalization = log.config.normalization;
+            cfg.target = log.config.target;
             Some((dir.to_path_buf(), log))
         }
         (Stage::One, Some(_)) => {
@@ -548,8 +583,8 @@ impl Trainer {
     ) -> Result<LossTerms, ModelError> {
         let mask = tb.mask.clone();
         let Some(frozen) = &mut self.frozen else {
-            let out = self.model.forward(tb.u.clone(), geometry(tb, cfg), true);
-            let rec = recon(cfg.loss, out.reconstruction, tb.u.clone(), mask);
+            let out = self.model.forward(cfg.target.field(tb), geometry(tb, cfg), true);
+            let rec = recon(cfg.loss, out.reconstruction, cfg.target.field(tb), mask);
             let kl = kl_divergence(out.mu, out.logvar);
             let parts = vec![
                 ("rec".into(), rec.clone().into_scalar::<f64>()),
@@ -580,7 +615,7 @@ impl Trainer {
         let cross = recon(
             cfg.loss,
             frozen.d3d.forward(mu2d.clone(), geometry(tb, cfg)),
-            tb.u.clone(),
+            cfg.target.field(tb),
             mask,
         );
         let mut parts = vec![
@@ -628,7 +663,7 @@ impl Trainer {
             let mut add = |k: &str, v: f64| *sums.entry(k.into()).or_default() += v;
             let loss = match &mut self.frozen {
                 None => {
-                    let out = model.forward(tb.u.clone(), geometry(&tb, cfg), false);
+                    let out = model.forward(cfg.target.field(&tb), geometry(&tb, cfg), false);
                     let rec = recon(
                         cfg.loss,
                         out.reconstruction.clone(),
@@ -638,7 +673,11 @@ impl Trainer {
                     .into_scalar::<f64>();
                     add("rec", rec);
                     add("kl", kl_divergence(out.mu, out.logvar).into_scalar::<f64>());
-                    errors.add(out.reconstruction, tb.u.clone(), tb.mask.clone());
+                    errors.add(
+                        cfg.target.flow(out.reconstruction, &tb),
+                        tb.u.clone(),
+                        tb.mask.clone(),
+                    );
                     rec
                 }
                 Some(frozen) => {
@@ -654,12 +693,17 @@ impl Trainer {
                     let align =
                         alignment(mu2d.clone(), mu3d, cfg.align_cosine).into_scalar::<f64>();
                     let cross_pred = frozen.e3d.decoder.forward(mu2d, geometry(&tb, cfg));
-                    let cross = recon(cfg.loss, cross_pred.clone(), tb.u.clone(), tb.mask.clone())
+                    let cross = recon(
+                        cfg.loss,
+                        cross_pred.clone(),
+                        cfg.target.field(&tb),
+                        tb.mask.clone(),
+                    )
                         .into_scalar::<f64>();
                     add("rec2d", rec2d);
                     add("align", align);
                     add("cross", cross);
-                    errors.add(cross_pred, tb.u.clone(), tb.mask.clone());
+                    errors.add(cfg.target.flow(cross_pred, &tb), tb.u.clone(), tb.mask.clone());
                     rec2d + cfg.lambda_align * align + cfg.lambda_cross * cross
                 }
             };
@@ -726,7 +770,7 @@ impl Frozen {
                 if !self.mu3d.contains_key(key) {
                     // One sample at a time, so a value never depends on its batch mates.
                     let (mu, _) = self.e3d.encoder.forward(
-                        tb.u.clone().narrow(0, b, 1),
+                        cfg.target.field(&tb).narrow(0, b, 1),
                         geometry(&tb, cfg).map(|g| g.narrow(0, b, 1)),
                     );
                     self.mu3d.insert(*key, mu.into_data());
