@@ -34,6 +34,11 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Score a trained model (or the VAE alone, or the copy-2D baseline) on a dataset split.
     Evaluate(cmd::evaluate::EvaluateArgs),
+    /// The whole pipeline on its defaults: generate, train, evaluate, predict, report.
+    Quickstart(cmd::quickstart::QuickstartArgs),
+    /// Predict the 3D flow of one microstructure (dataset sample or image stack), with
+    /// uncertainty, as .npy, ParaView .vti, PNG and JSON.
+    Predict(cmd::predict::PredictArgs),
     /// Use a trained dual VAE: cache its latents.
     Vae(cmd::vae::VaeArgs),
     /// Measure throughput (solver kernels vs memory bandwidth, convergence time).
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
+        Command::Predict(a) => cmd::predict::run(a),
+        Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

@@ -5,6 +5,8 @@ pub mod dataset;
 pub mod evaluate;
 pub mod generate;
 pub mod geometry;
+pub mod predict;
+pub mod quickstart;
 pub mod sampler_args;
 pub mod solve;
 pub mod train;

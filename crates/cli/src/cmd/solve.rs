@@ -28,7 +28,7 @@ pub enum Mode {
     Both,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum SolidArg {
     /// 0 / dark pixels are fibre.
     Low,

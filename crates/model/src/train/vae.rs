@@ -128,7 +128,7 @@ impl Default for VaeTrainConfig {
             epochs: 30,
             batch_size: 2,
             accumulation: 1,
-            lr: 1e-3,
+            lr: 2e-3,
             min_lr: 1e-5,
             warmup_steps: 20,
             weight_decay: 1e-4,

@@ -22,13 +22,13 @@ pub struct VaeConfig {
     pub latent_channels: usize,
     /// Channels per resolution level; each level after the first halves H and W, so the
     /// latent is downsampled by f = 2^(levels − 1).
-    #[config(default = "vec![16, 32, 64]")]
+    #[config(default = "vec![8, 16, 32]")]
     pub channels: Vec<usize>,
     /// Residual blocks per level.
     #[config(default = 1)]
     pub blocks_per_level: usize,
     /// GroupNorm groups; every channel count must be divisible by it.
-    #[config(default = 8)]
+    #[config(default = 4)]
     pub groups: usize,
     /// log σ² is clamped to ±this, so exp(log σ²) cannot overflow.
     #[config(default = 10.0)]

@@ -1,0 +1,268 @@
+//! `fiberflow predict`: the 3D flow of one microstructure from a trained model — a dataset
+//! sample, or a user's image stack with its 2D flow (solved here when not given) — with
+//! an ensemble mean and per-voxel standard deviation, written as NumPy arrays, a VTK
+//! volume for ParaView, a comparison figure and a summary.
+
+use super::sampler_args::SamplerArgs;
+use super::solve::{FlowArgs, SolidArg};
+use crate::output;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use fiberflow_data::{Batch, Dataset, Mirror, Sample};
+use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
+use fiberflow_eval::physics::permeability;
+use fiberflow_geometry::layout::VoxelSize;
+use fiberflow_geometry::mask_io::{SolidValue, load_mask};
+use fiberflow_model::batch::{sample_array, to_tensors};
+use fiberflow_model::predict::TrainedModel;
+use fiberflow_solver::sample::solve_sample;
+use fiberflow_viz::{ComparisonFigure, VtiVolume, magnitude};
+use ndarray::{Array4, Axis};
+use ndarray_npy::ReadNpyExt;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug, Serialize)]
+pub struct PredictArgs {
+    /// A diffusion (or direct predictor) run folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Predict sample --index of this dataset (its truth is then compared).
+    #[arg(long, requires = "index", conflicts_with = "microstructure")]
+    dataset: Option<PathBuf>,
+    #[arg(long)]
+    index: Option<usize>,
+    /// A fluid mask stack: `.npy` (S, H, W), a folder of PNG/TIFF slices, or a multi-page TIFF.
+    #[arg(long, required_unless_present = "dataset")]
+    microstructure: Option<PathBuf>,
+    /// Which mask value is fibre.
+    #[arg(long, value_enum, default_value_t = SolidArg::Low)]
+    solid_value: SolidArg,
+    /// The per-slice 2D flow `(S, 3, H, W)` in m/s as `.npy`; solved here when absent.
+    #[arg(long, requires = "microstructure")]
+    flow2d: Option<PathBuf>,
+    /// In-plane pixel size, µm (with --microstructure).
+    #[arg(long)]
+    voxel_size_um: Option<f64>,
+    /// Distance between slices, µm (with --microstructure).
+    #[arg(long)]
+    slice_pitch_um: Option<f64>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Stochastic predictions: their mean is the prediction, their std the uncertainty.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    /// Slice shown in comparison.png (default: the middle one).
+    #[arg(long)]
+    slice: Option<usize>,
+    #[command(flatten)]
+    #[serde(skip)]
+    flow: FlowArgs,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    args: &'a PredictArgs,
+    samples: usize,
+    seconds_solve_2d: f64,
+    seconds_predict: f64,
+    seconds_per_draw: f64,
+    k_pred_m2: f64,
+    k_true_m2: Option<f64>,
+    mean_std_over_fluid_m_per_s: [f64; 3],
+    relative_l2_error: Option<[f64; 4]>,
+    units: serde_json::Value,
+}
+
+pub fn run(a: PredictArgs) -> Result<()> {
+    if a.samples == 0 {
+        bail!("--samples must be ≥ 1");
+    }
+    let device = fiberflow_model::device::select(&a.device)?;
+    let model = TrainedModel::load(&a.model, &device)?;
+    let (sample, solve_s, truth) = input_sample(&a)?;
+    let voxel = VoxelSize {
+        dx_m: sample.dxyz[0],
+        dy_m: sample.dxyz[1],
+        dz_m: sample.dxyz[2],
+    };
+    let batch = Batch {
+        indices: vec![a.index.unwrap_or(0)],
+        samples: vec![sample],
+        mirrors: vec![Mirror::default()],
+    };
+    let tb = to_tensors(&batch, &model.vae.normalizer, &device)?;
+    let started = Instant::now();
+    let draws = model
+        .predict(&tb, &a.sampler.options(), a.samples, a.seed)?
+        .into_iter()
+        .map(|t| sample_array(t, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let predict_s = started.elapsed().as_secs_f64();
+    let sample = &batch.samples[0];
+    let views: Vec<_> = draws.iter().map(|d| d.view()).collect();
+    let stacked = ndarray::stack(Axis(0), &views)?;
+    let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
+    let std = stacked.std_axis(Axis(0), 0.0);
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
+    output::npy(&a.out.join("U_pred.npy"), &mean)?;
+    output::npy(&a.out.join("U_std.npy"), &std)?;
+    let speed = magnitude(mean.view())?;
+    let error = truth.as_ref().map(|u| &mean - u);
+    let mut volume = VtiVolume::new(voxel, sample.domain.view())?
+        .with_vector("U_pred", mean.view())?
+        .with_scalar("|U_pred|", speed.view())?
+        .with_vector("U_std", std.view())?;
+    let mut figure = ComparisonFigure::new(voxel, sample.domain.view(), mean.view())?
+        .with_std(std.view())?
+        .with_title(format!("fiberflow prediction, {} draws", a.samples));
+    if let (Some(u), Some(e)) = (&truth, &error) {
+        volume = volume
+            .with_vector("U_true", u.view())?
+            .with_vector("error", e.view())?;
+        figure = figure.with_truth(u.view())?;
+    }
+    volume.write(&a.out.join("prediction.vti"))?;
+    let slice = a.slice.unwrap_or(sample.domain.dim().0 / 2);
+    if slice >= sample.domain.dim().0 {
+        bail!("--slice {slice} is beyond the {} slices", sample.domain.dim().0);
+    }
+    figure.write_png(slice, &a.out.join("comparison.png"))?;
+
+    let physics = a.flow.config()?.physics;
+    let (mu, g) = (physics.viscosity_pa_s, physics.pressure_gradient_pa_per_m);
+    let k_of = |u: &Array4<f32>| -> Result<f64> {
+        Ok(permeability(&Flow::new(u.view(), sample.domain.view())?, mu, g)?)
+    };
+    let k_pred = k_of(&mean)?;
+    let errors = match &truth {
+        Some(u) => {
+            let cfg = EvalConfig::new(voxel, [1.0; 3])?.with_flow(mu, g)?;
+            let m = evaluate_sample("prediction", mean.view(), u.view(), sample.domain.view(), &cfg)?;
+            Some([m.rel_l2_u, m.rel_l2_v, m.rel_l2_w, m.rel_l2_total])
+        }
+        None => None,
+    };
+    let summary = Summary {
+        samples: a.samples,
+        seconds_solve_2d: solve_s,
+        seconds_predict: predict_s,
+        seconds_per_draw: predict_s / a.samples as f64,
+        k_pred_m2: k_pred,
+        k_true_m2: truth.as_ref().map(k_of).transpose()?,
+        mean_std_over_fluid_m_per_s: fluid_mean(&std, &sample.domain),
+        relative_l2_error: errors,
+        units: serde_json::json!({"U_pred": "m/s", "U_std": "m/s", "k": "m^2", "layout": "(S, 3, H, W): slices along z, (vx, vy, vz), rows y, columns x"}),
+        args: &a,
+    };
+    output::json(&a.out.join("summary.json"), &summary)?;
+    match errors {
+        Some(e) => println!(
+            "K = {k_pred:.4e} m² (truth {:.4e}); relative L2 error vx {:.3} vy {:.3} vz {:.3}; {:.2} s per draw -> {}",
+            summary.k_true_m2.unwrap_or(f64::NAN),
+            e[0],
+            e[1],
+            e[2],
+            summary.seconds_per_draw,
+            a.out.display()
+        ),
+        None => println!(
+            "K = {k_pred:.4e} m²; {:.2} s per draw -> {}",
+            summary.seconds_per_draw,
+            a.out.display()
+        ),
+    }
+    Ok(())
+}
+
+/// The sample to predict, the seconds spent solving its 2D flow, and its 3D truth if known.
+fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
+    if let (Some(dir), Some(index)) = (&a.dataset, a.index) {
+        let dataset = Dataset::open(dir)?;
+        if index >= dataset.len() {
+            bail!("--index {index}: {} holds {} samples", dir.display(), dataset.len());
+        }
+        let sample = dataset.open_sample(index)?.load()?;
+        let truth = sample.u.clone();
+        return Ok((sample, 0.0, Some(truth)));
+    }
+    let path = a.microstructure.as_ref().expect("clap requires one input");
+    let solid = match a.solid_value {
+        SolidArg::Low => SolidValue::Low,
+        SolidArg::High => SolidValue::High,
+    };
+    let slices = load_mask(path, solid)?;
+    let positive = |v: Option<f64>, flag: &str| match v {
+        Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => bail!("{flag} (a positive number) is required with --microstructure"),
+    };
+    let voxel = VoxelSize::from_um(
+        positive(a.voxel_size_um, "--voxel-size-um")?,
+        positive(a.slice_pitch_um, "--slice-pitch-um")?,
+    );
+    let (s, h, w) = slices.dim();
+    let domain = slices
+        .mapv(f32::from)
+        .into_shape_with_order((s, 1, h, w))
+        .expect("same element count");
+    let started = Instant::now();
+    let u2d = match &a.flow2d {
+        Some(p) => read_flow2d(p, (s, 3, h, w))?,
+        None => {
+            eprintln!("solving the 2D flow of {s} slices…");
+            solve_sample(slices.view(), None, voxel, &a.flow.config()?, None)
+                .with_context(|| path.display().to_string())?
+                .u2d
+        }
+    };
+    let solve_s = started.elapsed().as_secs_f64();
+    let sample = Sample {
+        u: Array4::zeros((s, 3, h, w)),
+        p: Array4::zeros((s, 1, h, w)),
+        domain,
+        u2d,
+        dxyz: voxel.as_array(),
+    };
+    Ok((sample, solve_s, None))
+}
+
+fn read_flow2d(path: &Path, shape: (usize, usize, usize, usize)) -> Result<Array4<f32>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let a = Array4::<f32>::read_npy(file)
+        .with_context(|| format!("{}: not a 4-D float32 .npy", path.display()))?;
+    if a.dim() != shape {
+        bail!(
+            "{}: shape {:?}, expected {shape:?} (S, 3, H, W) to match the microstructure",
+            path.display(),
+            a.dim()
+        );
+    }
+    if a.iter().any(|v| !v.is_finite()) {
+        bail!("{}: holds NaN or infinite values", path.display());
+    }
+    Ok(a)
+}
+
+/// Mean of each component over the fluid.
+fn fluid_mean(field: &Array4<f32>, domain: &Array4<f32>) -> [f64; 3] {
+    let fluid: f64 = domain.iter().map(|&m| f64::from(m)).sum::<f64>().max(1.0);
+    let mut out = [0.0; 3];
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = field
+            .index_axis(Axis(1), c)
+            .iter()
+            .zip(domain.index_axis(Axis(1), 0).iter())
+            .map(|(&v, &m)| f64::from(v * m))
+            .sum::<f64>()
+            / fluid;
+    }
+    out
+}

@@ -1,0 +1,224 @@
+//! `fiberflow quickstart`: the whole pipeline on its built-in defaults — generate a small
+//! dataset, train both VAE stages and the diffusion model, evaluate it against the VAE
+//! alone and the copy-2D baseline, predict one test sample — then `report.md` and
+//! `report.html` with the metrics, loss curves, the comparison figure and timings.
+//!
+//! Each step runs this same binary as a child process with the documented command line,
+//! so the report's commands are exactly what a user would type, and every step resumes:
+//! generation skips written samples, training continues from its checkpoint, and the
+//! cheap evaluation steps are simply redone.
+
+use crate::output;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use fiberflow_data::json::read_json;
+use fiberflow_viz::{LinePlot, Series};
+use serde::Serialize;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Output folder (data/, vae-stage1/, vae-stage2/, diffusion/, eval/, predict/, report).
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    /// Samples to generate (70 % train, 15 % validation, 15 % test).
+    #[arg(long, default_value_t = 24)]
+    samples: usize,
+    /// Pixels per side of each slice (a multiple of 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Epochs of VAE stage 1, stage 2 and the diffusion model.
+    #[arg(long, num_args = 3, value_names = ["STAGE1", "STAGE2", "DIFFUSION"], default_values_t = [30, 10, 40])]
+    epochs: Vec<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// One step of the pipeline: its command line and wall time.
+#[derive(Serialize)]
+struct Step {
+    name: &'static str,
+    command: String,
+    seconds: f64,
+}
+
+pub fn run(a: QuickstartArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the fiberflow binary")?;
+    let out = &a.out;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let p = |name: &str| out.join(name).display().to_string();
+    let (data, v1, v2, diff, eval, pred) = (
+        p("data"),
+        p("vae-stage1"),
+        p("vae-stage2"),
+        p("diffusion"),
+        p("eval"),
+        p("predict"),
+    );
+    std::fs::create_dir_all(&eval).with_context(|| format!("{eval}: cannot create"))?;
+    let e = |i: usize| a.epochs[i].to_string();
+    let dev = ["--device", a.device.as_str()];
+    let test_index = first_test_index(&data);
+    let plan: Vec<(&'static str, Vec<String>)> = vec![
+        ("generate", args(&["generate", "--out", &data, "--samples", &a.samples.to_string(), "--size", &a.size.to_string()], &[])),
+        ("train VAE stage 1", args(&["train", "vae", "--stage", "1", "--dataset", &data, "--out", &v1, "--epochs", &e(0), "--resume"], &dev)),
+        ("train VAE stage 2", args(&["train", "vae", "--stage", "2", "--dataset", &data, "--stage1", &v1, "--out", &v2, "--epochs", &e(1), "--resume"], &dev)),
+        ("train diffusion", args(&["train", "diffusion", "--dataset", &data, "--vae", &v2, "--out", &diff, "--epochs", &e(2), "--resume"], &dev)),
+        ("evaluate model", args(&["evaluate", "--model", &diff, "--dataset", &data, "--samples", "4", "--json", &format!("{eval}/model.json"), "--csv", &format!("{eval}/model.csv")], &dev)),
+        ("evaluate VAE only", args(&["evaluate", "--model", &diff, "--dataset", &data, "--sanity-mode", "--json", &format!("{eval}/vae_only.json")], &dev)),
+        ("evaluate copy-2D baseline", args(&["evaluate", "--model", &diff, "--dataset", &data, "--baseline", "copy2d", "--json", &format!("{eval}/copy2d.json")], &dev)),
+        ("predict", vec![]),
+    ];
+    let mut steps = Vec::new();
+    let started = Instant::now();
+    for (name, argv) in plan {
+        // The test index is known only once the dataset exists.
+        let argv = if name == "predict" {
+            let index = test_index.clone().or_else(|| first_test_index(&data)).context("the dataset has no test sample")?;
+            args(&["predict", "--model", &diff, "--dataset", &data, "--index", &index, "--samples", "4", "--out", &pred], &dev)
+        } else {
+            argv
+        };
+        eprintln!("\n== quickstart: {name}");
+        let t = Instant::now();
+        let status = Command::new(&exe)
+            .args(&argv)
+            .status()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        if !status.success() {
+            bail!("quickstart step `{name}` failed ({status}); fix the cause and rerun: finished steps are kept");
+        }
+        steps.push(Step {
+            name,
+            command: format!("fiberflow {}", argv.join(" ")),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    let total = started.elapsed().as_secs_f64();
+    write_report(out, &steps, total)?;
+    println!(
+        "quickstart done in {:.1} min: {}",
+        total / 60.0,
+        out.join("report.html").display()
+    );
+    Ok(())
+}
+
+fn args(a: &[&str], extra: &[&str]) -> Vec<String> {
+    a.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// The first sample of the test split, once the dataset exists.
+fn first_test_index(data: &str) -> Option<String> {
+    let splits: Value = read_json(&Path::new(data).join("splits.json"), "").ok()?;
+    Some(splits["test"].get(0)?.as_u64()?.to_string())
+}
+
+/// The quickstart report in Markdown and HTML, with loss curves.
+fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
+    let load = |p: &str| -> Result<Value> { Ok(read_json(&out.join(p), "")?) };
+    plot_losses(out)?;
+    let mut md = String::new();
+    writeln!(md, "# fiberflow quickstart report\n")?;
+    writeln!(
+        md,
+        "Everything below was produced by `fiberflow quickstart --out {}` in {:.1} minutes on this machine ({} threads), from nothing: a generated dataset, three trained networks, an evaluation on the test split and one prediction.\n",
+        out.display(),
+        total / 60.0,
+        rayon::current_num_threads()
+    )?;
+    writeln!(md, "## Test-split accuracy\n")?;
+    writeln!(
+        md,
+        "Relative L2 errors ‖pred − true‖/‖true‖ over the fluid (lower is better), the true top-10 % magnitude IoU, the permeability error and the divergence relative to |u|/dx. *Model*: E2D → latent diffusion → D3D, mean of 4 draws; *VAE only*: D3D(E3D(U)), the best the latent space allows; *copy 2D*: U_2d as the 3D flow (vz = 0).\n"
+    )?;
+    writeln!(md, "| predictor | vx | vy | vz | total | IoU top-10 % | K error | div / (|u|/dx) | ref_accuracy |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    for (name, file) in [("model", "eval/model.json"), ("VAE only", "eval/vae_only.json"), ("copy 2D", "eval/copy2d.json")] {
+        let r = load(file)?;
+        let m = |k: &str| metric(&r, k);
+        writeln!(
+            md,
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.4} |",
+            m("rel_l2_u"),
+            m("rel_l2_v"),
+            m("rel_l2_w"),
+            m("rel_l2_total"),
+            m("iou_top10"),
+            m("k_rel_err"),
+            m("div_rel_pred"),
+            m("ref_accuracy_score")
+        )?;
+    }
+    let model = load("eval/model.json")?;
+    writeln!(
+        md,
+        "\nPer-sample values: `eval/model.csv`; everything, including the reference-exact `ref_` metrics: `eval/*.json`. Prediction time: {:.2} s per sample ({} draws).\n",
+        model["seconds_per_sample"].as_f64().unwrap_or(f64::NAN),
+        4
+    )?;
+    let summary = load("predict/summary.json")?;
+    writeln!(md, "## One test sample\n")?;
+    writeln!(
+        md,
+        "Permeability predicted {:.4e} m², true {:.4e} m². Mean of 4 draws (rows: truth, prediction, error, standard deviation of the draws); `predict/prediction.vti` opens in ParaView.\n",
+        summary["k_pred_m2"].as_f64().unwrap_or(f64::NAN),
+        summary["k_true_m2"].as_f64().unwrap_or(f64::NAN)
+    )?;
+    writeln!(md, "![comparison](predict/comparison.png)\n")?;
+    writeln!(md, "## Training\n")?;
+    for (title, file) in [("VAE stage 1", "vae-stage1"), ("VAE stage 2", "vae-stage2"), ("diffusion", "diffusion")] {
+        writeln!(md, "![{title}]({file}/loss.png)\n")?;
+    }
+    writeln!(md, "## Steps and timings\n")?;
+    writeln!(md, "| step | wall time | command |\n|---|---|---|")?;
+    for s in steps {
+        writeln!(md, "| {} | {:.1} s | `{}` |", s.name, s.seconds, s.command)?;
+    }
+    std::fs::write(out.join("report.md"), &md).context("cannot write report.md")?;
+    let mut html = String::from(
+        "<!doctype html><meta charset=\"utf-8\"><title>fiberflow quickstart</title><style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}img{max-width:100%}</style>\n",
+    );
+    let parser = pulldown_cmark::Parser::new_ext(&md, pulldown_cmark::Options::ENABLE_TABLES);
+    pulldown_cmark::html::push_html(&mut html, parser);
+    std::fs::write(out.join("report.html"), html).context("cannot write report.html")?;
+    output::json(&out.join("timings.json"), &steps)
+}
+
+/// The summary mean of one metric in an evaluation report.
+fn metric(report: &Value, name: &str) -> f64 {
+    report["summary"]["metrics"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+        .and_then(|m| m["mean"].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+/// `loss.png` in each run folder from its `log.json` history.
+fn plot_losses(out: &Path) -> Result<()> {
+    for (dir, title) in [("vae-stage1", "VAE stage 1"), ("vae-stage2", "VAE stage 2"), ("diffusion", "latent diffusion")] {
+        let log: Value = read_json(&out.join(dir).join("log.json"), "")?;
+        let history = log["history"].as_array().context("log.json has no history")?;
+        let series = |name: &str, get: &dyn Fn(&Value) -> Option<f64>| -> Result<Series> {
+            let values: Vec<f64> = history.iter().map(|h| get(h).unwrap_or(f64::NAN)).collect();
+            Ok(Series::per_epoch(name, &values)?)
+        };
+        let plot = if dir == "diffusion" {
+            LinePlot::new(title, "epoch", "loss / error [-]")
+                .with_series(series("train loss", &|h| h["train_loss"].as_f64())?)
+                .with_series(series("val loss", &|h| h["val_loss"].as_f64())?)
+                .with_series(series("val decoded rel. L2", &|h| h["val_errors"]["relative_l2_total"].as_f64())?)
+        } else {
+            LinePlot::new(title, "epoch", "loss / error [-]")
+                .with_series(series("train loss", &|h| h["train"]["loss"].as_f64())?)
+                .with_series(series("val loss", &|h| h["val"]["loss"].as_f64())?)
+                .with_series(series("val rel. L2 (U)", &|h| h["val_errors"]["relative_l2_total"].as_f64())?)
+        };
+        plot.log_y(true).write_png(&out.join(dir).join("loss.png"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,679 @@
+//! The latent predictor's trainer and the inference API end to end, on a tiny generated
+//! dataset and a two-stage VAE: run folder and latent cache, exact resume, refusals,
+//! overfitting a fixed batch, and the properties of `TrainedModel::predict`.
+//!
+//! Tests hold one lock: Burn's flex generator is global, so a weight initialisation in
+//! one test thread would shift another's, and the resume comparison needs exact weights.
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use fiberflow_data::generate::{GeneratorConfig, generate_sample};
+use fiberflow_data::json::read_json;
+use fiberflow_data::{
+    Batch, Dataset, DatasetWriter, Loader, LoaderConfig, Mirror, Progress, Silent, SplitMode,
+    Subset,
+};
+use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_model::ModelError;
+use fiberflow_model::batch::{sample_array, to_tensors};
+use fiberflow_model::diffusion::{
+    DiffusionConfig, Prediction, PredictionLoss, SamplerConfig, SamplerKind, TimestepSpacing,
+    seeded_rng, standard_normal,
+};
+use fiberflow_model::latent::{DualVae, LatentCache};
+use fiberflow_model::predict::TrainedModel;
+use fiberflow_model::predict::inputs::{ConditionInputs, LatentScales};
+use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
+use fiberflow_model::train::checkpoint;
+use fiberflow_model::train::diffusion::{
+    DiffusionEpoch, DiffusionObserver, DiffusionRunLog, DiffusionTrainConfig, train_diffusion,
+};
+use fiberflow_model::train::vae::{Stage, TrainObserver, VaeTrainConfig, train_vae};
+use fiberflow_model::unet::UNetConfig;
+use fiberflow_model::vae::VaeConfig;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Quiet;
+impl Progress for Quiet {}
+impl TrainObserver for Quiet {}
+impl DiffusionObserver for Quiet {}
+
+/// Stops the run after its first `.0` epochs, like a kill right after a checkpoint.
+struct StopAfter(usize);
+impl Progress for StopAfter {}
+impl DiffusionObserver for StopAfter {
+    fn epoch(&mut self, record: &DiffusionEpoch) -> ControlFlow<()> {
+        if record.epoch + 1 >= self.0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// A dataset of eight 16×16×3 samples (5 train, 1 val, 2 test) and a finished VAE.
+struct Setup {
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    stage1: PathBuf,
+    stage2: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut gen_cfg = GeneratorConfig::default();
+        gen_cfg.packing.window_um = 12.0;
+        gen_cfg.packing.radius_mean_um = 2.0;
+        gen_cfg.packing.radius_std_um = 0.1;
+        gen_cfg.vf = [0.3, 0.4];
+        gen_cfg.packing_attempts = 20;
+        let grid = SliceGrid {
+            size: 16,
+            slices: 3,
+            pitch_um: 2.0,
+        };
+        let writer = DatasetWriter::create_or_resume(&data, gen_cfg.header(&grid, 3)).unwrap();
+        for i in 0..8 {
+            let (sample, record) = generate_sample(&gen_cfg, &grid, 3, i).unwrap();
+            writer.write(i, &sample, record).unwrap();
+        }
+        writer
+            .finalize(8, SplitMode::Fiberflow, &mut Silent)
+            .unwrap();
+        let vae_cfg = VaeTrainConfig {
+            vae: VaeConfig::new().with_channels(vec![8, 16]).with_groups(4),
+            epochs: 2,
+            warmup_steps: 2,
+            lr: 3e-3,
+            ..Default::default()
+        };
+        let (stage1, stage2) = (tmp.path().join("vae1"), tmp.path().join("vae2"));
+        let device = Device::flex();
+        train_vae(
+            &device,
+            Stage::One,
+            &data,
+            None,
+            &stage1,
+            vae_cfg.clone(),
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
+        train_vae(
+            &device,
+            Stage::Two,
+            &data,
+            Some(&stage1),
+            &stage2,
+            vae_cfg,
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
+        Self {
+            tmp,
+            data,
+            stage1,
+            stage2,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn train(
+        &self,
+        vae: &Path,
+        out: &Path,
+        cfg: DiffusionTrainConfig,
+        resume: bool,
+        observer: &mut dyn DiffusionObserver,
+    ) -> Result<DiffusionRunLog, ModelError> {
+        train_diffusion(
+            &Device::flex(),
+            &self.data,
+            vae,
+            out,
+            cfg,
+            resume,
+            observer,
+        )
+    }
+
+    /// All samples of `subset` in one batch, in split order, unmirrored.
+    fn batch(&self, subset: Option<Subset>) -> Batch {
+        let dataset = Dataset::open(&self.data).unwrap();
+        let config = LoaderConfig {
+            batch_size: 8,
+            shuffle: false,
+            seed: 0,
+            preload: false,
+            augment: Mirror::default(),
+            drop_last: false,
+        };
+        let loader = Loader::new(&dataset, subset, config).unwrap();
+        loader.epoch(0).next().unwrap().unwrap()
+    }
+}
+
+/// The tiny network of these tests; `time_conditioned` follows the predictor.
+fn unet(predictor: PredictorKind) -> UNetConfig {
+    UNetConfig::new()
+        .with_features(vec![8, 16])
+        .with_groups(4)
+        .with_attention(String::new())
+        .with_time_embedding_dim(16)
+        .with_time_mlp_dim(32)
+        .with_time_conditioned(predictor == PredictorKind::Diffusion)
+}
+
+fn config(predictor: PredictorKind, epochs: usize) -> DiffusionTrainConfig {
+    DiffusionTrainConfig {
+        predictor,
+        unet: unet(predictor),
+        epochs,
+        warmup_steps: 2,
+        ema_decay: 0.9,
+        val_sampler: SamplerConfig::new()
+            .with_kind(SamplerKind::DpmSolver)
+            .with_steps(4)
+            .with_spacing(TimestepSpacing::Trailing),
+        ..Default::default()
+    }
+}
+
+fn values(t: Tensor<5>) -> Vec<f32> {
+    t.into_data().try_into_vec().unwrap()
+}
+
+fn modified(dir: &Path) -> BTreeMap<String, SystemTime> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, e.metadata().unwrap().modified().unwrap())
+        })
+        .collect()
+}
+
+/// The output of the U-Net with the weights in `file` on a fixed seeded input.
+fn probe(cfg: &UNetConfig, file: &Path) -> Vec<f32> {
+    let device = Device::flex();
+    let model = checkpoint::load(cfg.init(&device).unwrap(), file).unwrap();
+    let x = standard_normal(
+        [1, cfg.in_channels, 3, 8, 8],
+        &mut seeded_rng(9),
+        &device,
+    );
+    let t = Tensor::<1>::from_floats([137.0], &device);
+    values(model.forward(x, Some(t)).unwrap())
+}
+
+#[test]
+fn training_writes_its_run_and_encodes_the_latent_cache_once() {
+    let _serial = serial();
+    let s = Setup::new();
+    let out = s.path("diffusion");
+    let log = s
+        .train(
+            &s.stage2,
+            &out,
+            config(PredictorKind::Diffusion, 2),
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
+
+    // History: 5 training samples in batches of 4 are 2 steps per epoch.
+    let dataset = Dataset::open(&s.data).unwrap();
+    let batches = dataset.indices(Some(Subset::Train)).len().div_ceil(4);
+    assert_eq!(batches, 2);
+    assert_eq!(log.history.len(), 2);
+    for (e, r) in log.history.iter().enumerate() {
+        assert_eq!((r.epoch, r.steps), (e, (e + 1) * batches));
+        for v in [r.lr, r.train_loss, r.val_loss, r.mean_grad_norm] {
+            assert!(v.is_finite() && v > 0.0, "{r:?}");
+        }
+        assert!(r.val_errors.relative_l2_total.is_finite(), "{r:?}");
+    }
+    let (best, best_error) = log
+        .history
+        .iter()
+        .map(|r| (r.epoch, r.val_errors.relative_l2_total))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert_eq!((log.best_epoch, log.best_val_error), (Some(best), best_error));
+    let on_disk: DiffusionRunLog = read_json(&out.join("log.json"), "").unwrap();
+    assert_eq!(on_disk.history, log.history);
+    assert_eq!(on_disk.config, log.config);
+    // The network sees noisy latent ⊕ condition ⊕ geometry: 8 + 8 + 2 channels.
+    assert_eq!(
+        (log.config.unet.in_channels, log.config.unet.out_channels),
+        (18, 8)
+    );
+    assert_eq!(log.vae, s.stage2);
+    for file in [
+        "best_model.bpk",
+        "checkpoint/model.bpk",
+        "checkpoint/ema.bpk",
+        "checkpoint/optim.bpk",
+        "checkpoint/state.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+
+    // The cache: one file per sample (all splits) under latents/<key16>/.
+    let cache = s.data.join("latents").join(&log.vae_key[..16]);
+    let mut expected: Vec<String> = (0..8).map(|i| format!("{i:06}.safetensors")).collect();
+    expected.push("meta.json".into());
+    let mut names: Vec<String> = modified(&cache).into_keys().collect();
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected);
+    // Each file holds the encoders' μ of its own sample.
+    let device = Device::flex();
+    let vae = DualVae::load(&s.stage2, &device).unwrap();
+    assert_eq!(vae.key, log.vae_key);
+    let opened = LatentCache::open(&dataset, &vae).unwrap().unwrap();
+    let batch = s.batch(None);
+    let tb = to_tensors(&batch, &vae.normalizer, &device).unwrap();
+    let (mu3d, mu2d) = (vae.encode_3d(&tb), vae.encode_2d(&tb));
+    for (b, &i) in batch.indices.iter().enumerate() {
+        let cached = opened.load(i).unwrap();
+        for (got, want) in [(cached.mu3d, &mu3d), (cached.mu2d, &mu2d)] {
+            let got: Vec<f32> = got.try_into_vec().unwrap();
+            let want = values(want.clone().narrow(0, b, 1));
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-4, "sample {i}: cached latent off by {err}");
+        }
+    }
+
+    // A second run (the direct predictor) reuses the cache without rewriting a file.
+    let before = modified(&cache);
+    let direct = s
+        .train(
+            &s.stage2,
+            &s.path("direct"),
+            config(PredictorKind::Direct, 1),
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
+    assert_eq!(direct.vae_key, log.vae_key);
+    assert_eq!(direct.history.len(), 1);
+    // Condition ⊕ geometry only.
+    assert_eq!(direct.config.unet.in_channels, 10);
+    assert_eq!(modified(&cache), before);
+    assert_eq!(
+        std::fs::read_dir(s.data.join("latents")).unwrap().count(),
+        1
+    );
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    let _serial = serial();
+    let s = Setup::new();
+    let (a, b) = (s.path("a"), s.path("b"));
+    let cfg = || config(PredictorKind::Diffusion, 2);
+    let full = s.train(&s.stage2, &a, cfg(), false, &mut Quiet).unwrap();
+    let part = s
+        .train(&s.stage2, &b, cfg(), false, &mut StopAfter(1))
+        .unwrap();
+    assert_eq!(part.history.len(), 1);
+    let unet_cfg = &full.config.unet;
+    let after_one = probe(unet_cfg, &b.join("checkpoint/model.bpk"));
+    let resumed = s.train(&s.stage2, &b, cfg(), true, &mut Quiet).unwrap();
+
+    let timeless = |h: &[DiffusionEpoch]| -> Vec<DiffusionEpoch> {
+        h.iter()
+            .cloned()
+            .map(|mut r| {
+                r.seconds = 0.0;
+                r
+            })
+            .collect()
+    };
+    assert_eq!(resumed.history.len(), 2);
+    assert_eq!(timeless(&resumed.history), timeless(&full.history));
+    assert_eq!(
+        (resumed.best_epoch, resumed.best_val_error),
+        (full.best_epoch, full.best_val_error)
+    );
+    assert_eq!(resumed.scales, full.scales);
+    for file in ["checkpoint/model.bpk", "checkpoint/ema.bpk", "best_model.bpk"] {
+        let (x, y) = (probe(unet_cfg, &a.join(file)), probe(unet_cfg, &b.join(file)));
+        assert!(x == y, "{file}: resumed weights differ");
+    }
+    // The probe tells weights apart: the second epoch changed the model.
+    assert!(after_one != probe(unet_cfg, &a.join("checkpoint/model.bpk")));
+
+    // An existing run is not overwritten, nor resumed with another configuration.
+    let e = s.train(&s.stage2, &a, cfg(), false, &mut Quiet).unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+    let mut other = cfg();
+    other.lr = 5e-4;
+    let e = s.train(&s.stage2, &a, other, true, &mut Quiet).unwrap_err();
+    assert!(e.to_string().contains("another configuration"), "{e}");
+    let again: DiffusionRunLog = read_json(&a.join("log.json"), "").unwrap();
+    assert_eq!(again.history, full.history);
+}
+
+#[test]
+fn refuses_a_stage1_vae_and_a_vae_changed_after_training() {
+    let _serial = serial();
+    let s = Setup::new();
+    let cfg = || config(PredictorKind::Direct, 1);
+    let out = s.path("from-stage1");
+    let e = s.train(&s.stage1, &out, cfg(), false, &mut Quiet).unwrap_err();
+    assert!(e.to_string().contains("stage-1 run"), "{e}");
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    // A copy of the stage-2 run (same weights, so the same key and cache).
+    let vae = s.path("vae2-copy");
+    std::fs::create_dir(&vae).unwrap();
+    for file in ["log.json", "best_model.bpk"] {
+        std::fs::copy(s.stage2.join(file), vae.join(file)).unwrap();
+    }
+    let run = s.path("run");
+    s.train(&vae, &run, cfg(), false, &mut Quiet).unwrap();
+    let device = Device::flex();
+    assert!(TrainedModel::load(&run, &device).is_ok());
+
+    // Its stage-2 weights replaced by others of the same architecture.
+    std::fs::copy(s.stage1.join("best_model.bpk"), vae.join("best_model.bpk")).unwrap();
+    let e = TrainedModel::load(&run, &device).err().unwrap();
+    assert!(e.to_string().contains("changed since"), "{e}");
+    let e = s.train(&vae, &run, cfg(), true, &mut Quiet).unwrap_err();
+    assert!(e.to_string().contains("another VAE"), "{e}");
+
+    // A folder that is not a diffusion run.
+    let e = TrainedModel::load(&s.path("nothing"), &device).err().unwrap();
+    assert!(e.to_string().contains("diffusion run"), "{e}");
+    assert!(TrainedModel::load(&s.stage2, &device).is_err());
+}
+
+/// Trains `cfg` on one fixed batch for `steps` Adam steps; the MSE before and after.
+fn fit(
+    cfg: &UNetConfig,
+    input: Tensor<5>,
+    time: Option<Tensor<1>>,
+    target: Tensor<5>,
+    steps: usize,
+) -> (f64, f64) {
+    let device = Device::flex();
+    device.seed(5);
+    let ad = device.clone().autodiff();
+    let on_ad = |t: Tensor<5>| Tensor::<5>::from_data(t.into_data(), &ad);
+    let (x, y) = (on_ad(input), on_ad(target));
+    let t = time.map(|t| Tensor::<1>::from_data(t.into_data(), &ad));
+    let mut model = cfg.init(&ad).unwrap();
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let loss = |m: &fiberflow_model::unet::UNet| {
+        PredictionLoss::Mse
+            .compute(m.forward(x.clone(), t.clone()).unwrap(), y.clone())
+            .unwrap()
+    };
+    let first = loss(&model).into_scalar::<f64>();
+    for _ in 0..steps {
+        let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    (first, loss(&model).into_scalar::<f64>())
+}
+
+#[test]
+fn the_latent_networks_overfit_a_fixed_batch() {
+    let _serial = serial();
+    let s = Setup::new();
+    let device = Device::flex();
+    let vae = DualVae::load(&s.stage2, &device).unwrap();
+    let batch = s.batch(Some(Subset::Train));
+    let tb = to_tensors(&batch, &vae.normalizer, &device).unwrap();
+    // The residual target and condition, scaled to unit RMS as the trainer does.
+    let rms = |t: &Tensor<5>| t.clone().square().mean().into_scalar::<f64>().sqrt();
+    let mu2d = vae.encode_2d(&tb);
+    let residual = vae.encode_3d(&tb) - mu2d.clone();
+    let scales = LatentScales {
+        residual: true,
+        target: rms(&residual),
+        condition: rms(&mu2d),
+    };
+    let inputs = ConditionInputs::new(&vae, &tb, &scales);
+    let x0 = residual.div_scalar(scales.target);
+    let n = x0.dims()[0];
+
+    let direct = unet(PredictorKind::Direct)
+        .with_in_channels(10)
+        .with_out_channels(8);
+    let cond = Tensor::cat(vec![inputs.cond.clone(), inputs.geometry.clone()], 1);
+    let (first, last) = fit(&direct, cond, None, x0.clone(), 150);
+    assert!(last * 10.0 <= first, "direct: loss {first} → {last}");
+
+    // The denoiser at one fixed t and ε: x_t → v.
+    let schedule = DiffusionConfig::new()
+        .with_prediction(Prediction::V)
+        .init()
+        .unwrap();
+    let t = vec![300; n];
+    let noise = standard_normal(x0.dims(), &mut seeded_rng(4), &device);
+    let x_t = schedule.add_noise(x0.clone(), noise.clone(), &t).unwrap();
+    let v = schedule.target(x0, noise, &t).unwrap();
+    let denoiser = unet(PredictorKind::Diffusion)
+        .with_in_channels(18)
+        .with_out_channels(8);
+    let input = Tensor::cat(vec![x_t, inputs.cond, inputs.geometry], 1);
+    let times = Tensor::<1>::from_floats(vec![300.0f32; n].as_slice(), &device);
+    let (first, last) = fit(&denoiser, input, Some(times), v, 150);
+    assert!(last * 10.0 <= first, "denoiser: loss {first} → {last}");
+}
+
+/// Relative L2 error over the fluid of the velocity components, each divided by its
+/// normalisation factor, computed on the sample arrays in m/s.
+fn relative_error(prediction: Tensor<5>, batch: &Batch, factors: [f64; 3]) -> f64 {
+    let (mut err, mut norm) = (0.0, 0.0);
+    for (b, sample) in batch.samples.iter().enumerate() {
+        let p = sample_array(prediction.clone(), b).unwrap();
+        for ((idx, &u), &pv) in sample.u.indexed_iter().zip(p.iter()) {
+            let (k, c, y, x) = idx;
+            if sample.domain[[k, 0, y, x]] > 0.5 {
+                let (u, pv) = (f64::from(u) / factors[c], f64::from(pv) / factors[c]);
+                err += (pv - u).powi(2);
+                norm += u * u;
+            }
+        }
+    }
+    (err / norm).sqrt()
+}
+
+#[test]
+fn predictions_are_masked_finite_and_seeded() {
+    let _serial = serial();
+    let s = Setup::new();
+    let device = Device::flex();
+    let (diffusion, direct) = (s.path("diffusion"), s.path("direct"));
+    s.train(
+        &s.stage2,
+        &diffusion,
+        config(PredictorKind::Diffusion, 2),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    s.train(
+        &s.stage2,
+        &direct,
+        config(PredictorKind::Direct, 2),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    let model = TrainedModel::load(&diffusion, &device).unwrap();
+    let batch = s.batch(Some(Subset::Test));
+    assert_eq!(batch.indices.len(), 2);
+    let tb = to_tensors(&batch, &model.vae.normalizer, &device).unwrap();
+    let options = SampleOptions {
+        sampler: SamplerConfig::new().with_steps(5),
+        guidance: 0.0,
+    };
+    let draws = model.predict(&tb, &options, 2, 7).unwrap();
+    assert_eq!(draws.len(), 2);
+    let fibre_voxels: usize = batch
+        .samples
+        .iter()
+        .map(|s| s.domain.iter().filter(|&&m| m == 0.0).count())
+        .sum();
+    assert!(fibre_voxels > 0);
+    for draw in &draws {
+        assert_eq!(draw.dims(), [2, 3, 3, 16, 16]);
+        for (b, sample) in batch.samples.iter().enumerate() {
+            let p = sample_array(draw.clone(), b).unwrap();
+            assert!(p.iter().all(|v| v.is_finite()));
+            for ((k, _, y, x), &v) in p.indexed_iter() {
+                if sample.domain[[k, 0, y, x]] == 0.0 {
+                    assert_eq!(v, 0.0, "fibre voxel ({k}, {y}, {x}) of sample {b}");
+                }
+            }
+            assert!(p.iter().any(|&v| v != 0.0));
+        }
+    }
+    let (d0, d1) = (values(draws[0].clone()), values(draws[1].clone()));
+    assert!(d0 != d1, "two draws are identical");
+    let again = model.predict(&tb, &options, 2, 7).unwrap();
+    assert!(values(again[0].clone()) == d0 && values(again[1].clone()) == d1);
+    // Draw j depends on (seed, j) only, not on how many are drawn.
+    assert!(values(model.predict(&tb, &options, 1, 7).unwrap()[0].clone()) == d0);
+    let other = model.predict(&tb, &options, 1, 8).unwrap();
+    assert!(values(other[0].clone()) != d0, "another seed gave the same draw");
+    let guided = SampleOptions {
+        guidance: 1.5,
+        ..options.clone()
+    };
+    let g = values(model.predict(&tb, &guided, 1, 7).unwrap()[0].clone());
+    assert!(g.iter().all(|v| v.is_finite()) && g != d0);
+    let bad = SampleOptions {
+        guidance: -1.0,
+        ..options.clone()
+    };
+    let e = model.predict(&tb, &bad, 1, 7).err().unwrap();
+    assert!(e.to_string().contains("guidance"), "{e}");
+
+    // The direct predictor draws the same field whatever the seed.
+    let direct_model = TrainedModel::load(&direct, &device).unwrap();
+    let draws = direct_model.predict(&tb, &options, 2, 7).unwrap();
+    let d = values(draws[0].clone());
+    assert!(d == values(draws[1].clone()));
+    assert!(d == values(direct_model.predict(&tb, &options, 1, 8).unwrap()[0].clone()));
+
+    // best_model.bpk reproduces the logged validation error: the trainer's draw for val
+    // sample i is the predictor's draw i of the run seed.
+    let val = s.batch(Some(Subset::Val));
+    assert_eq!(val.indices.len(), 1);
+    let index = val.indices[0];
+    for m in [&model, &direct_model] {
+        let tb = to_tensors(&val, &m.vae.normalizer, &device).unwrap();
+        let options = SampleOptions {
+            sampler: m.log.config.val_sampler.clone(),
+            guidance: 0.0,
+        };
+        let draws = m.predict(&tb, &options, index + 1, m.log.config.seed).unwrap();
+        let error = relative_error(draws[index].clone(), &val, m.vae.normalizer.factors);
+        let logged = m.log.best_val_error;
+        assert!(
+            (error - logged).abs() <= 1e-4 * logged,
+            "{:?}: recomputed {error} vs logged {logged}",
+            m.log.config.predictor
+        );
+    }
+}
+
+#[test]
+fn invalid_configs_fail_before_the_dataset_is_read() {
+    let _serial = serial();
+    let s = Setup::new();
+    let missing = s.path("no-dataset");
+    let out = s.path("out");
+    let check = |cfg: DiffusionTrainConfig, field: &str| {
+        let e = train_diffusion(
+            &Device::flex(),
+            &missing,
+            &s.stage2,
+            &out,
+            cfg,
+            false,
+            &mut Quiet,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ModelError::Config(_)) && e.to_string().contains(field),
+            "{field}: {e}"
+        );
+        assert!(!out.exists());
+    };
+    let direct = || config(PredictorKind::Direct, 1);
+    let denoiser = || config(PredictorKind::Diffusion, 1);
+    let mut c = direct();
+    c.unet.time_conditioned = true;
+    check(c, "time_conditioned");
+    let mut c = denoiser();
+    c.unet.time_conditioned = false;
+    check(c, "time_conditioned");
+    for lr in [0.0, -1e-3, f64::NAN, f64::INFINITY] {
+        let mut c = denoiser();
+        c.lr = lr;
+        check(c, "lr");
+    }
+    let mut c = denoiser();
+    c.min_lr = 2.0 * c.lr;
+    check(c, "min_lr");
+    for p in [1.0, 1.5, -0.1, f64::NAN] {
+        let mut c = denoiser();
+        c.cond_dropout = p;
+        check(c, "cond_dropout");
+    }
+    let mut c = denoiser();
+    c.ema_decay = 1.0;
+    check(c, "ema_decay");
+    let mut c = denoiser();
+    c.epochs = 0;
+    check(c, "epochs");
+    let mut c = denoiser();
+    c.unet.groups = 3;
+    check(c, "groups");
+    let mut c = denoiser();
+    c.diffusion.beta_end = c.diffusion.beta_start;
+    check(c, "beta_end");
+    // The valid configuration gets as far as the missing dataset.
+    let e = train_diffusion(
+        &Device::flex(),
+        &missing,
+        &s.stage2,
+        &out,
+        direct(),
+        false,
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(matches!(e, ModelError::Data(_)), "{e}");
+    // A network too deep for the 8 × 8 latent is refused before training starts.
+    let mut c = denoiser();
+    c.unet.features = vec![8, 8, 8, 8, 8];
+    let e = s.train(&s.stage2, &out, c, false, &mut Quiet).unwrap_err();
+    assert!(e.to_string().contains("not divisible"), "{e}");
+    assert!(!out.exists());
+}
