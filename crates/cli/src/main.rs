@@ -2,6 +2,7 @@
 
 mod cmd;
 mod config_file;
+mod gridsearch;
 mod output;
 mod progress;
 
@@ -32,6 +33,8 @@ enum Command {
     Dataset(cmd::dataset::DatasetArgs),
     /// Train the networks.
     Train(cmd::train::TrainArgs),
+    /// Train every combination of a grid of diffusion config values and rank them.
+    Gridsearch(cmd::gridsearch::GridsearchArgs),
     /// Score a trained model (or the VAE alone, or the copy-2D baseline) on a dataset split.
     Evaluate(cmd::evaluate::EvaluateArgs),
     /// The whole pipeline on its defaults: generate, train, evaluate, predict, report.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Dataset(a) => cmd::dataset::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Gridsearch(a) => cmd::gridsearch::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
         Command::Predict(a) => cmd::predict::run(a),

@@ -124,8 +124,7 @@ pub fn to_tensors(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ModelError::Input(e.to_string()))?;
     let views: Vec<_> = features.iter().map(|f| f.view()).collect();
-    let stacked =
-        ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+    let stacked = ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
     Ok(TensorBatch {
         u: norm.normalize(field(Field::U)?),
         u2d: norm.normalize(field(Field::U2d)?),
@@ -180,7 +179,9 @@ mod tests {
     #[test]
     fn sample_arrays_come_back_in_the_shared_layout() {
         let (s, h, w) = (2, 3, 4);
-        let u = Array4::from_shape_fn((s, 3, h, w), |(k, c, y, x)| (k * 1000 + c * 100 + y * 10 + x) as f32);
+        let u = Array4::from_shape_fn((s, 3, h, w), |(k, c, y, x)| {
+            (k * 1000 + c * 100 + y * 10 + x) as f32
+        });
         let batch = Batch {
             indices: vec![0],
             samples: vec![Sample {

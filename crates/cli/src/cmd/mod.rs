@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod evaluate;
 pub mod generate;
 pub mod geometry;
+pub mod gridsearch;
 pub mod predict;
 pub mod quickstart;
 pub mod sampler_args;

@@ -9,8 +9,8 @@ use crate::output;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fiberflow_data::{Batch, Dataset, Mirror, Sample};
-use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_eval::physics::permeability;
+use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_model::batch::{sample_array, to_tensors};
@@ -112,7 +112,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
     let std = stacked.std_axis(Axis(0), 0.0);
 
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create", a.out.display()))?;
     output::npy(&a.out.join("U_pred.npy"), &mean)?;
     output::npy(&a.out.join("U_std.npy"), &std)?;
     let speed = magnitude(mean.view())?;
@@ -133,20 +134,33 @@ pub fn run(a: PredictArgs) -> Result<()> {
     volume.write(&a.out.join("prediction.vti"))?;
     let slice = a.slice.unwrap_or(sample.domain.dim().0 / 2);
     if slice >= sample.domain.dim().0 {
-        bail!("--slice {slice} is beyond the {} slices", sample.domain.dim().0);
+        bail!(
+            "--slice {slice} is beyond the {} slices",
+            sample.domain.dim().0
+        );
     }
     figure.write_png(slice, &a.out.join("comparison.png"))?;
 
     let physics = a.flow.config()?.physics;
     let (mu, g) = (physics.viscosity_pa_s, physics.pressure_gradient_pa_per_m);
     let k_of = |u: &Array4<f32>| -> Result<f64> {
-        Ok(permeability(&Flow::new(u.view(), sample.domain.view())?, mu, g)?)
+        Ok(permeability(
+            &Flow::new(u.view(), sample.domain.view())?,
+            mu,
+            g,
+        )?)
     };
     let k_pred = k_of(&mean)?;
     let errors = match &truth {
         Some(u) => {
             let cfg = EvalConfig::new(voxel, [1.0; 3])?.with_flow(mu, g)?;
-            let m = evaluate_sample("prediction", mean.view(), u.view(), sample.domain.view(), &cfg)?;
+            let m = evaluate_sample(
+                "prediction",
+                mean.view(),
+                u.view(),
+                sample.domain.view(),
+                &cfg,
+            )?;
             Some([m.rel_l2_u, m.rel_l2_v, m.rel_l2_w, m.rel_l2_total])
         }
         None => None,
@@ -188,7 +202,11 @@ fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
     if let (Some(dir), Some(index)) = (&a.dataset, a.index) {
         let dataset = Dataset::open(dir)?;
         if index >= dataset.len() {
-            bail!("--index {index}: {} holds {} samples", dir.display(), dataset.len());
+            bail!(
+                "--index {index}: {} holds {} samples",
+                dir.display(),
+                dataset.len()
+            );
         }
         let sample = dataset.open_sample(index)?.load()?;
         let truth = sample.u.clone();
@@ -235,7 +253,8 @@ fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
 }
 
 fn read_flow2d(path: &Path, shape: (usize, usize, usize, usize)) -> Result<Array4<f32>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let a = Array4::<f32>::read_npy(file)
         .with_context(|| format!("{}: not a 4-D float32 .npy", path.display()))?;
     if a.dim() != shape {

@@ -31,6 +31,18 @@ pub struct QuickstartArgs {
     /// Pixels per side of each slice (a multiple of 16).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Slices along z.
+    #[arg(long, default_value_t = 11)]
+    slices: usize,
+    /// Slice pitch, µm.
+    #[arg(long, default_value_t = 5.0)]
+    pitch_um: f64,
+    /// Base seed of the dataset.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Generator config (TOML or JSON, fields of GeneratorConfig), as for `generate`.
+    #[arg(long)]
+    generator_config: Option<PathBuf>,
     /// Epochs of VAE stage 1, stage 2 and the diffusion model.
     #[arg(long, num_args = 3, value_names = ["STAGE1", "STAGE2", "DIFFUSION"], default_values_t = [30, 10, 40])]
     epochs: Vec<usize>,
@@ -63,14 +75,140 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     let e = |i: usize| a.epochs[i].to_string();
     let dev = ["--device", a.device.as_str()];
     let test_index = first_test_index(&data);
+    let mut generate = args(
+        &[
+            "generate",
+            "--out",
+            &data,
+            "--samples",
+            &a.samples.to_string(),
+            "--size",
+            &a.size.to_string(),
+            "--slices",
+            &a.slices.to_string(),
+            "--pitch-um",
+            &a.pitch_um.to_string(),
+            "--seed",
+            &a.seed.to_string(),
+        ],
+        &[],
+    );
+    if let Some(c) = &a.generator_config {
+        generate.extend(["--config".to_string(), c.display().to_string()]);
+    }
     let plan: Vec<(&'static str, Vec<String>)> = vec![
-        ("generate", args(&["generate", "--out", &data, "--samples", &a.samples.to_string(), "--size", &a.size.to_string()], &[])),
-        ("train VAE stage 1", args(&["train", "vae", "--stage", "1", "--dataset", &data, "--out", &v1, "--epochs", &e(0), "--resume"], &dev)),
-        ("train VAE stage 2", args(&["train", "vae", "--stage", "2", "--dataset", &data, "--stage1", &v1, "--out", &v2, "--epochs", &e(1), "--resume"], &dev)),
-        ("train diffusion", args(&["train", "diffusion", "--dataset", &data, "--vae", &v2, "--out", &diff, "--epochs", &e(2), "--resume"], &dev)),
-        ("evaluate model", args(&["evaluate", "--model", &diff, "--dataset", &data, "--samples", "4", "--json", &format!("{eval}/model.json"), "--csv", &format!("{eval}/model.csv")], &dev)),
-        ("evaluate VAE only", args(&["evaluate", "--model", &diff, "--dataset", &data, "--sanity-mode", "--json", &format!("{eval}/vae_only.json")], &dev)),
-        ("evaluate copy-2D baseline", args(&["evaluate", "--model", &diff, "--dataset", &data, "--baseline", "copy2d", "--json", &format!("{eval}/copy2d.json")], &dev)),
+        ("generate", generate),
+        (
+            "train VAE stage 1",
+            args(
+                &[
+                    "train",
+                    "vae",
+                    "--stage",
+                    "1",
+                    "--dataset",
+                    &data,
+                    "--out",
+                    &v1,
+                    "--epochs",
+                    &e(0),
+                    "--resume",
+                ],
+                &dev,
+            ),
+        ),
+        (
+            "train VAE stage 2",
+            args(
+                &[
+                    "train",
+                    "vae",
+                    "--stage",
+                    "2",
+                    "--dataset",
+                    &data,
+                    "--stage1",
+                    &v1,
+                    "--out",
+                    &v2,
+                    "--epochs",
+                    &e(1),
+                    "--resume",
+                ],
+                &dev,
+            ),
+        ),
+        (
+            "train diffusion",
+            args(
+                &[
+                    "train",
+                    "diffusion",
+                    "--dataset",
+                    &data,
+                    "--vae",
+                    &v2,
+                    "--out",
+                    &diff,
+                    "--epochs",
+                    &e(2),
+                    "--resume",
+                ],
+                &dev,
+            ),
+        ),
+        (
+            "evaluate model",
+            args(
+                &[
+                    "evaluate",
+                    "--model",
+                    &diff,
+                    "--dataset",
+                    &data,
+                    "--samples",
+                    "4",
+                    "--json",
+                    &format!("{eval}/model.json"),
+                    "--csv",
+                    &format!("{eval}/model.csv"),
+                ],
+                &dev,
+            ),
+        ),
+        (
+            "evaluate VAE only",
+            args(
+                &[
+                    "evaluate",
+                    "--model",
+                    &diff,
+                    "--dataset",
+                    &data,
+                    "--sanity-mode",
+                    "--json",
+                    &format!("{eval}/vae_only.json"),
+                ],
+                &dev,
+            ),
+        ),
+        (
+            "evaluate copy-2D baseline",
+            args(
+                &[
+                    "evaluate",
+                    "--model",
+                    &diff,
+                    "--dataset",
+                    &data,
+                    "--baseline",
+                    "copy2d",
+                    "--json",
+                    &format!("{eval}/copy2d.json"),
+                ],
+                &dev,
+            ),
+        ),
         ("predict", vec![]),
     ];
     let mut steps = Vec::new();
@@ -78,8 +216,26 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     for (name, argv) in plan {
         // The test index is known only once the dataset exists.
         let argv = if name == "predict" {
-            let index = test_index.clone().or_else(|| first_test_index(&data)).context("the dataset has no test sample")?;
-            args(&["predict", "--model", &diff, "--dataset", &data, "--index", &index, "--samples", "4", "--out", &pred], &dev)
+            let index = test_index
+                .clone()
+                .or_else(|| first_test_index(&data))
+                .context("the dataset has no test sample")?;
+            args(
+                &[
+                    "predict",
+                    "--model",
+                    &diff,
+                    "--dataset",
+                    &data,
+                    "--index",
+                    &index,
+                    "--samples",
+                    "4",
+                    "--out",
+                    &pred,
+                ],
+                &dev,
+            )
         } else {
             argv
         };
@@ -90,7 +246,9 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
             .status()
             .with_context(|| format!("cannot run {}", exe.display()))?;
         if !status.success() {
-            bail!("quickstart step `{name}` failed ({status}); fix the cause and rerun: finished steps are kept");
+            bail!(
+                "quickstart step `{name}` failed ({status}); fix the cause and rerun: finished steps are kept"
+            );
         }
         steps.push(Step {
             name,
@@ -136,9 +294,16 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
         md,
         "Relative L2 errors ‖pred − true‖/‖true‖ over the fluid (lower is better), the true top-10 % magnitude IoU, the permeability error and the divergence relative to |u|/dx. *Model*: E2D → latent diffusion → D3D, mean of 4 draws; *VAE only*: D3D(E3D(U)), the best the latent space allows; *copy 2D*: U_2d as the 3D flow (vz = 0).\n"
     )?;
-    writeln!(md, "| predictor | vx | vy | vz | total | IoU top-10 % | K error | div / (|u|/dx) | ref_accuracy |")?;
+    writeln!(
+        md,
+        "| predictor | vx | vy | vz | total | IoU top-10 % | K error | div / (‖u‖/dx) | ref_accuracy |"
+    )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
-    for (name, file) in [("model", "eval/model.json"), ("VAE only", "eval/vae_only.json"), ("copy 2D", "eval/copy2d.json")] {
+    for (name, file) in [
+        ("model", "eval/model.json"),
+        ("VAE only", "eval/vae_only.json"),
+        ("copy 2D", "eval/copy2d.json"),
+    ] {
         let r = load(file)?;
         let m = |k: &str| metric(&r, k);
         writeln!(
@@ -171,7 +336,11 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
     )?;
     writeln!(md, "![comparison](predict/comparison.png)\n")?;
     writeln!(md, "## Training\n")?;
-    for (title, file) in [("VAE stage 1", "vae-stage1"), ("VAE stage 2", "vae-stage2"), ("diffusion", "diffusion")] {
+    for (title, file) in [
+        ("VAE stage 1", "vae-stage1"),
+        ("VAE stage 2", "vae-stage2"),
+        ("diffusion", "diffusion"),
+    ] {
         writeln!(md, "![{title}]({file}/loss.png)\n")?;
     }
     writeln!(md, "## Steps and timings\n")?;
@@ -200,9 +369,15 @@ fn metric(report: &Value, name: &str) -> f64 {
 
 /// `loss.png` in each run folder from its `log.json` history.
 fn plot_losses(out: &Path) -> Result<()> {
-    for (dir, title) in [("vae-stage1", "VAE stage 1"), ("vae-stage2", "VAE stage 2"), ("diffusion", "latent diffusion")] {
+    for (dir, title) in [
+        ("vae-stage1", "VAE stage 1"),
+        ("vae-stage2", "VAE stage 2"),
+        ("diffusion", "latent diffusion"),
+    ] {
         let log: Value = read_json(&out.join(dir).join("log.json"), "")?;
-        let history = log["history"].as_array().context("log.json has no history")?;
+        let history = log["history"]
+            .as_array()
+            .context("log.json has no history")?;
         let series = |name: &str, get: &dyn Fn(&Value) -> Option<f64>| -> Result<Series> {
             let values: Vec<f64> = history.iter().map(|h| get(h).unwrap_or(f64::NAN)).collect();
             Ok(Series::per_epoch(name, &values)?)
@@ -211,14 +386,19 @@ fn plot_losses(out: &Path) -> Result<()> {
             LinePlot::new(title, "epoch", "loss / error [-]")
                 .with_series(series("train loss", &|h| h["train_loss"].as_f64())?)
                 .with_series(series("val loss", &|h| h["val_loss"].as_f64())?)
-                .with_series(series("val decoded rel. L2", &|h| h["val_errors"]["relative_l2_total"].as_f64())?)
+                .with_series(series("val decoded rel. L2", &|h| {
+                    h["val_errors"]["relative_l2_total"].as_f64()
+                })?)
         } else {
             LinePlot::new(title, "epoch", "loss / error [-]")
                 .with_series(series("train loss", &|h| h["train"]["loss"].as_f64())?)
                 .with_series(series("val loss", &|h| h["val"]["loss"].as_f64())?)
-                .with_series(series("val rel. L2 (U)", &|h| h["val_errors"]["relative_l2_total"].as_f64())?)
+                .with_series(series("val rel. L2 (U)", &|h| {
+                    h["val_errors"]["relative_l2_total"].as_f64()
+                })?)
         };
-        plot.log_y(true).write_png(&out.join(dir).join("loss.png"))?;
+        plot.log_y(true)
+            .write_png(&out.join(dir).join("loss.png"))?;
     }
     Ok(())
 }

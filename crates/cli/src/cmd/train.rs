@@ -10,9 +10,9 @@ use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionTrainConfig, train_diffusion,
 };
 use fiberflow_model::train::vae::{EpochRecord, Stage, TrainObserver, VaeTrainConfig, train_vae};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -60,7 +60,10 @@ struct RunArgs {
 
 impl RunArgs {
     /// The config from the file (or the defaults) with every override applied.
-    fn config<T: Serialize + DeserializeOwned + Default>(&self, epochs: impl FnOnce(&mut T, usize)) -> Result<T> {
+    fn config<T: Serialize + DeserializeOwned + Default>(
+        &self,
+        epochs: impl FnOnce(&mut T, usize),
+    ) -> Result<T> {
         let mut cfg: T = config_file::load_or_default(self.config.as_deref())?;
         if !self.sets.is_empty() {
             cfg = apply_sets(&cfg, &self.sets)?;
@@ -131,8 +134,9 @@ fn vae(a: VaeArgs) -> Result<()> {
 }
 
 fn diffusion(a: DiffusionArgs) -> Result<()> {
-    let cfg: DiffusionTrainConfig =
-        a.run.config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;
+    let cfg: DiffusionTrainConfig = a
+        .run
+        .config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;
     let device = fiberflow_model::device::select(&a.run.device)?;
     let mut bar = Bar(None);
     let log = train_diffusion(
@@ -245,6 +249,10 @@ impl DiffusionObserver for Bar {
     }
 
     fn epoch(&mut self, record: &DiffusionEpoch) -> ControlFlow<()> {
-        self.line(format!("epoch {}: {}", record.epoch, diffusion_summary(record)))
+        self.line(format!(
+            "epoch {}: {}",
+            record.epoch,
+            diffusion_summary(record)
+        ))
     }
 }

@@ -64,8 +64,14 @@ fn write_sample(path: &Path, latents: &SampleLatents) -> Result<(), ModelError> 
     let shape = |t: &TensorData| t.shape().to_vec();
     let (b3, b2) = (to_bytes(&latents.mu3d)?, to_bytes(&latents.mu2d)?);
     let views = [
-        ("mu3d", TensorView::new(Dtype::F32, shape(&latents.mu3d), &b3)),
-        ("mu2d", TensorView::new(Dtype::F32, shape(&latents.mu2d), &b2)),
+        (
+            "mu3d",
+            TensorView::new(Dtype::F32, shape(&latents.mu3d), &b3),
+        ),
+        (
+            "mu2d",
+            TensorView::new(Dtype::F32, shape(&latents.mu2d), &b2),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| v.map(|v| (k, v)))

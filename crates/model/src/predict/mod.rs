@@ -87,9 +87,7 @@ impl TrainedModel {
                     options,
                     &mut rng,
                 )?;
-                Ok(self
-                    .vae
-                    .decode(scales.latent(x0, inputs.mu2d.clone()), tb))
+                Ok(self.vae.decode(scales.latent(x0, inputs.mu2d.clone()), tb))
             })
             .collect()
     }

@@ -2,9 +2,7 @@
 //! denoiser (any sampler, optional classifier-free guidance, Ho & Salimans 2022), or the
 //! direct latent conditioner's single evaluation.
 
-use crate::diffusion::{
-    ChaCha8Rng, NoiseSchedule, SamplerConfig, sample, standard_normal,
-};
+use crate::diffusion::{ChaCha8Rng, NoiseSchedule, SamplerConfig, sample, standard_normal};
 use crate::error::ModelError;
 use crate::unet::UNet;
 use burn::prelude::*;

@@ -15,8 +15,8 @@ use super::schedule;
 use super::vae::{BEST_FILE, LOG_FILE};
 use crate::batch::to_tensors;
 use crate::diffusion::{
-    ChaCha8Rng, DiffusionConfig, NoiseSchedule, Prediction, SamplerConfig, SamplerKind, TimestepSpacing,
-    seeded_rng, standard_normal,
+    ChaCha8Rng, DiffusionConfig, NoiseSchedule, Prediction, SamplerConfig, SamplerKind,
+    TimestepSpacing, seeded_rng, standard_normal,
 };
 use crate::error::ModelError;
 use crate::latent::{DualVae, LatentCache, encode_dataset};
@@ -104,14 +104,16 @@ impl DiffusionTrainConfig {
         if self.epochs == 0 || self.batch_size == 0 {
             return bad("epochs and batch_size must be ≥ 1".into());
         }
-        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad(format!(
                 "need 0 ≤ min_lr ≤ lr and lr > 0, got lr = {}, min_lr = {}",
                 self.lr, self.min_lr
             ));
         }
-        if !(self.weight_decay >= 0.0 && self.grad_clip > 0.0) {
-            return bad("weight_decay must be ≥ 0 and grad_clip > 0".into());
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0)
+            || !(self.grad_clip.is_finite() && self.grad_clip > 0.0)
+        {
+            return bad("weight_decay must be a number ≥ 0 and grad_clip one > 0".into());
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return bad(format!("ema_decay = {} must be in [0, 1)", self.ema_decay));
@@ -123,12 +125,17 @@ impl DiffusionTrainConfig {
             ));
         }
         if self.predictor == PredictorKind::Direct && self.unet.time_conditioned {
-            return bad("the direct predictor takes no timestep: set unet.time_conditioned = false".into());
+            return bad(
+                "the direct predictor takes no timestep: set unet.time_conditioned = false".into(),
+            );
         }
         if self.predictor == PredictorKind::Diffusion && !self.unet.time_conditioned {
             return bad("a diffusion denoiser needs unet.time_conditioned = true".into());
         }
-        self.diffusion.validate()?;
+        let schedule = self.diffusion.init()?;
+        if self.predictor == PredictorKind::Diffusion {
+            self.val_sampler.init(&schedule)?;
+        }
         self.unet.validate()
     }
 }
@@ -193,6 +200,7 @@ pub fn train_diffusion(
     resume: bool,
     observer: &mut dyn DiffusionObserver,
 ) -> Result<DiffusionRunLog, ModelError> {
+    cfg.validate()?;
     let vae = DualVae::load(vae_dir, device)?;
     let cz = vae.config.latent_channels;
     cfg.unet.in_channels = cfg
@@ -203,8 +211,13 @@ pub fn train_diffusion(
     let dataset = Dataset::open(dataset_dir)?;
     let shape = dataset.manifest.header.shape;
     let f = vae.config.downsample_factor();
-    cfg.unet
-        .check_input([1, cfg.unet.in_channels, shape.slices, shape.height / f, shape.width / f])?;
+    cfg.unet.check_input([
+        1,
+        cfg.unet.in_channels,
+        shape.slices,
+        shape.height / f,
+        shape.width / f,
+    ])?;
     let cache = match LatentCache::open(&dataset, &vae)? {
         Some(c) => c,
         None => encode_dataset(&vae, &dataset, device, observer)?,
@@ -301,7 +314,8 @@ pub fn train_diffusion(
         let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let step = epoch * batches + b;
-            let (loss, _) = batch_loss(&model, &schedule, &cfg, &train, chunk, &mut rng, true, &ad)?;
+            let (loss, _) =
+                batch_loss(&model, &schedule, &cfg, &train, chunk, &mut rng, true, &ad)?;
             let value = loss.clone().into_scalar::<f64>();
             if !value.is_finite() {
                 return Err(ModelError::Input(format!(
@@ -327,8 +341,15 @@ pub fn train_diffusion(
             sampler: cfg.val_sampler.clone(),
             guidance: 0.0,
         };
-        let val_errors =
-            decoded_errors(&predictor, &vae, &scales, &val_batches, &options, cfg.seed, device)?;
+        let val_errors = decoded_errors(
+            &predictor,
+            &vae,
+            &scales,
+            &val_batches,
+            &options,
+            cfg.seed,
+            device,
+        )?;
         let record = DiffusionEpoch {
             epoch,
             steps: (epoch + 1) * batches,
@@ -387,7 +408,11 @@ fn batch_loss(
             0,
         )
     };
-    let (x0, mut cond, geometry) = (stack(&split.target), stack(&split.cond), stack(&split.geometry));
+    let (x0, mut cond, geometry) = (
+        stack(&split.target),
+        stack(&split.cond),
+        stack(&split.geometry),
+    );
     let n = chunk.len();
     if train && cfg.cond_dropout > 0.0 {
         let keep: Vec<f32> = (0..n)
@@ -416,6 +441,9 @@ fn batch_loss(
     Ok((loss, n))
 }
 
+/// Mixed into the run seed for the validation draws, so they differ from training's.
+const VALIDATION_SEED: u64 = 0x5EED_0F0A;
+
 /// Mean loss over the validation samples, each with its own fixed (t, ε) drawn from a
 /// generator seeded by the run seed and the sample, so the value is comparable epoch to
 /// epoch (the reference validated with fresh, unseeded noise).
@@ -428,7 +456,7 @@ fn validation_loss(
 ) -> Result<f64, ModelError> {
     let mut sum = 0.0;
     for i in 0..val.indices.len() {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0f_0a1);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ VALIDATION_SEED);
         rng.set_stream(val.indices[i] as u64);
         let (loss, _) = batch_loss(model, schedule, cfg, val, &[i], &mut rng, false, device)?;
         sum += loss.into_scalar::<f64>();
@@ -457,11 +485,7 @@ pub fn decoded_errors(
         rng.set_stream(batch.indices[0] as u64);
         let x0 = predictor.sample(inputs.cond, inputs.geometry, options, &mut rng)?;
         let u = vae.decode(scales.latent(x0, inputs.mu2d), &tb);
-        sums.add(
-            vae.normalizer.normalize(u),
-            tb.u.clone(),
-            tb.mask.clone(),
-        );
+        sums.add(vae.normalizer.normalize(u), tb.u.clone(), tb.mask.clone());
     }
     Ok(sums.errors())
 }
@@ -504,7 +528,8 @@ fn load_split(
         split.cond.push(latents.mu2d);
         let sample = dataset.open_sample(i)?;
         let domain = sample.read(fiberflow_data::Field::Domain)?;
-        let features = fiberflow_data::features::geometry_features(domain.view(), sample.dxyz()[0])?;
+        let features =
+            fiberflow_data::features::geometry_features(domain.view(), sample.dxyz()[0])?;
         let (s, c, h, w) = features.dim();
         let t = Tensor::<4>::from_data(
             TensorData::new(features.iter().copied().collect::<Vec<f32>>(), [s, c, h, w]),
@@ -522,7 +547,10 @@ fn load_split(
 fn std_of(data: &[TensorData]) -> Result<f64, ModelError> {
     let (mut n, mut s, mut s2) = (0f64, 0f64, 0f64);
     for d in data {
-        for &v in d.as_slice::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))? {
+        for &v in d
+            .as_slice::<f32>()
+            .map_err(|e| ModelError::Input(format!("{e:?}")))?
+        {
             let v = f64::from(v);
             n += 1.0;
             s += v;

@@ -1,9 +1,10 @@
-//! Training utilities Burn does not provide: global-norm gradient clipping and an
-//! exponential moving average of the weights.
+//! Training loops (the two VAE stages, the latent predictor) and what Burn does not
+//! provide for them: global-norm gradient clipping, an exponential moving average of the
+//! weights, closed-form schedules and crash-safe checkpoints.
 
 pub mod checkpoint;
-pub mod diffusion;
 pub mod clip;
+pub mod diffusion;
 pub mod ema;
 pub mod schedule;
 pub mod vae;

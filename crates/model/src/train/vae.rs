@@ -583,7 +583,9 @@ impl Trainer {
     ) -> Result<LossTerms, ModelError> {
         let mask = tb.mask.clone();
         let Some(frozen) = &mut self.frozen else {
-            let out = self.model.forward(cfg.target.field(tb), geometry(tb, cfg), true);
+            let out = self
+                .model
+                .forward(cfg.target.field(tb), geometry(tb, cfg), true);
             let rec = recon(cfg.loss, out.reconstruction, cfg.target.field(tb), mask);
             let kl = kl_divergence(out.mu, out.logvar);
             let parts = vec![
@@ -699,11 +701,15 @@ impl Trainer {
                         cfg.target.field(&tb),
                         tb.mask.clone(),
                     )
-                        .into_scalar::<f64>();
+                    .into_scalar::<f64>();
                     add("rec2d", rec2d);
                     add("align", align);
                     add("cross", cross);
-                    errors.add(cfg.target.flow(cross_pred, &tb), tb.u.clone(), tb.mask.clone());
+                    errors.add(
+                        cfg.target.flow(cross_pred, &tb),
+                        tb.u.clone(),
+                        tb.mask.clone(),
+                    );
                     rec2d + cfg.lambda_align * align + cfg.lambda_cross * cross
                 }
             };

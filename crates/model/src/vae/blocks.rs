@@ -33,10 +33,18 @@ pub(crate) fn upsample(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 /// Appends the microstructure features to `x` along the channels. The networks are built
 /// for `expected` feature channels and their callers (trainer, predictor) pass features
 /// exactly when the config has them, so a mismatch is a bug, not a user error.
-pub(crate) fn with_geometry(x: Tensor<5>, geometry: Option<Tensor<5>>, expected: usize) -> Tensor<5> {
+pub(crate) fn with_geometry(
+    x: Tensor<5>,
+    geometry: Option<Tensor<5>>,
+    expected: usize,
+) -> Tensor<5> {
     match geometry {
         Some(g) => {
-            assert_eq!(g.dims()[1], expected, "geometry channels differ from the VAE config");
+            assert_eq!(
+                g.dims()[1],
+                expected,
+                "geometry channels differ from the VAE config"
+            );
             Tensor::cat(vec![x, g], 1)
         }
         None => {

@@ -1,8 +1,8 @@
 //! VAE decoder: latent (B, Cz, S, h, w) → field (B, C, S, h·f, w·f), linear output.
 
 use super::blocks::{ResBlock, conv3, upsample, with_geometry};
-use crate::ops::avg_pool_hw;
 use super::config::VaeConfig;
+use crate::ops::avg_pool_hw;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
@@ -105,7 +105,11 @@ mod tests {
     fn the_decoder_sees_the_geometry() {
         let dev = Device::flex();
         dev.seed(3);
-        let vae = VaeConfig::new().with_channels(vec![8, 16]).with_groups(4).init(&dev).unwrap();
+        let vae = VaeConfig::new()
+            .with_channels(vec![8, 16])
+            .with_groups(4)
+            .init(&dev)
+            .unwrap();
         let z = Tensor::<5>::random([1, 8, 3, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
         let g = Tensor::<5>::random([1, 2, 3, 8, 8], Distribution::Uniform(0.0, 1.0), &dev);
         let a = vae.decoder.forward(z.clone(), Some(g.clone()));
@@ -119,7 +123,10 @@ mod tests {
         // Changing one slice of the input changes the latent of its neighbour slice.
         let dev = Device::flex();
         dev.seed(2);
-        let vae = VaeConfig::new().with_geometry_channels(0).init(&dev).unwrap();
+        let vae = VaeConfig::new()
+            .with_geometry_channels(0)
+            .init(&dev)
+            .unwrap();
         let x = Tensor::<5>::random([1, 3, 4, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let mut y = x.clone();
         y = y.slice_assign(

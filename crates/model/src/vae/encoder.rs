@@ -2,9 +2,9 @@
 
 use super::blocks::{ResBlock, conv3, down_conv, downsample, with_geometry};
 use super::config::VaeConfig;
+use burn::module::Param;
 use burn::nn::conv::Conv3d;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 

@@ -1,40 +1,16 @@
-//! `fiberflow bench`: throughput measured in one run, printed as ratios and saved as JSON.
+//! `fiberflow bench solver`: lattice updates per second next to the memory bandwidth
+//! measured in the same run, and the time to converge one sample with and without warm
+//! start.
 
-use crate::output;
+use super::{BenchArgs, default_sample};
 use anyhow::Result;
-use clap::{Args, ValueEnum};
 use fiberflow_geometry::layout::SliceGrid;
-use fiberflow_geometry::{Microstructure, PackingConfig};
 use fiberflow_solver::FlowConfig;
 use fiberflow_solver::bench::{KernelThroughput, kernel_throughput, memory_bandwidth_gbs};
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_solver::solve::Dim;
 use serde::Serialize;
-use std::path::PathBuf;
 use std::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Target {
-    /// Lattice Boltzmann kernels and sample convergence.
-    Solver,
-    /// Everything available.
-    All,
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[arg(value_enum, default_value_t = Target::All)]
-    target: Target,
-    /// In-plane size of the default (reduced-resolution) sample.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Also time the kernels at the reference resolution 256×256 (3D: 256×256×282, ~3 GB).
-    #[arg(long)]
-    reference: bool,
-    /// Write the results as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
 
 #[derive(Serialize)]
 struct Convergence {
@@ -48,7 +24,7 @@ struct Convergence {
 }
 
 #[derive(Serialize)]
-struct SolverBench {
+pub struct SolverBench {
     threads: usize,
     memory_bandwidth_gbs: f64,
     kernels: Vec<KernelRow>,
@@ -64,34 +40,14 @@ struct KernelRow {
     bandwidth_ratio: f64,
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
-    let result = match a.target {
-        Target::Solver | Target::All => solver(&a)?,
-    };
-    if let Some(path) = &a.json {
-        output::json(path, &serde_json::json!({ "solver": result }))?;
-    }
-    Ok(())
-}
-
-fn solver(a: &BenchArgs) -> Result<SolverBench> {
+pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
     let bw = memory_bandwidth_gbs(512, 5);
     println!(
         "memory bandwidth (read + write-allocate + write): {bw:.2} GB/s on {} threads",
         rayon::current_num_threads()
     );
-    let grid = SliceGrid {
-        size: a.size,
-        ..SliceGrid::default()
-    };
-    let cfg = PackingConfig::default();
-    let (ms, _) = Microstructure::generate(
-        &cfg,
-        grid.z_period_um(),
-        cfg.window_um / grid.size as f64,
-        1,
-    )?;
-    let (slices, planes) = ms.sample_masks(&grid);
+    let grid = a.grid();
+    let (ms, slices, planes) = default_sample(&grid)?;
     let mut kernels = Vec::new();
     let mut add = |t: KernelThroughput| {
         let ratio = t.effective_gbs / bw;
@@ -116,10 +72,7 @@ fn solver(a: &BenchArgs) -> Result<SolverBench> {
     ));
     add(kernel_throughput(planes.view(), Dim::Three, 40));
     if a.reference {
-        let big = SliceGrid::default();
-        let (ms, _) =
-            Microstructure::generate(&cfg, big.z_period_um(), cfg.window_um / big.size as f64, 1)?;
-        let (s, p) = ms.sample_masks(&big);
+        let (_, s, p) = default_sample(&SliceGrid::default())?;
         add(kernel_throughput(
             s.slice(ndarray::s![0..1, .., ..]),
             Dim::Two,

@@ -1,0 +1,231 @@
+//! `fiberflow bench`: what the solver and the networks cost, measured in one run, printed
+//! and saved as JSON (one section per target).
+
+mod predict;
+mod solver;
+mod training;
+
+use crate::output;
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_geometry::{Microstructure, PackingConfig};
+use fiberflow_model::bench::{Memory, Repeats};
+use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
+use fiberflow_model::train::diffusion::DiffusionTrainConfig;
+use fiberflow_model::train::vae::VaeTrainConfig;
+use ndarray::Array3;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Lattice Boltzmann kernels and sample convergence.
+    Solver,
+    /// VAE stage-1 training step.
+    Vae,
+    /// Latent denoiser training step.
+    Diffusion,
+    /// Full prediction vs sampler steps, and its speed-up over the 3D solve.
+    Predict,
+    /// Everything.
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(value_enum, default_value_t = Target::All)]
+    target: Target,
+    /// In-plane size H = W of the sample (networks: a multiple of 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Slices S of the sample.
+    #[arg(long, default_value_t = 11)]
+    slices: usize,
+    /// Also measure at the reference resolution 256×256 (solver kernels; VAE and denoiser
+    /// steps of the reference architectures: slow and memory-hungry on a CPU), and predict
+    /// with the reference architectures at --size.
+    #[arg(long)]
+    reference: bool,
+    /// Timed repetitions of every network measurement (training steps, predictions).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Untimed repetitions before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Training batch size (default: each training config's own).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Sampler steps (= network evaluations) of the timed predictions, each with
+    /// DPM-Solver++ and DDIM; the direct predictor (1 evaluation) is always timed.
+    #[arg(long, value_delimiter = ',', default_values_t = [5, 10, 20, 50])]
+    sampler_steps: Vec<usize>,
+    /// Seed of the network weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn repeats(&self) -> Repeats {
+        Repeats {
+            warmup: self.warmup,
+            timed: self.steps,
+        }
+    }
+
+    /// The sample grid: `--size`, `--slices`, the default slice pitch.
+    fn grid(&self) -> SliceGrid {
+        SliceGrid {
+            size: self.size,
+            slices: self.slices,
+            ..SliceGrid::default()
+        }
+    }
+
+    fn runs(&self, target: Target) -> bool {
+        self.target == target || self.target == Target::All
+    }
+
+    /// Refuses bad arguments before any measurement starts.
+    fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            bail!("--steps must be ≥ 1 (timed repetitions)");
+        }
+        if self.slices == 0 || self.size == 0 {
+            bail!("--size and --slices must be ≥ 1");
+        }
+        if self.batch == Some(0) {
+            bail!("--batch must be ≥ 1");
+        }
+        if self.target != Target::Solver {
+            // The default VAE halves H twice, the default denoiser its latent twice.
+            let f = VaeTrainConfig::default().vae.downsample_factor()
+                * DiffusionTrainConfig::default().unet.downsample_factor();
+            if !self.size.is_multiple_of(f) {
+                bail!(
+                    "--size {} is not divisible by {f}, which the default VAE and denoiser need",
+                    self.size
+                );
+            }
+        }
+        if self.runs(Target::Predict) {
+            if self.sampler_steps.is_empty() {
+                bail!("--sampler-steps needs at least one step count");
+            }
+            let schedule = DiffusionTrainConfig::default().diffusion.init()?;
+            for &n in &self.sampler_steps {
+                for kind in [SamplerKind::DpmSolver, SamplerKind::Ddim] {
+                    let sampler = SamplerConfig::new()
+                        .with_kind(kind)
+                        .with_steps(n)
+                        .with_spacing(TimestepSpacing::Trailing);
+                    if let Err(e) = sampler.init(&schedule) {
+                        bail!("--sampler-steps {n}: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the numbers come from.
+#[derive(Serialize)]
+struct Machine {
+    command: Vec<String>,
+    cpu: Option<String>,
+    threads: usize,
+    device: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    solver: Option<solver::SolverBench>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vae: Option<Vec<training::StepRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diffusion: Option<Vec<training::StepRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predict: Option<predict::PredictSection>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    a.validate()?;
+    // Each bench selects the device again by name (a handle to the same device).
+    fiberflow_model::device::select(&a.device)?;
+    let machine = Machine {
+        command: std::env::args().collect(),
+        cpu: cpu_model(),
+        threads: rayon::current_num_threads(),
+        device: a.device.clone(),
+    };
+    println!(
+        "{} on {} threads, device {}",
+        machine.cpu.as_deref().unwrap_or("unknown CPU"),
+        machine.threads,
+        machine.device
+    );
+    let report = Report {
+        solver: a
+            .runs(Target::Solver)
+            .then(|| solver::run(&a))
+            .transpose()?,
+        vae: a.runs(Target::Vae).then(|| training::vae(&a)).transpose()?,
+        diffusion: a
+            .runs(Target::Diffusion)
+            .then(|| training::diffusion(&a))
+            .transpose()?,
+        predict: a
+            .runs(Target::Predict)
+            .then(|| predict::run(&a))
+            .transpose()?,
+        machine,
+    };
+    if let Some(path) = &a.json {
+        output::json(path, &report)?;
+        println!("-> {}", path.display());
+    }
+    Ok(())
+}
+
+/// The solver benches' sample: the default packing (Vf 0.5) on `grid`, as slice masks
+/// and 3D lattice planes.
+fn default_sample(grid: &SliceGrid) -> Result<(Microstructure, Array3<u8>, Array3<u8>)> {
+    let cfg = PackingConfig::default();
+    let (ms, _) = Microstructure::generate(
+        &cfg,
+        grid.z_period_um(),
+        cfg.window_um / grid.size as f64,
+        1,
+    )?;
+    let (slices, planes) = ms.sample_masks(grid);
+    Ok((ms, slices, planes))
+}
+
+/// `, peak RSS … MiB (+… MiB)` when the memory was measured.
+fn memory_note(m: Option<Memory>) -> String {
+    m.map(|m| {
+        format!(
+            ", peak RSS {:.0} MiB (+{:.0} MiB)",
+            m.peak_rss_mib,
+            m.peak_rss_mib - m.rss_before_mib
+        )
+    })
+    .unwrap_or_default()
+}
+
+/// The CPU's model name from /proc/cpuinfo (Linux).
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, name)| name.trim().to_string())
+}

@@ -1,0 +1,196 @@
+//! `fiberflow bench predict`: time per sample of the full prediction (features, E2D,
+//! sampling, D3D) against the number of network evaluations, and its speed-up over
+//! solving the same sample's 3D flow, with and without the 2D solves the prediction
+//! needs as input.
+
+use super::training::Architecture;
+use super::{BenchArgs, default_sample, memory_note};
+use anyhow::{Context, Result};
+use fiberflow_data::{Batch, Mirror, Sample};
+use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_model::ModelError;
+use fiberflow_model::bench::{PredictBench, bench_predict, untrained_model};
+use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
+use fiberflow_model::predict::TrainedModel;
+use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
+use fiberflow_model::train::diffusion::DiffusionTrainConfig;
+use fiberflow_model::train::vae::VaeTrainConfig;
+use fiberflow_solver::FlowConfig;
+use fiberflow_solver::sample::solve_sample;
+use ndarray::Axis;
+use serde::Serialize;
+
+/// The solver's cost for the sample the predictions are timed on.
+#[derive(Serialize)]
+struct SolveTime {
+    /// All per-slice 2D solves (the prediction's input).
+    wall_2d_s: f64,
+    /// The 3D solve (warm-started from the 2D solutions).
+    wall_3d_s: f64,
+    iterations_3d: usize,
+    converged: bool,
+}
+
+#[derive(Serialize)]
+struct Speedup {
+    /// 3D solve time / prediction time.
+    vs_3d_solve: f64,
+    /// (2D + 3D solve) / (2D solve + prediction): from a microstructure alone.
+    with_2d_solves: f64,
+}
+
+#[derive(Serialize)]
+struct PredictRow {
+    architecture: Architecture,
+    predictor: PredictorKind,
+    /// `dpm_solver` or `ddim`; none for the direct predictor.
+    sampler: Option<SamplerKind>,
+    #[serde(flatten)]
+    measured: Option<PredictBench>,
+    speedup: Option<Speedup>,
+    skipped: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct PredictSection {
+    sample: SliceGrid,
+    solve: SolveTime,
+    rows: Vec<PredictRow>,
+}
+
+pub(super) fn run(a: &BenchArgs) -> Result<PredictSection> {
+    let device = fiberflow_model::device::select(&a.device)?;
+    let grid = a.grid();
+    let (ms, slices, planes) = default_sample(&grid)?;
+    let voxel = grid.voxel(ms.window_um);
+    let flow = solve_sample(
+        slices.view(),
+        Some(planes.view()),
+        voxel,
+        &FlowConfig::default(),
+        None,
+    )?;
+    let s3 = flow
+        .report
+        .solve_3d
+        .clone()
+        .context("the solver skipped the 3D solve")?;
+    let solve = SolveTime {
+        wall_2d_s: flow.report.solve_2d.iter().map(|s| s.wall_s).sum(),
+        wall_3d_s: s3.wall_s,
+        iterations_3d: s3.iterations,
+        converged: flow.report.converged(),
+    };
+    println!(
+        "solver on the {}x{}x{} sample: 2D solves {:.3} s, 3D solve {:.3} s ({} steps)",
+        grid.slices, grid.size, grid.size, solve.wall_2d_s, solve.wall_3d_s, solve.iterations_3d
+    );
+    let batch = Batch {
+        indices: vec![0],
+        samples: vec![Sample {
+            domain: slices.mapv(f32::from).insert_axis(Axis(1)),
+            u2d: flow.u2d,
+            u: flow.u.context("the solver returned no 3D flow")?,
+            p: flow.p,
+            dxyz: voxel.as_array(),
+        }],
+        mirrors: vec![Mirror::default()],
+    };
+    let mut architectures = vec![Architecture::Default];
+    if a.reference {
+        architectures.push(Architecture::Reference);
+    }
+    let mut rows = Vec::new();
+    for arch in architectures {
+        let diffusion = DiffusionTrainConfig {
+            unet: arch.unet(),
+            seed: a.seed,
+            ..Default::default()
+        };
+        let mut direct = diffusion.clone();
+        direct.predictor = PredictorKind::Direct;
+        direct.unet.time_conditioned = false;
+        let mut plan = vec![(direct, None, 1)];
+        for &steps in &a.sampler_steps {
+            for kind in [SamplerKind::DpmSolver, SamplerKind::Ddim] {
+                plan.push((diffusion.clone(), Some(kind), steps));
+            }
+        }
+        let target = VaeTrainConfig::default().target;
+        let mut model: Option<(PredictorKind, TrainedModel)> = None;
+        for (cfg, sampler, steps) in plan {
+            // One model per predictor kind, built when first needed.
+            if model.as_ref().is_none_or(|(k, _)| *k != cfg.predictor) {
+                model = Some((
+                    cfg.predictor,
+                    untrained_model(&arch.vae(), target, &cfg, &device)?,
+                ));
+            }
+            let (_, m) = model.as_ref().expect("just built");
+            let options = SampleOptions {
+                sampler: SamplerConfig::new()
+                    .with_kind(sampler.unwrap_or(SamplerKind::Ddim))
+                    .with_steps(steps)
+                    .with_spacing(TimestepSpacing::Trailing),
+                guidance: 0.0,
+            };
+            let result = bench_predict(m, &batch, &options, a.repeats(), a.seed, &device);
+            rows.push(predict_row(arch, cfg.predictor, sampler, result, &solve)?);
+        }
+    }
+    Ok(PredictSection {
+        sample: grid,
+        solve,
+        rows,
+    })
+}
+
+/// A measured row with its speed-ups, or a reference architecture that does not fit.
+fn predict_row(
+    architecture: Architecture,
+    predictor: PredictorKind,
+    sampler: Option<SamplerKind>,
+    result: Result<PredictBench, ModelError>,
+    solve: &SolveTime,
+) -> Result<PredictRow> {
+    let name = match sampler {
+        Some(SamplerKind::DpmSolver) => "dpm-solver++",
+        Some(SamplerKind::Ddim) => "ddim",
+        Some(SamplerKind::Ddpm) => "ddpm",
+        None => "direct",
+    };
+    let mut row = PredictRow {
+        architecture,
+        predictor,
+        sampler,
+        measured: None,
+        speedup: None,
+        skipped: None,
+    };
+    match result {
+        Ok(m) => {
+            let t = m.timing.median_s;
+            let speedup = Speedup {
+                vs_3d_solve: solve.wall_3d_s / t,
+                with_2d_solves: (solve.wall_2d_s + solve.wall_3d_s) / (solve.wall_2d_s + t),
+            };
+            println!(
+                "predict {architecture:9?} {name:12} {:3} NFE: {:8.3} s/sample (min {:.3} s), {:6.1}x faster than the 3D solve, {:5.1}x with the 2D solves{}",
+                m.nfe,
+                t,
+                m.timing.min_s,
+                speedup.vs_3d_solve,
+                speedup.with_2d_solves,
+                memory_note(m.memory)
+            );
+            row.measured = Some(m);
+            row.speedup = Some(speedup);
+        }
+        Err(ModelError::Input(why)) if architecture == Architecture::Reference => {
+            println!("predict {architecture:9?} {name:12}: skipped, {why}");
+            row.skipped = Some(why);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(row)
+}

@@ -1,0 +1,145 @@
+//! `fiberflow bench vae|diffusion`: time per training sample of a VAE stage-1 step and
+//! of a latent denoiser step, at the default architectures and the reference project's.
+
+use super::{BenchArgs, memory_note};
+use anyhow::Result;
+use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_model::ModelError;
+use fiberflow_model::bench::{DenoiserStep, StepBench, VaeStep, bench_training};
+use fiberflow_model::train::diffusion::DiffusionTrainConfig;
+use fiberflow_model::train::vae::VaeTrainConfig;
+use fiberflow_model::unet::UNetConfig;
+use fiberflow_model::vae::VaeConfig;
+use serde::Serialize;
+
+/// Which architecture a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// The training configs' defaults (sized for a CPU).
+    Default,
+    /// `VaeConfig::reference()` / `UNetConfig::reference()`.
+    Reference,
+}
+
+impl Architecture {
+    pub(super) fn vae(self) -> VaeConfig {
+        match self {
+            Self::Default => VaeTrainConfig::default().vae,
+            Self::Reference => VaeConfig::reference(),
+        }
+    }
+
+    pub(super) fn unet(self) -> UNetConfig {
+        match self {
+            Self::Default => DiffusionTrainConfig::default().unet,
+            Self::Reference => UNetConfig::reference(),
+        }
+    }
+}
+
+/// One measured (or, for a reference architecture that does not fit the size, skipped)
+/// training step.
+#[derive(Serialize)]
+pub struct StepRow {
+    architecture: Architecture,
+    /// The flow volume `[S, H, W]`; the denoiser works on its latent.
+    sample: [usize; 3],
+    batch: usize,
+    #[serde(flatten)]
+    measured: Option<StepBench>,
+    skipped: Option<String>,
+}
+
+/// The rows to measure: both architectures at --size, and with --reference the reference
+/// one at the reference resolution.
+fn plan(a: &BenchArgs) -> Vec<(Architecture, [usize; 3])> {
+    let mut rows = vec![
+        (Architecture::Default, [a.slices, a.size, a.size]),
+        (Architecture::Reference, [a.slices, a.size, a.size]),
+    ];
+    if a.reference {
+        let r = SliceGrid::default();
+        rows.push((Architecture::Reference, [r.slices, r.size, r.size]));
+    }
+    rows
+}
+
+/// Keeps a measurement, or records why a reference architecture cannot take the size;
+/// anything else is an error.
+fn row(
+    what: &str,
+    architecture: Architecture,
+    sample: [usize; 3],
+    batch: usize,
+    result: Result<StepBench, ModelError>,
+) -> Result<StepRow> {
+    let (measured, skipped) = match result {
+        Ok(m) => {
+            println!(
+                "{what:9} {architecture:9?} {:>12} batch {batch}: {:8.3} s/sample (step median {:.3} s, min {:.3} s), {} parameters{}",
+                format!("{}x{}x{}", sample[0], sample[1], sample[2]),
+                m.seconds_per_sample,
+                m.timing.median_s,
+                m.timing.min_s,
+                m.parameters,
+                memory_note(m.memory)
+            );
+            (Some(m), None)
+        }
+        Err(ModelError::Input(why)) if architecture == Architecture::Reference => {
+            println!("{what:9} {architecture:9?} {sample:?}: skipped, {why}");
+            (None, Some(why))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(StepRow {
+        architecture,
+        sample,
+        batch,
+        measured,
+        skipped,
+    })
+}
+
+/// VAE stage-1 steps.
+pub(super) fn vae(a: &BenchArgs) -> Result<Vec<StepRow>> {
+    let device = fiberflow_model::device::select(&a.device)?;
+    plan(a)
+        .into_iter()
+        .map(|(arch, sample)| {
+            let cfg = VaeTrainConfig {
+                vae: arch.vae(),
+                seed: a.seed,
+                ..Default::default()
+            };
+            let batch = a.batch.unwrap_or(cfg.batch_size);
+            let result = bench_training(|| VaeStep::new(&cfg, sample, batch, &device), a.repeats());
+            row("vae", arch, sample, batch, result)
+        })
+        .collect()
+}
+
+/// Latent denoiser steps on the latent of each architecture's VAE.
+pub(super) fn diffusion(a: &BenchArgs) -> Result<Vec<StepRow>> {
+    let device = fiberflow_model::device::select(&a.device)?;
+    plan(a)
+        .into_iter()
+        .map(|(arch, sample @ [s, h, w])| {
+            let cfg = DiffusionTrainConfig {
+                unet: arch.unet(),
+                seed: a.seed,
+                ..Default::default()
+            };
+            let vae = arch.vae();
+            let f = vae.downsample_factor();
+            let batch = a.batch.unwrap_or(cfg.batch_size);
+            let latent = [vae.latent_channels, s, h / f, w / f];
+            let result = bench_training(
+                || DenoiserStep::new(&cfg, latent, batch, &device),
+                a.repeats(),
+            );
+            row("denoiser", arch, sample, batch, result)
+        })
+        .collect()
+}

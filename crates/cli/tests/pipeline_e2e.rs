@@ -1,0 +1,164 @@
+//! The whole pipeline from the command line on a tiny dataset: `quickstart` (generate,
+//! both VAE stages, diffusion, three evaluations, prediction, report), its resumption, and
+//! the refusals of `evaluate` and `predict`.
+
+mod common;
+
+use common::*;
+use ndarray::Array4;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use std::fs;
+
+#[test]
+fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_file(tmp.path(), "gen.toml", TINY_GENERATOR);
+    let out = tmp.path().join("qs");
+    let argv = |epochs: [&str; 3]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "quickstart",
+            "--samples",
+            "12",
+            "--size",
+            "16",
+            "--slices",
+            "3",
+            "--pitch-um",
+            "2",
+            "--seed",
+            SEED,
+            "--epochs",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(epochs.iter().map(|s| s.to_string()));
+        v.extend([
+            "--out".into(),
+            out.display().to_string(),
+            "--generator-config".into(),
+            cfg.display().to_string(),
+        ]);
+        v
+    };
+    ok(argv(["2", "1", "2"]));
+
+    let report = fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "| model |",
+        "| VAE only |",
+        "| copy 2D |",
+        "comparison.png",
+        "train diffusion",
+    ] {
+        assert!(
+            report.contains(needle),
+            "report.md lacks {needle}:\n{report}"
+        );
+    }
+    assert!(
+        fs::read_to_string(out.join("report.html"))
+            .unwrap()
+            .contains("<table>")
+    );
+    for f in [
+        "vae-stage1/loss.png",
+        "diffusion/loss.png",
+        "predict/comparison.png",
+        "predict/prediction.vti",
+    ] {
+        assert!(out.join(f).metadata().unwrap().len() > 1000, "{f}");
+    }
+    // The copy-2D baseline has vz error exactly 1 (it predicts vz = 0).
+    let copy2d = json(&out.join("eval/copy2d.json"));
+    let w = copy2d["summary"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "rel_l2_w")
+        .unwrap()["mean"]
+        .as_f64()
+        .unwrap();
+    assert!((w - 1.0).abs() < 1e-9, "{w}");
+    let model = json(&out.join("eval/model.json"));
+    assert_eq!(model["mode"], "model");
+    assert!(model["per_sample"].as_array().unwrap().len() >= 1);
+
+    // The prediction: (S, 3, H, W), finite, zero in fibres.
+    let pred =
+        Array4::<f32>::read_npy(fs::File::open(out.join("predict/U_pred.npy")).unwrap()).unwrap();
+    assert_eq!(pred.dim(), (3, 3, 16, 16));
+    assert!(pred.iter().all(|v| v.is_finite()));
+    let index = json(&out.join("data/splits.json"))["test"][0]
+        .as_u64()
+        .unwrap();
+    let mask = safetensors_layout(&out.join(format!("data/samples/{index:06}.safetensors")));
+    assert!(mask.contains_key("domain"));
+
+    // A rerun resumes: no training epoch is repeated.
+    let before = json(&out.join("diffusion/log.json"))["history"].clone();
+    ok(argv(["2", "1", "2"]));
+    assert_eq!(json(&out.join("diffusion/log.json"))["history"], before);
+
+    // Refusals with clear messages.
+    let diff = out.join("diffusion").display().to_string();
+    let data = out.join("data").display().to_string();
+    fails(
+        [
+            "evaluate",
+            "--model",
+            &diff,
+            "--dataset",
+            &data,
+            "--sanity-mode",
+            "--baseline",
+            "copy2d",
+            "--json",
+            "/dev/null",
+        ],
+        &["--sanity-mode", "--baseline"],
+    );
+    let mask = tmp.path().join("mask.npy");
+    // Fluid with one square fibre through every slice.
+    ndarray::Array3::<u8>::from_shape_fn((3, 16, 16), |(_, y, x)| {
+        u8::from(!((4..8).contains(&y) && (4..8).contains(&x)))
+    })
+    .write_npy(fs::File::create(&mask).unwrap())
+    .unwrap();
+    let flow = tmp.path().join("flow.npy");
+    Array4::<f32>::zeros((3, 3, 8, 8))
+        .write_npy(fs::File::create(&flow).unwrap())
+        .unwrap();
+    fails(
+        [
+            "predict",
+            "--model",
+            &diff,
+            "--microstructure",
+            &mask.display().to_string(),
+            "--flow2d",
+            &flow.display().to_string(),
+            "--voxel-size-um",
+            "0.75",
+            "--slice-pitch-um",
+            "2",
+            "--out",
+            &tmp.path().join("p").display().to_string(),
+        ],
+        &["shape", "(3, 3, 16, 16)"],
+    );
+    fails(
+        [
+            "predict",
+            "--model",
+            &tmp.path().join("nothing").display().to_string(),
+            "--dataset",
+            &data,
+            "--index",
+            "0",
+            "--out",
+            "/tmp/x",
+        ],
+        &["log.json"],
+    );
+}
