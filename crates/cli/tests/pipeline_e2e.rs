@@ -161,4 +161,53 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         ],
         &["log.json"],
     );
+    // A stack whose size does not fit the networks, a non-binary mask and a missing file.
+    let predict_mask = |name: &str, mask: ndarray::Array3<u8>| -> Vec<String> {
+        let path = tmp.path().join(name);
+        mask.write_npy(fs::File::create(&path).unwrap()).unwrap();
+        let out = tmp.path().join("p");
+        [
+            "predict",
+            "--model",
+            &diff,
+            "--microstructure",
+            &path.display().to_string(),
+            "--voxel-size-um",
+            "0.75",
+            "--slice-pitch-um",
+            "2",
+            "--out",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let square = |n: usize, v: u8| {
+        ndarray::Array3::<u8>::from_shape_fn((3, n, n), |(_, y, x)| {
+            if (4..8).contains(&y) && (4..8).contains(&x) {
+                0
+            } else {
+                v
+            }
+        })
+    };
+    fails(predict_mask("odd.npy", square(20, 1)), &["multiples of"]);
+    fails(predict_mask("grey.npy", square(16, 2)), &["only 0 and 1"]);
+    fails(
+        [
+            "predict",
+            "--model",
+            &diff,
+            "--microstructure",
+            "/nonexistent.npy",
+            "--voxel-size-um",
+            "1",
+            "--slice-pitch-um",
+            "2",
+            "--out",
+            "/tmp/x",
+        ],
+        &["no such file"],
+    );
 }

@@ -139,6 +139,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             (_, Some(BaselineArg::Copy2d)) => &sample.u2d * &sample.domain,
             (Some(m), None) => {
                 let tb = to_tensors(&batch, &m.vae.normalizer, &device)?;
+                m.check_input(&tb)?;
                 if a.sanity_mode {
                     sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?
                 } else {

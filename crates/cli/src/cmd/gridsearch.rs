@@ -41,6 +41,7 @@ pub struct GridsearchArgs {
     /// of fixed overrides.
     #[arg(long)]
     grid: PathBuf,
+    /// The dataset the VAE was trained on (its latent cache is made first if missing).
     #[arg(long)]
     dataset: PathBuf,
     /// A finished stage-2 VAE run folder.
@@ -62,7 +63,7 @@ pub struct GridsearchArgs {
 
 pub fn run(a: GridsearchArgs) -> Result<()> {
     let grid = Grid::load(&a.grid, a.epochs)?;
-    let runs = grid.runs().with_context(|| a.grid.display().to_string())?;
+    let runs = grid.runs()?;
     let device = fiberflow_model::device::select(&a.device)?;
     let vae = DualVae::load(&a.vae, &device)?;
     let dataset = Dataset::open(&a.dataset)?;

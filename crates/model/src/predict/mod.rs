@@ -64,6 +64,32 @@ impl TrainedModel {
         }
     }
 
+    /// Checks that a batch fits the networks: H and W divisible by the VAE's and the
+    /// denoiser's downsampling, and flow and geometry shapes consistent. Any slice count
+    /// works (the networks are convolutional along z).
+    pub fn check_input(&self, tb: &TensorBatch) -> Result<(), ModelError> {
+        let [b, c, s, h, w] = tb.u2d.dims();
+        if c != self.vae.config.in_channels || tb.geometry.dims()[2..] != [s, h, w] {
+            return Err(ModelError::Input(format!(
+                "the 2D flow has shape {:?} and the microstructure {:?}; they must agree",
+                tb.u2d.dims(),
+                tb.geometry.dims()
+            )));
+        }
+        self.vae.config.check_input(h, w)?;
+        let f = self.vae.config.downsample_factor();
+        let unet = self.unet.config();
+        unet.check_input([b, unet.in_channels, s, h / f, w / f])
+            .map_err(|e| {
+                ModelError::Input(format!(
+                    "{e} (the latent of an H × W = {h} × {w} input is {} × {}; H and W must be multiples of {})",
+                    h / f,
+                    w / f,
+                    f * unet.downsample_factor()
+                ))
+            })
+    }
+
     /// `k` predictions of the batch's 3D flow `(B, 3, S, H, W)` in m/s, masked; draw j
     /// uses noise seeded by (`seed`, j), so a prediction does not depend on how many
     /// others are drawn.
@@ -74,6 +100,7 @@ impl TrainedModel {
         k: usize,
         seed: u64,
     ) -> Result<Vec<Tensor<5>>, ModelError> {
+        self.check_input(tb)?;
         let scales = &self.log.scales;
         let inputs = ConditionInputs::new(&self.vae, tb, scales);
         let predictor = self.latent_predictor();
