@@ -42,9 +42,9 @@ enum Command {
     /// Predict the 3D flow of one microstructure (dataset sample or image stack), with
     /// uncertainty, as .npy, ParaView .vti, PNG and JSON.
     Predict(cmd::predict::PredictArgs),
-    /// Use a trained dual VAE: cache its latents.
+    /// Use a trained dual VAE: cache its latents, or draw what it reconstructs.
     Vae(cmd::vae::VaeArgs),
-    /// Measure throughput (solver kernels vs memory bandwidth, convergence time).
+    /// Measure what the solver and the networks cost (throughput, training steps, prediction).
     Bench(cmd::bench::BenchArgs),
 }
 

@@ -85,17 +85,14 @@ fn fixture() -> &'static Fixture {
 /// `gridsearch` arguments over the fixture.
 fn args(grid: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let f = fixture();
-    let mut a: Vec<String> = ["gridsearch", "--grid"].map(String::from).to_vec();
+    let mut a = vec!["gridsearch".to_string()];
     for (flag, path) in [
-        ("", grid),
+        ("--grid", grid),
         ("--dataset", &f.dataset),
         ("--vae", &f.vae),
         ("--out", out),
     ] {
-        if !flag.is_empty() {
-            a.push(flag.into());
-        }
-        a.push(path.display().to_string());
+        a.extend([flag.to_string(), path.display().to_string()]);
     }
     a.extend(extra.iter().map(|s| s.to_string()));
     a

@@ -41,7 +41,10 @@ fn metric_permeability_equals_the_solvers() {
         let m = mask.slice(s![k..k + 1, .., .., ..]);
         let got = permeability(&Flow::new(u, m).unwrap(), mu, g).unwrap();
         let want = out.report.k_2d_m2[k];
-        assert!((got - want).abs() < 1e-5 * want, "slice {k}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-5 * want,
+            "slice {k}: {got} vs {want}"
+        );
     }
     let u = out.u.as_ref().unwrap();
     let got = permeability(&Flow::new(u.view(), mask.view()).unwrap(), mu, g).unwrap();

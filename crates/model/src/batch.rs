@@ -82,6 +82,8 @@ pub struct TensorBatch {
     /// Microstructure features (mask, scaled distance to the nearest fibre),
     /// `(B, 2, S, H, W)`; see `fiberflow_data::features`.
     pub geometry: Tensor<5>,
+    /// Voxel size `[dx, dy, dz]` in metres, shared by every sample of the batch.
+    pub dxyz: [f64; 3],
 }
 
 /// `(B, S, C, H, W)` array → `(B, C, S, H, W)` tensor on `device`.
@@ -125,7 +127,14 @@ pub fn to_tensors(
         .map_err(|e| ModelError::Input(e.to_string()))?;
     let views: Vec<_> = features.iter().map(|f| f.view()).collect();
     let stacked = ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+    let dxyz = batch.samples.first().map(|s| s.dxyz).unwrap_or_default();
+    if batch.samples.iter().any(|s| s.dxyz != dxyz) {
+        return Err(ModelError::Input(
+            "the samples of a batch have different voxel sizes".into(),
+        ));
+    }
     Ok(TensorBatch {
+        dxyz,
         u: norm.normalize(field(Field::U)?),
         u2d: norm.normalize(field(Field::U2d)?),
         mask: field(Field::Domain)?,

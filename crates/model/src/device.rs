@@ -1,7 +1,8 @@
 //! Choice of the compute device by name, so one CLI flag selects CPU or GPU.
 
 use crate::error::ModelError;
-use burn::prelude::*;
+/// The run-time device type, for crates that do not depend on Burn themselves.
+pub use burn::prelude::Device;
 
 /// `cpu` (Burn's flex backend, all cores) or `cuda` / `cuda:N` (needs the `cuda` feature).
 pub fn select(spec: &str) -> Result<Device, ModelError> {

@@ -7,7 +7,7 @@ pub enum ModelError {
     Config(String),
     #[error("input does not fit the model: {0}")]
     Input(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Data(#[from] fiberflow_data::DataError),
     #[error("{path}: {msg}")]
     Checkpoint {

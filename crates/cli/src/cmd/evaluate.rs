@@ -91,7 +91,9 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         bail!("--samples must be ≥ 1");
     }
     let dataset = Dataset::open(&a.dataset)?;
-    let device = fiberflow_model::device::select(&a.device)?;
+    let device = a
+        .sampler
+        .device(fiberflow_model::device::select(&a.device)?);
     let model = match a.baseline {
         Some(_) => None,
         None => Some(TrainedModel::load(&a.model, &device)?),
@@ -143,8 +145,13 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
                 if a.sanity_mode {
                     sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?
                 } else {
-                    let draws =
-                        m.predict(&tb, &options, a.samples, a.seed.wrapping_add(index as u64))?;
+                    let draws = m.predict_steered(
+                        &tb,
+                        &options,
+                        a.samples,
+                        a.seed.wrapping_add(index as u64),
+                        &a.sampler.steering(),
+                    )?;
                     let arrays = draws
                         .into_iter()
                         .map(|t| sample_array(t, 0))

@@ -85,7 +85,12 @@ pub fn run(a: PredictArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }
-    let device = fiberflow_model::device::select(&a.device)?;
+    if !a.sampler.known_slices.is_empty() && a.dataset.is_none() {
+        bail!("--known-slices takes the true flow of a dataset sample: use --dataset and --index");
+    }
+    let device = a
+        .sampler
+        .device(fiberflow_model::device::select(&a.device)?);
     let model = TrainedModel::load(&a.model, &device)?;
     let (sample, solve_s, truth) = input_sample(&a)?;
     let voxel = VoxelSize {
@@ -101,7 +106,13 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let tb = to_tensors(&batch, &model.vae.normalizer, &device)?;
     let started = Instant::now();
     let draws = model
-        .predict(&tb, &a.sampler.options(), a.samples, a.seed)?
+        .predict_steered(
+            &tb,
+            &a.sampler.options(),
+            a.samples,
+            a.seed,
+            &a.sampler.steering(),
+        )?
         .into_iter()
         .map(|t| sample_array(t, 0))
         .collect::<Result<Vec<_>, _>>()?;

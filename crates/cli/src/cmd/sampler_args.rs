@@ -1,7 +1,9 @@
 //! Sampler flags shared by `evaluate` and `predict`.
 
 use clap::{Args, ValueEnum};
+use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
+use fiberflow_model::predict::Steering;
 use fiberflow_model::predict::sampling::SampleOptions;
 use serde::Serialize;
 
@@ -40,9 +42,34 @@ pub struct SamplerArgs {
     /// Classifier-free guidance weight (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub guidance: f64,
+    /// Weight of the physics guidance: the gradient of the decoded field's divergence and
+    /// fibre velocity steers every step (0 = off; slower: it differentiates through the
+    /// networks).
+    #[arg(long, default_value_t = 0.0)]
+    pub physics_guidance: f64,
+    /// Slices whose true 3D flow is given (from the dataset), e.g. `0,5`: imposed during
+    /// sampling by re-injecting their noised latent, and returned as given.
+    #[arg(long, value_delimiter = ',')]
+    pub known_slices: Vec<usize>,
 }
 
 impl SamplerArgs {
+    pub fn steering(&self) -> Steering {
+        Steering {
+            physics: self.physics_guidance,
+            known_slices: self.known_slices.clone(),
+        }
+    }
+
+    /// The device to load the model on: physics guidance differentiates through it.
+    pub fn device(&self, device: Device) -> Device {
+        if self.physics_guidance > 0.0 {
+            device.autodiff()
+        } else {
+            device
+        }
+    }
+
     pub fn options(&self) -> SampleOptions {
         SampleOptions {
             sampler: SamplerConfig::new()

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use fiberflow_data::json::read_json;
 use fiberflow_data::{Batch, Dataset, Mirror, Subset};
 use fiberflow_model::batch::{Normalizer, TensorBatch, sample_array, to_tensors};
+use fiberflow_model::device::Device;
 use fiberflow_model::latent::{DualVae, encode_dataset};
 use fiberflow_model::metrics::{ErrorSums, FieldErrors};
 use fiberflow_model::train::checkpoint;
@@ -15,7 +16,7 @@ use fiberflow_model::train::vae::{BEST_FILE, LOG_FILE, RunLog, Stage, VaeTarget}
 use fiberflow_model::vae::{VaeBranch, VaeConfig};
 use fiberflow_viz::ComparisonFigure;
 use ndarray::Array4;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct VaeArgs {
@@ -104,6 +105,27 @@ enum Reconstruction {
 }
 
 impl Reconstruction {
+    /// The best weights of the stage-1 or stage-2 run in `run`, with its log.
+    fn load(run: &Path, device: &Device) -> Result<(Self, RunLog)> {
+        let log: RunLog = read_json(
+            &run.join(LOG_FILE),
+            "pass the folder of a VAE run (fiberflow train vae)",
+        )?;
+        let vae = match log.stage {
+            Stage::One => Self::Stage1 {
+                branch: Box::new(checkpoint::load(
+                    log.config.vae.init(device)?,
+                    &run.join(BEST_FILE),
+                )?),
+                config: log.config.vae.clone(),
+                target: log.config.target,
+                normalizer: log.normalizer,
+            },
+            Stage::Two => Self::Stage2(Box::new(DualVae::load(run, device)?)),
+        };
+        Ok((vae, log))
+    }
+
     fn config(&self) -> &VaeConfig {
         match self {
             Self::Stage1 { config, .. } => config,
@@ -178,22 +200,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
             slices - 1
         );
     }
-    let log: RunLog = read_json(
-        &a.vae.join(LOG_FILE),
-        "pass the folder of a VAE run (fiberflow train vae)",
-    )?;
-    let vae = match log.stage {
-        Stage::One => Reconstruction::Stage1 {
-            branch: Box::new(checkpoint::load(
-                log.config.vae.init(&device)?,
-                &a.vae.join(BEST_FILE),
-            )?),
-            config: log.config.vae.clone(),
-            target: log.config.target,
-            normalizer: log.normalizer,
-        },
-        Stage::Two => Reconstruction::Stage2(Box::new(DualVae::load(&a.vae, &device)?)),
-    };
+    let (vae, log) = Reconstruction::load(&a.vae, &device)?;
     vae.config().check_input(h, w)?;
     if log.dataset_manifest_sha256 != dataset.manifest.sha256(&dataset.dir)? {
         println!(

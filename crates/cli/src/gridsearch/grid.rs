@@ -472,6 +472,9 @@ mod tests {
             matches!(&e, GridError::Invalid { index: 2, values, .. } if values == "lr = -1.0, seed = 0"),
             "{e}"
         );
+        // JSON has no NaN or infinity: TOML's `nan` arrives as null and is refused.
+        let e = grid("lr = [nan]").unwrap().runs().unwrap_err();
+        assert!(e.to_string().contains("invalid type: null"), "{e}");
         let e = grid("lr = [\"fast\"]").unwrap().runs().unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
         let big: String = [

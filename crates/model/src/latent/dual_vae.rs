@@ -73,9 +73,9 @@ impl DualVae {
             hasher.update(f.to_le_bytes());
         }
         Ok(Self {
-            e2d: stage2.encoder,
-            e3d: stage1.encoder,
-            d3d: stage1.decoder,
+            e2d: stage2.encoder.no_grad(),
+            e3d: stage1.encoder.no_grad(),
+            d3d: stage1.decoder.no_grad(),
             config,
             target: log2.config.target,
             normalizer: log2.normalizer,
@@ -103,7 +103,12 @@ impl DualVae {
     /// The 3D flow from D3D(z) (plus U_2d for a correction VAE), masked to zero in fibres
     /// and de-normalised to m/s.
     pub fn decode(&self, z: Tensor<5>, tb: &TensorBatch) -> Tensor<5> {
+        self.decode_unmasked(z, tb) * tb.mask.clone()
+    }
+
+    /// [`Self::decode`] before masking: what the decoder puts in fibres too.
+    pub fn decode_unmasked(&self, z: Tensor<5>, tb: &TensorBatch) -> Tensor<5> {
         let u = self.target.flow(self.d3d.forward(z, self.geometry(tb)), tb);
-        self.normalizer.denormalize(u) * tb.mask.clone()
+        self.normalizer.denormalize(u)
     }
 }

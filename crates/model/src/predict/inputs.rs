@@ -25,6 +25,12 @@ pub struct LatentScales {
 }
 
 impl LatentScales {
+    /// The network target (scaled) of a 3D latent: the inverse of [`Self::latent`].
+    pub fn target_of(&self, mu3d: Tensor<5>, mu2d: Tensor<5>) -> Tensor<5> {
+        let z = if self.residual { mu3d - mu2d } else { mu3d };
+        z.div_scalar(self.target)
+    }
+
     /// The 3D latent from a network target `x0` (scaled) and the unscaled E2D latent.
     pub fn latent(&self, x0: Tensor<5>, mu2d: Tensor<5>) -> Tensor<5> {
         let z = x0.mul_scalar(self.target);
@@ -47,7 +53,9 @@ pub struct ConditionInputs {
 
 impl ConditionInputs {
     pub fn new(vae: &DualVae, tb: &TensorBatch, scales: &LatentScales) -> Self {
-        let mu2d = vae.encode_2d(tb);
+        // Detached: on an autodiff device (physics guidance) each guided step differentiates
+        // its own graph, and a shared encoder graph would be consumed by the first.
+        let mu2d = vae.encode_2d(tb).detach();
         Self {
             cond: mu2d.clone().div_scalar(scales.condition),
             mu2d,

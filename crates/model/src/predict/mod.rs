@@ -3,6 +3,7 @@
 //! VAE it references.
 
 pub mod inputs;
+pub mod physics;
 pub mod sampling;
 
 use crate::batch::TensorBatch;
@@ -14,10 +15,31 @@ use crate::train::diffusion::DiffusionRunLog;
 use crate::train::vae::{BEST_FILE, LOG_FILE};
 use crate::unet::UNet;
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use fiberflow_data::json::read_json;
 use inputs::ConditionInputs;
-use sampling::{LatentPredictor, SampleOptions};
+use sampling::{KnownLatent, LatentPredictor, PhysicsGuidance, SampleOptions};
 use std::path::Path;
+
+/// Optional steering of the sampling.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Steering {
+    /// Weight of the physics guidance (0 = off); the model must be loaded on an autodiff
+    /// device (`device.autodiff()`).
+    pub physics: f64,
+    /// Slices whose 3D flow is known — the batch's U there — imposed by re-injection
+    /// during sampling and returned as given.
+    pub known_slices: Vec<usize>,
+}
+
+/// `(1, 1, S, 1, 1)`: 1 on the listed slices.
+fn slice_mask(slices: &[usize], s: usize, device: &Device) -> Tensor<5> {
+    let mut v = vec![0f32; s];
+    for &k in slices {
+        v[k] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(v, [1, 1, s, 1, 1]), device)
+}
 
 /// A trained run, loaded for inference.
 pub struct TrainedModel {
@@ -45,7 +67,9 @@ impl TrainedModel {
                 &log.vae_key[..16.min(log.vae_key.len())]
             )));
         }
-        let unet = checkpoint::load(log.config.unet.init(device)?, &run_dir.join(BEST_FILE))?;
+        // Frozen: on an autodiff device only inputs get gradients (physics guidance).
+        let unet =
+            checkpoint::load(log.config.unet.init(device)?, &run_dir.join(BEST_FILE))?.no_grad();
         let schedule = log.config.diffusion.init()?;
         Ok(Self {
             unet,
@@ -100,21 +124,84 @@ impl TrainedModel {
         k: usize,
         seed: u64,
     ) -> Result<Vec<Tensor<5>>, ModelError> {
+        self.predict_steered(tb, options, k, seed, &Steering::default())
+    }
+
+    /// [`Self::predict`] with physics guidance and/or known slices.
+    pub fn predict_steered(
+        &self,
+        tb: &TensorBatch,
+        options: &SampleOptions,
+        k: usize,
+        seed: u64,
+        steering: &Steering,
+    ) -> Result<Vec<Tensor<5>>, ModelError> {
         self.check_input(tb)?;
+        let [_, _, s, _, _] = tb.u.dims();
+        if let Some(&bad) = steering.known_slices.iter().find(|&&k| k >= s) {
+            return Err(ModelError::Input(format!(
+                "known slice {bad} is beyond the {s} slices"
+            )));
+        }
+        if !(steering.physics.is_finite() && steering.physics >= 0.0) {
+            return Err(ModelError::Config(format!(
+                "physics guidance weight {} must be ≥ 0",
+                steering.physics
+            )));
+        }
         let scales = &self.log.scales;
         let inputs = ConditionInputs::new(&self.vae, tb, scales);
+        let known = (!steering.known_slices.is_empty()).then(|| {
+            let m = slice_mask(&steering.known_slices, s, &tb.u.device());
+            let u = tb.u.clone() * m.clone() + tb.u2d.clone() * (m.ones_like() - m.clone());
+            let known_tb = TensorBatch {
+                u,
+                u2d: tb.u2d.clone(),
+                mask: tb.mask.clone(),
+                geometry: tb.geometry.clone(),
+                dxyz: tb.dxyz,
+            };
+            let x0 = scales
+                .target_of(self.vae.encode_3d(&known_tb), inputs.mu2d.clone())
+                .detach();
+            let mask = x0.ones_like() * m.clone();
+            (KnownLatent { x0, mask }, m)
+        });
+        let residual = |x0: Tensor<5>| -> Result<Tensor<1>, ModelError> {
+            let u = self
+                .vae
+                .decode_unmasked(scales.latent(x0, inputs.mu2d.clone()), tb);
+            Ok(physics::residual(u, tb.mask.clone(), tb.dxyz))
+        };
+        let guidance = PhysicsGuidance {
+            weight: steering.physics,
+            residual: &residual,
+        };
         let predictor = self.latent_predictor();
         (0..k)
             .map(|j| {
                 let mut rng = seeded_rng(seed);
                 rng.set_stream(j as u64);
-                let x0 = predictor.sample(
+                let x0 = predictor.sample_steered(
                     inputs.cond.clone(),
                     inputs.geometry.clone(),
                     options,
                     &mut rng,
+                    (steering.physics > 0.0).then_some(&guidance),
+                    known.as_ref().map(|(k, _)| k),
                 )?;
-                Ok(self.vae.decode(scales.latent(x0, inputs.mu2d.clone()), tb))
+                let u = self
+                    .vae
+                    .decode(scales.latent(x0.detach(), inputs.mu2d.clone()), tb)
+                    .detach();
+                // Known slices are data: they are returned as given.
+                Ok(match &known {
+                    Some((_, m)) => {
+                        let truth = self.vae.normalizer.denormalize(tb.u.clone()) * tb.mask.clone();
+                        u * (m.ones_like() - m.clone()) + truth * m.clone()
+                    }
+                    None => u,
+                })
             })
             .collect()
     }

@@ -110,8 +110,10 @@ impl DiffusionTrainConfig {
                 self.lr, self.min_lr
             ));
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0)
-            || !(self.grad_clip.is_finite() && self.grad_clip > 0.0)
+        if !(self.weight_decay.is_finite()
+            && self.weight_decay >= 0.0
+            && self.grad_clip.is_finite()
+            && self.grad_clip > 0.0)
         {
             return bad("weight_decay must be a number ≥ 0 and grad_clip one > 0".into());
         }

@@ -159,8 +159,7 @@ struct Report {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     a.validate()?;
-    // Each bench selects the device again by name (a handle to the same device).
-    fiberflow_model::device::select(&a.device)?;
+    let device = fiberflow_model::device::select(&a.device)?;
     let machine = Machine {
         command: std::env::args().collect(),
         cpu: cpu_model(),
@@ -178,14 +177,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .runs(Target::Solver)
             .then(|| solver::run(&a))
             .transpose()?,
-        vae: a.runs(Target::Vae).then(|| training::vae(&a)).transpose()?,
+        vae: a
+            .runs(Target::Vae)
+            .then(|| training::vae(&a, &device))
+            .transpose()?,
         diffusion: a
             .runs(Target::Diffusion)
-            .then(|| training::diffusion(&a))
+            .then(|| training::diffusion(&a, &device))
             .transpose()?,
         predict: a
             .runs(Target::Predict)
-            .then(|| predict::run(&a))
+            .then(|| predict::run(&a, &device))
             .transpose()?,
         machine,
     };

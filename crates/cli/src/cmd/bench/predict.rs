@@ -10,6 +10,7 @@ use fiberflow_data::{Batch, Mirror, Sample};
 use fiberflow_geometry::layout::SliceGrid;
 use fiberflow_model::ModelError;
 use fiberflow_model::bench::{PredictBench, bench_predict, untrained_model};
+use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
 use fiberflow_model::predict::TrainedModel;
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
@@ -58,8 +59,7 @@ pub struct PredictSection {
     rows: Vec<PredictRow>,
 }
 
-pub(super) fn run(a: &BenchArgs) -> Result<PredictSection> {
-    let device = fiberflow_model::device::select(&a.device)?;
+pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
     let grid = a.grid();
     let (ms, slices, planes) = default_sample(&grid)?;
     let voxel = grid.voxel(ms.window_um);
@@ -123,7 +123,7 @@ pub(super) fn run(a: &BenchArgs) -> Result<PredictSection> {
             if model.as_ref().is_none_or(|(k, _)| *k != cfg.predictor) {
                 model = Some((
                     cfg.predictor,
-                    untrained_model(&arch.vae(), target, &cfg, &device)?,
+                    untrained_model(&arch.vae(), target, &cfg, device)?,
                 ));
             }
             let (_, m) = model.as_ref().expect("just built");
@@ -134,7 +134,7 @@ pub(super) fn run(a: &BenchArgs) -> Result<PredictSection> {
                     .with_spacing(TimestepSpacing::Trailing),
                 guidance: 0.0,
             };
-            let result = bench_predict(m, &batch, &options, a.repeats(), a.seed, &device);
+            let result = bench_predict(m, &batch, &options, a.repeats(), a.seed, device);
             rows.push(predict_row(arch, cfg.predictor, sampler, result, &solve)?);
         }
     }

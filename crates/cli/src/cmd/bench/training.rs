@@ -6,6 +6,7 @@ use anyhow::Result;
 use fiberflow_geometry::layout::SliceGrid;
 use fiberflow_model::ModelError;
 use fiberflow_model::bench::{DenoiserStep, StepBench, VaeStep, bench_training};
+use fiberflow_model::device::Device;
 use fiberflow_model::train::diffusion::DiffusionTrainConfig;
 use fiberflow_model::train::vae::VaeTrainConfig;
 use fiberflow_model::unet::UNetConfig;
@@ -103,8 +104,7 @@ fn row(
 }
 
 /// VAE stage-1 steps.
-pub(super) fn vae(a: &BenchArgs) -> Result<Vec<StepRow>> {
-    let device = fiberflow_model::device::select(&a.device)?;
+pub(super) fn vae(a: &BenchArgs, device: &Device) -> Result<Vec<StepRow>> {
     plan(a)
         .into_iter()
         .map(|(arch, sample)| {
@@ -114,15 +114,14 @@ pub(super) fn vae(a: &BenchArgs) -> Result<Vec<StepRow>> {
                 ..Default::default()
             };
             let batch = a.batch.unwrap_or(cfg.batch_size);
-            let result = bench_training(|| VaeStep::new(&cfg, sample, batch, &device), a.repeats());
+            let result = bench_training(|| VaeStep::new(&cfg, sample, batch, device), a.repeats());
             row("vae", arch, sample, batch, result)
         })
         .collect()
 }
 
 /// Latent denoiser steps on the latent of each architecture's VAE.
-pub(super) fn diffusion(a: &BenchArgs) -> Result<Vec<StepRow>> {
-    let device = fiberflow_model::device::select(&a.device)?;
+pub(super) fn diffusion(a: &BenchArgs, device: &Device) -> Result<Vec<StepRow>> {
     plan(a)
         .into_iter()
         .map(|(arch, sample @ [s, h, w])| {
@@ -136,7 +135,7 @@ pub(super) fn diffusion(a: &BenchArgs) -> Result<Vec<StepRow>> {
             let batch = a.batch.unwrap_or(cfg.batch_size);
             let latent = [vae.latent_channels, s, h / f, w / f];
             let result = bench_training(
-                || DenoiserStep::new(&cfg, latent, batch, &device),
+                || DenoiserStep::new(&cfg, latent, batch, device),
                 a.repeats(),
             );
             row("denoiser", arch, sample, batch, result)
