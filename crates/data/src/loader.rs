@@ -88,6 +88,17 @@ impl Default for LoaderConfig {
     }
 }
 
+impl LoaderConfig {
+    /// One sample per batch in the split's order, unaugmented: for encoding, validation
+    /// and evaluation, where each result must not depend on the others.
+    pub fn sequential() -> Self {
+        Self {
+            shuffle: false,
+            ..Self::default()
+        }
+    }
+}
+
 /// A batch: the dataset indices and the samples, in the same order.
 #[derive(Debug, Clone)]
 pub struct Batch {

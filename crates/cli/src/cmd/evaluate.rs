@@ -8,7 +8,7 @@ use crate::output;
 use crate::progress::Bar;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Progress, Statistics, Subset};
+use fiberflow_data::{Dataset, Loader, LoaderConfig, Progress, Statistics, Subset};
 use fiberflow_eval::{
     EvalConfig, ProjectionConfig, SampleMetrics, Summary, evaluate_sample, project_divergence_free,
     write_csv,
@@ -108,18 +108,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         SplitArg::Val => Subset::Val,
         SplitArg::Test => Subset::Test,
     };
-    let loader = Loader::new(
-        &dataset,
-        Some(subset),
-        LoaderConfig {
-            batch_size: 1,
-            shuffle: false,
-            seed: 0,
-            preload: false,
-            augment: Mirror::default(),
-            drop_last: false,
-        },
-    )?;
+    let loader = Loader::new(&dataset, Some(subset), LoaderConfig::sequential())?;
     let n = a.limit.unwrap_or(usize::MAX).min(loader.len());
     if n == 0 {
         bail!(

@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::atomic::write_atomic;
 use fiberflow_data::json::{read_json, write_json};
-use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Progress};
+use fiberflow_data::{Dataset, Loader, LoaderConfig, Progress};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -116,18 +116,7 @@ pub fn encode_dataset(
     let dir = cache_dir(&dataset.dir, vae);
     std::fs::create_dir_all(&dir).map_err(|e| ModelError::checkpoint(&dir, e))?;
     write_json(&dir.join("meta.json"), &meta)?;
-    let loader = Loader::new(
-        dataset,
-        None,
-        LoaderConfig {
-            batch_size: 1,
-            shuffle: false,
-            seed: 0,
-            preload: false,
-            augment: Mirror::default(),
-            drop_last: false,
-        },
-    )?;
+    let loader = Loader::new(dataset, None, LoaderConfig::sequential())?;
     progress.start("encoding latents", dataset.len() as u64);
     for batch in loader.epoch(0) {
         let batch = batch?;

@@ -29,7 +29,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::{read_json, write_json};
-use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Progress, Subset};
+use fiberflow_data::{Dataset, Loader, LoaderConfig, Progress, Subset};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -494,18 +494,7 @@ pub fn decoded_errors(
 
 /// Validation samples one per batch, in a fixed order.
 fn val_batches(dataset: &Dataset) -> Result<Vec<fiberflow_data::Batch>, ModelError> {
-    let loader = Loader::new(
-        dataset,
-        Some(Subset::Val),
-        LoaderConfig {
-            batch_size: 1,
-            shuffle: false,
-            seed: 0,
-            preload: false,
-            augment: Mirror::default(),
-            drop_last: false,
-        },
-    )?;
+    let loader = Loader::new(dataset, Some(Subset::Val), LoaderConfig::sequential())?;
     Ok(loader.epoch(0).collect::<Result<Vec<_>, _>>()?)
 }
 

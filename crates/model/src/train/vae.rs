@@ -669,7 +669,7 @@ impl Trainer {
                     let rec = recon(
                         cfg.loss,
                         out.reconstruction.clone(),
-                        tb.u.clone(),
+                        cfg.target.field(&tb),
                         tb.mask.clone(),
                     )
                     .into_scalar::<f64>();
