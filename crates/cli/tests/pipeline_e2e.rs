@@ -82,6 +82,7 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     assert!((w - 1.0).abs() < 1e-9, "{w}");
     let model = json(&out.join("eval/model.json"));
     assert_eq!(model["mode"], "model");
+    assert_eq!(model["model_sha256"].as_str().unwrap().len(), 64);
     assert!(!model["per_sample"].as_array().unwrap().is_empty());
 
     // The prediction: (S, 3, H, W), finite, zero in fibres.

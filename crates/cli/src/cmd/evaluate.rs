@@ -74,6 +74,8 @@ pub struct EvaluateArgs {
 struct Report<'a> {
     mode: &'static str,
     args: &'a EvaluateArgs,
+    /// SHA-256 of the denoiser weights and the key of the VAE they work with.
+    model_sha256: Option<String>,
     model_vae_key: Option<String>,
     dataset_manifest_sha256: String,
     summary: Summary,
@@ -184,6 +186,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             (None, true) => "vae_only_sanity",
             (None, false) => "model",
         },
+        model_sha256: model.as_ref().map(|m| m.weights_sha256.clone()),
         model_vae_key: model.as_ref().map(|m| m.log.vae_key.clone()),
         dataset_manifest_sha256: dataset.manifest.sha256(&dataset.dir)?,
         projected_summary: if a.project {

@@ -68,6 +68,7 @@ pub fn untrained_model(
     };
     Ok(TrainedModel {
         unet,
+        weights_sha256: String::new(),
         vae: DualVae {
             e2d: stage2.encoder,
             e3d: stage1.encoder,

@@ -19,6 +19,7 @@ use burn::tensor::TensorData;
 use fiberflow_data::json::read_json;
 use inputs::ConditionInputs;
 use sampling::{KnownLatent, LatentPredictor, PhysicsGuidance, SampleOptions};
+use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// Optional steering of the sampling.
@@ -44,6 +45,8 @@ fn slice_mask(slices: &[usize], s: usize, device: &Device) -> Tensor<5> {
 /// A trained run, loaded for inference.
 pub struct TrainedModel {
     pub unet: UNet,
+    /// SHA-256 of the denoiser's weight file, recorded by evaluations.
+    pub weights_sha256: String,
     pub vae: DualVae,
     pub schedule: NoiseSchedule,
     pub log: DiffusionRunLog,
@@ -68,11 +71,14 @@ impl TrainedModel {
             )));
         }
         // Frozen: on an autodiff device only inputs get gradients (physics guidance).
-        let unet =
-            checkpoint::load(log.config.unet.init(device)?, &run_dir.join(BEST_FILE))?.no_grad();
+        let best = run_dir.join(BEST_FILE);
+        let unet = checkpoint::load(log.config.unet.init(device)?, &best)?.no_grad();
+        let bytes = std::fs::read(&best).map_err(|e| ModelError::checkpoint(&best, e))?;
+        let weights_sha256 = format!("{:x}", Sha256::digest(&bytes));
         let schedule = log.config.diffusion.init()?;
         Ok(Self {
             unet,
+            weights_sha256,
             vae,
             schedule,
             log,
