@@ -39,6 +39,8 @@ enum Command {
     Evaluate(cmd::evaluate::EvaluateArgs),
     /// The whole pipeline on its defaults: generate, train, evaluate, predict, report.
     Quickstart(cmd::quickstart::QuickstartArgs),
+    /// Draw the loss, error and physics curves of a training run as PNG.
+    Plot(cmd::plot::PlotArgs),
     /// Predict the 3D flow of one microstructure (dataset sample or image stack), with
     /// uncertainty, as .npy, ParaView .vti, PNG and JSON.
     Predict(cmd::predict::PredictArgs),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Geometry(a) => cmd::geometry::run(a),
+        Command::Plot(a) => cmd::plot::run(a),
         Command::Solve(a) => cmd::solve::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Dataset(a) => cmd::dataset::run(a),

@@ -63,7 +63,10 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     );
     for f in [
         "vae-stage1/loss.png",
+        "vae-stage2/errors.png",
         "diffusion/loss.png",
+        "diffusion/errors.png",
+        "diffusion/physics.png",
         "predict/comparison.png",
         "predict/prediction.vti",
     ] {
@@ -104,6 +107,15 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     // Refusals with clear messages.
     let diff = out.join("diffusion").display().to_string();
     let data = out.join("data").display().to_string();
+
+    // `plot` redraws a run's curves anywhere, and refuses a folder that is no run.
+    let plots = tmp.path().join("plots");
+    let stage1 = out.join("vae-stage1").display().to_string();
+    ok(["plot", &stage1, "--out", &plots.display().to_string()]);
+    for f in ["loss.png", "errors.png"] {
+        assert!(plots.join(f).metadata().unwrap().len() > 1000, "{f}");
+    }
+    fails(["plot", &data], &["log.json", "training run"]);
     fails(
         [
             "evaluate",

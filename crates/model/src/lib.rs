@@ -11,6 +11,7 @@ pub mod latent;
 pub mod loss;
 pub mod metrics;
 pub mod ops;
+pub mod physics;
 pub mod predict;
 pub mod train;
 pub mod unet;

@@ -21,6 +21,7 @@ use fiberflow_model::diffusion::{
     seeded_rng, standard_normal,
 };
 use fiberflow_model::latent::{DualVae, LatentCache};
+use fiberflow_model::physics::{PhysicsLossConfig, flow_rate_term};
 use fiberflow_model::predict::TrainedModel;
 use fiberflow_model::predict::inputs::{ConditionInputs, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
@@ -694,4 +695,63 @@ fn invalid_configs_fail_before_the_dataset_is_read() {
     let e = s.train(&s.stage2, &out, c, false, &mut Quiet).unwrap_err();
     assert!(e.to_string().contains("not divisible"), "{e}");
     assert!(!out.exists());
+}
+
+#[test]
+fn physics_losses_reach_the_denoiser_and_are_logged() {
+    let _serial = serial();
+    let s = Setup::new();
+    let plain_cfg = config(PredictorKind::Diffusion, 1);
+    let mut cfg = plain_cfg.clone();
+    cfg.physics = PhysicsLossConfig {
+        divergence: 1.0,
+        fibre_velocity: 1.0,
+        flow_rate: 1.0,
+        smoothness: 1e-3,
+        every: 1,
+    };
+    let (plain_dir, physics_dir) = (s.path("plain"), s.path("physics"));
+    let plain = s
+        .train(&s.stage2, &plain_dir, plain_cfg, false, &mut Quiet)
+        .unwrap();
+    let physics = s
+        .train(&s.stage2, &physics_dir, cfg, false, &mut Quiet)
+        .unwrap();
+    assert_eq!(plain.history[0].train_physics, None);
+    let p = physics.history[0].train_physics.unwrap();
+    assert!(p.is_finite() && p > 0.0, "{p}");
+    // Same seeds, data and first batch: only the physics gradient can make the weights
+    // differ (a detached physics loss would leave them identical).
+    let unet = &plain.config.unet;
+    assert_ne!(
+        probe(unet, &plain_dir.join("best_model.bpk")),
+        probe(unet, &physics_dir.join("best_model.bpk"))
+    );
+    for log in [&plain, &physics] {
+        let m = log.history[0].val_physics;
+        for v in [m.divergence, m.fibre_velocity, m.flow_rate, m.smoothness] {
+            assert!(v.is_finite() && v >= 0.0, "{m:?}");
+        }
+    }
+    // The truth is masked (no fibre velocity) and has a finite divergence at this pitch.
+    let truth = physics.val_physics_truth;
+    assert_eq!(truth.fibre_velocity, 0.0);
+    assert!(
+        truth.divergence > 0.0 && truth.divergence.is_finite(),
+        "{truth:?}"
+    );
+
+    // Each 2D slice of the solver is incompressible, so its flux Q(x) is the same
+    // through every x column: the flow-rate term of U_2d vanishes, that of a field
+    // with a column-dependent factor does not.
+    let vae = DualVae::load(&s.stage2, &Device::flex()).unwrap();
+    let tb = to_tensors(&s.batch(None), &vae.normalizer, &Device::flex()).unwrap();
+    let u2d = vae.normalizer.denormalize(tb.u2d.clone()) * tb.mask.clone();
+    let cv2 = flow_rate_term(u2d.clone(), tb.mask.clone()).into_scalar::<f64>();
+    assert!(cv2 < 1e-4, "{cv2}");
+    let w = u2d.dims()[4];
+    let ramp: Vec<f32> = (0..w).map(|x| 1.0 + x as f32 / w as f32).collect();
+    let ramp = Tensor::<1>::from_floats(ramp.as_slice(), &Device::flex()).reshape([1, 1, 1, 1, w]);
+    let skewed = flow_rate_term(u2d * ramp, tb.mask).into_scalar::<f64>();
+    assert!(skewed > 100.0 * cv2 && skewed > 1e-3, "{skewed} vs {cv2}");
 }

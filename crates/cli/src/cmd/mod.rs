@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod geometry;
 pub mod gridsearch;
+pub mod plot;
 pub mod predict;
 pub mod quickstart;
 pub mod sampler_args;

@@ -8,11 +8,11 @@
 //! generation skips written samples, training continues from its checkpoint, and the
 //! cheap evaluation steps are simply redone.
 
+use crate::cmd::plot::plot_run;
 use crate::output;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fiberflow_data::json::read_json;
-use fiberflow_viz::{LinePlot, Series};
 use serde::Serialize;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -279,7 +279,9 @@ fn first_test_index(data: &str) -> Option<String> {
 /// The quickstart report in Markdown and HTML, with loss curves.
 fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
     let load = |p: &str| -> Result<Value> { Ok(read_json(&out.join(p), "")?) };
-    plot_losses(out)?;
+    for dir in ["vae-stage1", "vae-stage2", "diffusion"] {
+        plot_run(&out.join(dir), &out.join(dir))?;
+    }
     let mut md = String::new();
     writeln!(md, "# fiberflow quickstart report\n")?;
     writeln!(
@@ -341,7 +343,8 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
         ("VAE stage 2", "vae-stage2"),
         ("diffusion", "diffusion"),
     ] {
-        writeln!(md, "![{title}]({file}/loss.png)\n")?;
+        writeln!(md, "![{title}: losses]({file}/loss.png)\n")?;
+        writeln!(md, "![{title}: validation errors]({file}/errors.png)\n")?;
     }
     writeln!(md, "## Steps and timings\n")?;
     writeln!(md, "| step | wall time | command |\n|---|---|---|")?;
@@ -365,40 +368,4 @@ fn metric(report: &Value, name: &str) -> f64 {
         .and_then(|ms| ms.iter().find(|m| m["name"] == name))
         .and_then(|m| m["mean"].as_f64())
         .unwrap_or(f64::NAN)
-}
-
-/// `loss.png` in each run folder from its `log.json` history.
-fn plot_losses(out: &Path) -> Result<()> {
-    for (dir, title) in [
-        ("vae-stage1", "VAE stage 1"),
-        ("vae-stage2", "VAE stage 2"),
-        ("diffusion", "latent diffusion"),
-    ] {
-        let log: Value = read_json(&out.join(dir).join("log.json"), "")?;
-        let history = log["history"]
-            .as_array()
-            .context("log.json has no history")?;
-        let series = |name: &str, get: &dyn Fn(&Value) -> Option<f64>| -> Result<Series> {
-            let values: Vec<f64> = history.iter().map(|h| get(h).unwrap_or(f64::NAN)).collect();
-            Ok(Series::per_epoch(name, &values)?)
-        };
-        let plot = if dir == "diffusion" {
-            LinePlot::new(title, "epoch", "loss / error [-]")
-                .with_series(series("train loss", &|h| h["train_loss"].as_f64())?)
-                .with_series(series("val loss", &|h| h["val_loss"].as_f64())?)
-                .with_series(series("val decoded rel. L2", &|h| {
-                    h["val_errors"]["relative_l2_total"].as_f64()
-                })?)
-        } else {
-            LinePlot::new(title, "epoch", "loss / error [-]")
-                .with_series(series("train loss", &|h| h["train"]["loss"].as_f64())?)
-                .with_series(series("val loss", &|h| h["val"]["loss"].as_f64())?)
-                .with_series(series("val rel. L2 (U)", &|h| {
-                    h["val_errors"]["relative_l2_total"].as_f64()
-                })?)
-        };
-        plot.log_y(true)
-            .write_png(&out.join(dir).join("loss.png"))?;
-    }
-    Ok(())
 }

@@ -63,6 +63,7 @@ pub fn untrained_model(
         history: Vec::new(),
         best_epoch: None,
         best_val_error: f64::NAN,
+        val_physics_truth: Default::default(),
         parameters: unet.num_params(),
         config: cfg,
     };

@@ -3,13 +3,13 @@
 //! VAE it references.
 
 pub mod inputs;
-pub mod physics;
 pub mod sampling;
 
 use crate::batch::TensorBatch;
 use crate::diffusion::{NoiseSchedule, seeded_rng};
 use crate::error::ModelError;
 use crate::latent::DualVae;
+use crate::physics;
 use crate::train::checkpoint;
 use crate::train::diffusion::DiffusionRunLog;
 use crate::train::vae::{BEST_FILE, LOG_FILE};

@@ -21,6 +21,7 @@ use crate::diffusion::{
 use crate::error::ModelError;
 use crate::latent::{DualVae, LatentCache, encode_dataset};
 use crate::metrics::{ErrorSums, FieldErrors};
+use crate::physics::{PhysicsLossConfig, PhysicsMetrics};
 use crate::predict::inputs::{ConditionInputs, LatentScales, latent_geometry};
 use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
 use crate::unet::{UNet, UNetConfig};
@@ -29,7 +30,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::{read_json, write_json};
-use fiberflow_data::{Dataset, Loader, LoaderConfig, Progress, Subset};
+use fiberflow_data::{Batch, Dataset, Loader, LoaderConfig, Mirror, Progress, Subset};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,9 @@ pub struct DiffusionTrainConfig {
     pub cond_dropout: f64,
     /// Train on μ3d − μ2d instead of μ3d (see [`LatentScales::residual`]).
     pub residual: bool,
+    /// Optional physics losses on the decoded x̂0 of each training batch, at the same t
+    /// as the prediction (all weights 0 by default).
+    pub physics: PhysicsLossConfig,
     /// Sampler of the per-epoch decoded-velocity validation (few steps: it runs every epoch).
     pub val_sampler: SamplerConfig,
     pub seed: u64,
@@ -88,6 +92,7 @@ impl Default for DiffusionTrainConfig {
             ema_decay: 0.999,
             cond_dropout: 0.1,
             residual: true,
+            physics: PhysicsLossConfig::default(),
             val_sampler: SamplerConfig::new()
                 .with_kind(SamplerKind::DpmSolver)
                 .with_steps(10)
@@ -126,6 +131,9 @@ impl DiffusionTrainConfig {
                 self.cond_dropout
             ));
         }
+        if let Some(problem) = self.physics.problem() {
+            return bad(problem);
+        }
         if self.predictor == PredictorKind::Direct && self.unet.time_conditioned {
             return bad(
                 "the direct predictor takes no timestep: set unet.time_conditioned = false".into(),
@@ -148,11 +156,18 @@ pub struct DiffusionEpoch {
     pub epoch: usize,
     pub steps: usize,
     pub lr: f64,
+    /// Mean prediction loss (without the physics terms).
     pub train_loss: f64,
+    /// Mean weighted physics loss over the batches that computed it (`None` when off).
+    #[serde(default)]
+    pub train_physics: Option<f64>,
     /// Loss on the validation split at fixed, seeded (t, ε) per sample, so epochs compare.
     pub val_loss: f64,
     /// Decoded velocity of the validation split, sampled with `val_sampler`, against U.
     pub val_errors: FieldErrors,
+    /// Physics terms of those decoded validation predictions (before masking).
+    #[serde(default)]
+    pub val_physics: PhysicsMetrics,
     pub mean_grad_norm: f64,
     pub seconds: f64,
 }
@@ -171,6 +186,10 @@ pub struct DiffusionRunLog {
     pub best_epoch: Option<usize>,
     /// Lowest validation relative L2 error of the decoded velocity.
     pub best_val_error: f64,
+    /// Physics terms of the true validation flows, for scale: discretisation leaves the
+    /// divergence of the solver's field above zero on these grids.
+    #[serde(default)]
+    pub val_physics_truth: PhysicsMetrics,
     pub parameters: usize,
 }
 
@@ -179,6 +198,43 @@ pub trait DiffusionObserver: Progress {
     fn batch(&mut self, _epoch: usize, _batch: usize, _batches: usize, _loss: f64) {}
     fn epoch(&mut self, _record: &DiffusionEpoch) -> ControlFlow<()> {
         ControlFlow::Continue(())
+    }
+}
+
+/// What the physics losses need: the frozen VAE on the autodiff device (its decoder
+/// passes gradients to x̂0, not to its own weights), the dataset for full-resolution masks
+/// and 2D flows, and the latent scales.
+struct PhysicsContext<'a> {
+    vae: DualVae,
+    dataset: &'a Dataset,
+    scales: LatentScales,
+}
+
+impl PhysicsContext<'_> {
+    /// The weighted physics loss of the flow decoded from `x0` (scaled network target)
+    /// and the unscaled E2D latents `mu2d` of split samples `chunk`.
+    fn loss(
+        &self,
+        weights: &PhysicsLossConfig,
+        x0: Tensor<5>,
+        mu2d: Tensor<5>,
+        split: &Split,
+        chunk: &[usize],
+        device: &Device,
+    ) -> Result<Tensor<1>, ModelError> {
+        let indices: Vec<usize> = chunk.iter().map(|&i| split.indices[i]).collect();
+        let samples = indices
+            .iter()
+            .map(|&i| self.dataset.open_sample(i)?.load())
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = Batch {
+            indices,
+            mirrors: vec![Mirror::default(); samples.len()],
+            samples,
+        };
+        let tb = to_tensors(&batch, &self.vae.normalizer, device)?;
+        let u = self.vae.decode_unmasked(self.scales.latent(x0, mu2d), &tb);
+        Ok(weights.loss(u, tb.mask, tb.dxyz))
     }
 }
 
@@ -248,10 +304,19 @@ pub fn train_diffusion(
         scale(&mut split.cond, scales.condition);
     }
     let schedule = cfg.diffusion.init()?;
+    let ad = device.clone().autodiff();
+    let physics = if cfg.physics.enabled() {
+        Some(PhysicsContext {
+            vae: DualVae::load(vae_dir, &ad)?,
+            dataset: &dataset,
+            scales,
+        })
+    } else {
+        None
+    };
 
     std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
     device.seed(cfg.seed);
-    let ad = device.clone().autodiff();
     let mut model = cfg.unet.init(&ad)?;
     let mut ema_model = model.valid();
     let mut optim = AdamWConfig::new()
@@ -268,6 +333,7 @@ pub fn train_diffusion(
         history: Vec::new(),
         best_epoch: None,
         best_val_error: f64::INFINITY,
+        val_physics_truth: PhysicsMetrics::default(),
         parameters: model.num_params(),
     };
     let ckpt = out.join("checkpoint");
@@ -305,6 +371,7 @@ pub fn train_diffusion(
     }
 
     let val_batches = val_batches(&dataset)?;
+    log.val_physics_truth = truth_physics(&vae, &val_batches, device)?;
     let batches = train.indices.len().div_ceil(cfg.batch_size);
     let total_steps = batches * cfg.epochs;
     for epoch in log.history.len()..cfg.epochs {
@@ -314,17 +381,28 @@ pub fn train_diffusion(
         let mut order: Vec<usize> = (0..train.indices.len()).collect();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
+        let mut physics_sums = (0.0, 0usize);
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let step = epoch * batches + b;
-            let (loss, _) =
-                batch_loss(&model, &schedule, &cfg, &train, chunk, &mut rng, true, &ad)?;
-            let value = loss.clone().into_scalar::<f64>();
-            if !value.is_finite() {
+            let physics = physics.as_ref().filter(|_| step % cfg.physics.every == 0);
+            let losses = batch_loss(
+                &model, &schedule, &cfg, &train, chunk, &mut rng, true, physics, &ad,
+            )?;
+            let value = losses.prediction.clone().into_scalar::<f64>();
+            let physics_value = losses.physics.clone().map(|p| p.into_scalar::<f64>());
+            if !(value.is_finite() && physics_value.is_none_or(f64::is_finite)) {
                 return Err(ModelError::Input(format!(
-                    "training loss became {value} at epoch {epoch}, batch {b}; lower lr"
+                    "training loss became {value} (physics {physics_value:?}) at epoch {epoch}, batch {b}; lower lr or the physics weights"
                 )));
             }
             loss_sum += value;
+            if let Some(p) = physics_value {
+                physics_sums = (physics_sums.0 + p, physics_sums.1 + 1);
+            }
+            let loss = match losses.physics {
+                Some(p) => losses.prediction + p,
+                None => losses.prediction,
+            };
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             norms.push(clip_global_norm(&model, &mut grads, cfg.grad_clip));
             lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
@@ -343,7 +421,7 @@ pub fn train_diffusion(
             sampler: cfg.val_sampler.clone(),
             guidance: 0.0,
         };
-        let val_errors = decoded_errors(
+        let (val_errors, val_physics) = decoded_scores(
             &predictor,
             &vae,
             &scales,
@@ -357,8 +435,10 @@ pub fn train_diffusion(
             steps: (epoch + 1) * batches,
             lr,
             train_loss: loss_sum / batches as f64,
+            train_physics: (physics_sums.1 > 0).then(|| physics_sums.0 / physics_sums.1 as f64),
             val_loss,
             val_errors,
+            val_physics,
             mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
             seconds: started.elapsed().as_secs_f64(),
         };
@@ -388,8 +468,16 @@ pub fn train_diffusion(
     Ok(log)
 }
 
-/// The loss of the samples `chunk` of `split` and the batch size; `train` enables the
-/// condition dropout.
+/// The losses of one batch.
+struct BatchLoss {
+    /// On the network's output (ε, v or the direct latent).
+    prediction: Tensor<1>,
+    /// Weighted physics terms of the decoded x̂0, when asked for.
+    physics: Option<Tensor<1>>,
+}
+
+/// The losses of the samples `chunk` of `split`; `train` enables the condition dropout,
+/// `physics` adds the physics losses of the decoded x̂0.
 #[allow(clippy::too_many_arguments)]
 fn batch_loss(
     model: &UNet,
@@ -399,8 +487,9 @@ fn batch_loss(
     chunk: &[usize],
     rng: &mut ChaCha8Rng,
     train: bool,
+    physics: Option<&PhysicsContext>,
     device: &Device,
-) -> Result<(Tensor<1>, usize), ModelError> {
+) -> Result<BatchLoss, ModelError> {
     let stack = |v: &[TensorData]| -> Tensor<5> {
         Tensor::cat(
             chunk
@@ -416,16 +505,18 @@ fn batch_loss(
         stack(&split.geometry),
     );
     let n = chunk.len();
+    // The E2D latent itself, for decoding: dropout hides it from the network only.
+    let mu2d = physics.map(|p| cond.clone().mul_scalar(p.scales.condition));
     if train && cfg.cond_dropout > 0.0 {
         let keep: Vec<f32> = (0..n)
             .map(|_| f32::from(u8::from(rng.random::<f64>() >= cfg.cond_dropout)))
             .collect();
         cond = cond * Tensor::<1>::from_floats(keep.as_slice(), device).reshape([n, 1, 1, 1, 1]);
     }
-    let loss = match cfg.predictor {
+    let (prediction, x0_hat) = match cfg.predictor {
         PredictorKind::Direct => {
             let pred = model.forward(Tensor::cat(vec![cond, geometry], 1), None)?;
-            (pred - x0).square().mean()
+            ((pred.clone() - x0).square().mean(), pred)
         }
         PredictorKind::Diffusion => {
             let t = schedule.sample_timesteps(n, rng);
@@ -434,13 +525,21 @@ fn batch_loss(
             let target = schedule.target(x0, noise, &t)?;
             let times: Vec<f32> = t.iter().map(|&t| t as f32).collect();
             let pred = model.forward(
-                Tensor::cat(vec![x_t, cond, geometry], 1),
+                Tensor::cat(vec![x_t.clone(), cond, geometry], 1),
                 Some(Tensor::<1>::from_floats(times.as_slice(), device)),
             )?;
-            cfg.diffusion.loss.compute(pred, target)?
+            let x0_hat = schedule.x0_from(pred.clone(), x_t, &t)?;
+            (cfg.diffusion.loss.compute(pred, target)?, x0_hat)
         }
     };
-    Ok((loss, n))
+    let physics = match (physics, mu2d) {
+        (Some(p), Some(mu2d)) => Some(p.loss(&cfg.physics, x0_hat, mu2d, split, chunk, device)?),
+        _ => None,
+    };
+    Ok(BatchLoss {
+        prediction,
+        physics,
+    })
 }
 
 /// Mixed into the run seed for the validation draws, so they differ from training's.
@@ -460,40 +559,71 @@ fn validation_loss(
     for i in 0..val.indices.len() {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ VALIDATION_SEED);
         rng.set_stream(val.indices[i] as u64);
-        let (loss, _) = batch_loss(model, schedule, cfg, val, &[i], &mut rng, false, device)?;
-        sum += loss.into_scalar::<f64>();
+        let loss = batch_loss(
+            model,
+            schedule,
+            cfg,
+            val,
+            &[i],
+            &mut rng,
+            false,
+            None,
+            device,
+        )?;
+        sum += loss.prediction.into_scalar::<f64>();
     }
     Ok(sum / val.indices.len() as f64)
 }
 
-/// Relative errors of the decoded, de-normalised, masked prediction against U, one
-/// sample at a time with noise seeded by (seed, sample index).
-/// Errors are over normalised components, so the total weighs vz like vx.
+/// Relative errors of the decoded, de-normalised, masked prediction against U, and the
+/// mean physics terms of the unmasked decoded flow, one sample at a time with noise
+/// seeded by (seed, sample index). Errors are over normalised components, so the total
+/// weighs vz like vx.
 #[allow(clippy::too_many_arguments)]
-pub fn decoded_errors(
+pub fn decoded_scores(
     predictor: &LatentPredictor,
     vae: &DualVae,
     scales: &LatentScales,
-    batches: &[fiberflow_data::Batch],
+    batches: &[Batch],
     options: &SampleOptions,
     seed: u64,
     device: &Device,
-) -> Result<FieldErrors, ModelError> {
+) -> Result<(FieldErrors, PhysicsMetrics), ModelError> {
     let mut sums = ErrorSums::default();
+    let mut physics = Vec::new();
     for batch in batches {
         let tb = to_tensors(batch, &vae.normalizer, device)?;
         let inputs = ConditionInputs::new(vae, &tb, scales);
         let mut rng = seeded_rng(seed);
         rng.set_stream(batch.indices[0] as u64);
         let x0 = predictor.sample(inputs.cond, inputs.geometry, options, &mut rng)?;
-        let u = vae.decode(scales.latent(x0, inputs.mu2d), &tb);
+        let u = vae.decode_unmasked(scales.latent(x0, inputs.mu2d), &tb);
+        physics.push(PhysicsMetrics::measure(u.clone(), tb.mask.clone(), tb.dxyz));
+        let u = u * tb.mask.clone();
         sums.add(vae.normalizer.normalize(u), tb.u.clone(), tb.mask.clone());
     }
-    Ok(sums.errors())
+    Ok((sums.errors(), PhysicsMetrics::mean(&physics)))
+}
+
+/// Mean physics terms of the true flows of `batches`.
+fn truth_physics(
+    vae: &DualVae,
+    batches: &[Batch],
+    device: &Device,
+) -> Result<PhysicsMetrics, ModelError> {
+    let all = batches
+        .iter()
+        .map(|batch| {
+            let tb = to_tensors(batch, &vae.normalizer, device)?;
+            let u = vae.normalizer.denormalize(tb.u) * tb.mask.clone();
+            Ok(PhysicsMetrics::measure(u, tb.mask, tb.dxyz))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    Ok(PhysicsMetrics::mean(&all))
 }
 
 /// Validation samples one per batch, in a fixed order.
-fn val_batches(dataset: &Dataset) -> Result<Vec<fiberflow_data::Batch>, ModelError> {
+fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
     let loader = Loader::new(dataset, Some(Subset::Val), LoaderConfig::sequential())?;
     Ok(loader.epoch(0).collect::<Result<Vec<_>, _>>()?)
 }
