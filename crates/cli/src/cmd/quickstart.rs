@@ -25,8 +25,9 @@ pub struct QuickstartArgs {
     /// Output folder (data/, vae-stage1/, vae-stage2/, diffusion/, eval/, predict/, report).
     #[arg(long, default_value = "runs/quickstart")]
     out: PathBuf,
-    /// Samples to generate (70 % train, 15 % validation, 15 % test).
-    #[arg(long, default_value_t = 24)]
+    /// Samples to generate (70 % train, 15 % validation, 15 % test). 48 samples for half
+    /// the epochs cost the same training time as 24 and generalise better.
+    #[arg(long, default_value_t = 48)]
     samples: usize,
     /// Pixels per side of each slice (a multiple of 16).
     #[arg(long, default_value_t = 64)]
@@ -44,7 +45,7 @@ pub struct QuickstartArgs {
     #[arg(long)]
     generator_config: Option<PathBuf>,
     /// Epochs of VAE stage 1, stage 2 and the diffusion model.
-    #[arg(long, num_args = 3, value_names = ["STAGE1", "STAGE2", "DIFFUSION"], default_values_t = [30, 10, 40])]
+    #[arg(long, num_args = 3, value_names = ["STAGE1", "STAGE2", "DIFFUSION"], default_values_t = [15, 5, 20])]
     epochs: Vec<usize>,
     #[arg(long, default_value = "cpu")]
     device: String,
