@@ -12,7 +12,10 @@ use std::fs;
 #[test]
 fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_file(tmp.path(), "gen.toml", TINY_GENERATOR);
+    // Three times the default viscosity: a command that computed K with the solver's
+    // defaults instead of the dataset's physics would be off by 3×.
+    let generator = format!("{TINY_GENERATOR}\n[flow.physics]\nviscosity_pa_s = 0.3\n");
+    let cfg = write_file(tmp.path(), "gen.toml", &generator);
     let out = tmp.path().join("qs");
     let argv = |epochs: [&str; 3]| -> Vec<String> {
         let mut v: Vec<String> = [
@@ -98,6 +101,17 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         .unwrap();
     let mask = safetensors_layout(&out.join(format!("data/samples/{index:06}.safetensors")));
     assert!(mask.contains_key("domain"));
+    // K of the true field, as `predict` computes it, agrees with the solver's own.
+    let k_true = json(&out.join("predict/summary.json"))["k_true_m2"]
+        .as_f64()
+        .unwrap();
+    let k_solver = json(&out.join("data/dataset.json"))["samples"][index as usize]["k_3d_m2"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (k_true / k_solver - 1.0).abs() < 0.1,
+        "{k_true} vs {k_solver}"
+    );
 
     // A rerun resumes: no training epoch is repeated.
     let before = json(&out.join("diffusion/log.json"))["history"].clone();

@@ -319,6 +319,15 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
         std::fs::read_dir(s.data.join("latents")).unwrap().count(),
         1
     );
+
+    // Latents encoded from another version of the dataset are refused, not reused.
+    let meta_path = cache.join("meta.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap();
+    let stale = meta.replace(&vae.dataset_manifest_sha256, &"0".repeat(64));
+    assert_ne!(stale, meta);
+    std::fs::write(&meta_path, stale).unwrap();
+    let err = LatentCache::open(&dataset, &vae).err().unwrap().to_string();
+    assert!(err.contains("changed since its latents"), "{err}");
 }
 
 #[test]
@@ -733,11 +742,10 @@ fn physics_losses_reach_the_denoiser_and_are_logged() {
             assert!(v.is_finite() && v >= 0.0, "{m:?}");
         }
     }
-    // The truth is masked (no fibre velocity) and has a finite divergence at this pitch.
+    // The solver's field has a finite, small discrete divergence at this slice pitch.
     let truth = physics.val_physics_truth;
-    assert_eq!(truth.fibre_velocity, 0.0);
     assert!(
-        truth.divergence > 0.0 && truth.divergence.is_finite(),
+        truth.divergence > 0.0 && truth.divergence < 1.0,
         "{truth:?}"
     );
 

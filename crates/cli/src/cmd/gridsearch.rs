@@ -95,7 +95,7 @@ pub fn run(a: GridsearchArgs) -> Result<()> {
     for run in todo {
         bar.run = run.id.clone();
         let dir = a.out.join(RUNS_DIR).join(&run.id);
-        let resumed = checkpoint::existing_dir(&dir.join("checkpoint")).is_some();
+        let resumed = checkpoint::existing_dir(&dir.join(checkpoint::CHECKPOINT_DIR)).is_some();
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let cfg = run.config.clone();

@@ -3,6 +3,7 @@
 //! an ensemble mean and per-voxel standard deviation, written as NumPy arrays, a VTK
 //! volume for ParaView, a comparison figure and a summary.
 
+use super::evaluate::physics_of;
 use super::sampler_args::SamplerArgs;
 use super::solve::{FlowArgs, SolidArg};
 use crate::output;
@@ -92,7 +93,17 @@ pub fn run(a: PredictArgs) -> Result<()> {
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
     let model = TrainedModel::load(&a.model, &device)?;
-    let (sample, solve_s, truth) = input_sample(&a)?;
+    let Input {
+        sample,
+        solve_s,
+        truth,
+        physics: (mu, g),
+    } = input_sample(&a)?;
+    let slices = sample.domain.dim().0;
+    let slice = a.slice.unwrap_or(slices / 2);
+    if slice >= slices {
+        bail!("--slice {slice} is beyond the {slices} slices");
+    }
     let voxel = VoxelSize {
         dx_m: sample.dxyz[0],
         dy_m: sample.dxyz[1],
@@ -143,17 +154,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
         figure = figure.with_truth(u.view())?;
     }
     volume.write(&a.out.join("prediction.vti"))?;
-    let slice = a.slice.unwrap_or(sample.domain.dim().0 / 2);
-    if slice >= sample.domain.dim().0 {
-        bail!(
-            "--slice {slice} is beyond the {} slices",
-            sample.domain.dim().0
-        );
-    }
     figure.write_png(slice, &a.out.join("comparison.png"))?;
 
-    let physics = a.flow.config()?.physics;
-    let (mu, g) = (physics.viscosity_pa_s, physics.pressure_gradient_pa_per_m);
     let k_of = |u: &Array4<f32>| -> Result<f64> {
         Ok(permeability(
             &Flow::new(u.view(), sample.domain.view())?,
@@ -208,8 +210,19 @@ pub fn run(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The sample to predict, the seconds spent solving its 2D flow, and its 3D truth if known.
-fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
+/// What `predict` works on.
+struct Input {
+    sample: Sample,
+    /// Seconds spent solving its 2D flow.
+    solve_s: f64,
+    /// Its 3D flow, when known.
+    truth: Option<Array4<f32>>,
+    /// Viscosity and pressure gradient of its flow (a dataset's own, or the solver flags')
+    /// for the permeability.
+    physics: (f64, f64),
+}
+
+fn input_sample(a: &PredictArgs) -> Result<Input> {
     if let (Some(dir), Some(index)) = (&a.dataset, a.index) {
         let dataset = Dataset::open(dir)?;
         if index >= dataset.len() {
@@ -221,7 +234,13 @@ fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
         }
         let sample = dataset.open_sample(index)?.load()?;
         let truth = sample.u.clone();
-        return Ok((sample, 0.0, Some(truth)));
+        let physics = physics_of(&dataset.manifest.header.generator);
+        return Ok(Input {
+            sample,
+            solve_s: 0.0,
+            truth: Some(truth),
+            physics,
+        });
     }
     let path = a.microstructure.as_ref().expect("clap requires one input");
     let solid = match a.solid_value {
@@ -242,12 +261,13 @@ fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
         .mapv(f32::from)
         .into_shape_with_order((s, 1, h, w))
         .expect("same element count");
+    let flow = a.flow.config()?;
     let started = Instant::now();
     let u2d = match &a.flow2d {
         Some(p) => read_flow2d(p, (s, 3, h, w))?,
         None => {
             eprintln!("solving the 2D flow of {s} slices…");
-            solve_sample(slices.view(), None, voxel, &a.flow.config()?, None)
+            solve_sample(slices.view(), None, voxel, &flow, None)
                 .with_context(|| path.display().to_string())?
                 .u2d
         }
@@ -260,7 +280,16 @@ fn input_sample(a: &PredictArgs) -> Result<(Sample, f64, Option<Array4<f32>>)> {
         u2d,
         dxyz: voxel.as_array(),
     };
-    Ok((sample, solve_s, None))
+    let physics = (
+        flow.physics.viscosity_pa_s,
+        flow.physics.pressure_gradient_pa_per_m,
+    );
+    Ok(Input {
+        sample,
+        solve_s,
+        truth: None,
+        physics,
+    })
 }
 
 fn read_flow2d(path: &Path, shape: (usize, usize, usize, usize)) -> Result<Array4<f32>> {

@@ -59,6 +59,9 @@ struct Step {
     seconds: f64,
 }
 
+/// Stochastic draws averaged by the model evaluation and the prediction.
+const DRAWS: &str = "4";
+
 pub fn run(a: QuickstartArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the fiberflow binary")?;
     let out = &a.out;
@@ -75,6 +78,8 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     std::fs::create_dir_all(&eval).with_context(|| format!("{eval}: cannot create"))?;
     let e = |i: usize| a.epochs[i].to_string();
     let dev = ["--device", a.device.as_str()];
+    // Children use this process's worker count (`fiberflow --threads N quickstart`).
+    let threads = rayon::current_num_threads().to_string();
     let test_index = first_test_index(&data);
     let mut generate = args(
         &[
@@ -168,7 +173,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
                     "--dataset",
                     &data,
                     "--samples",
-                    "4",
+                    DRAWS,
                     "--json",
                     &format!("{eval}/model.json"),
                     "--csv",
@@ -231,7 +236,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
                     "--index",
                     &index,
                     "--samples",
-                    "4",
+                    DRAWS,
                     "--out",
                     &pred,
                 ],
@@ -243,6 +248,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         eprintln!("\n== quickstart: {name}");
         let t = Instant::now();
         let status = Command::new(&exe)
+            .args(["--threads", &threads])
             .args(&argv)
             .status()
             .with_context(|| format!("cannot run {}", exe.display()))?;
@@ -253,7 +259,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         }
         steps.push(Step {
             name,
-            command: format!("fiberflow {}", argv.join(" ")),
+            command: format!("fiberflow --threads {threads} {}", argv.join(" ")),
             seconds: t.elapsed().as_secs_f64(),
         });
     }
@@ -295,7 +301,7 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
     writeln!(md, "## Test-split accuracy\n")?;
     writeln!(
         md,
-        "Relative L2 errors ‖pred − true‖/‖true‖ over the fluid (lower is better), the true top-10 % magnitude IoU, the permeability error and the divergence relative to |u|/dx. *Model*: E2D → latent diffusion → D3D, mean of 4 draws; *VAE only*: D3D(E3D(U)), the best the latent space allows; *copy 2D*: U_2d as the 3D flow (vz = 0).\n"
+        "Relative L2 errors ‖pred − true‖/‖true‖ over the fluid (lower is better), the true top-10 % magnitude IoU, the permeability error and the divergence relative to |u|/dx. *Model*: E2D → latent diffusion → D3D, mean of {DRAWS} draws; *VAE only*: D3D(E3D(U)), the best the latent space allows; *copy 2D*: U_2d as the 3D flow (vz = 0).\n"
     )?;
     writeln!(
         md,
@@ -308,34 +314,34 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
         ("copy 2D", "eval/copy2d.json"),
     ] {
         let r = load(file)?;
-        let m = |k: &str| metric(&r, k);
+        let m = |k: &str| metric(&r, k).context(file);
         writeln!(
             md,
             "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.4} |",
-            m("rel_l2_u"),
-            m("rel_l2_v"),
-            m("rel_l2_w"),
-            m("rel_l2_total"),
-            m("iou_top10"),
-            m("k_rel_err"),
-            m("div_rel_pred"),
-            m("ref_accuracy_score")
+            m("rel_l2_u")?,
+            m("rel_l2_v")?,
+            m("rel_l2_w")?,
+            m("rel_l2_total")?,
+            m("iou_top10")?,
+            m("k_rel_err")?,
+            m("div_rel_pred")?,
+            m("ref_accuracy_score")?
         )?;
     }
     let model = load("eval/model.json")?;
     writeln!(
         md,
         "\nPer-sample values: `eval/model.csv`; everything, including the reference-exact `ref_` metrics: `eval/*.json`. Prediction time: {:.2} s per sample ({} draws).\n",
-        model["seconds_per_sample"].as_f64().unwrap_or(f64::NAN),
-        4
+        number(&model, "seconds_per_sample")?,
+        DRAWS
     )?;
     let summary = load("predict/summary.json")?;
     writeln!(md, "## One test sample\n")?;
     writeln!(
         md,
-        "Permeability predicted {:.4e} m², true {:.4e} m². Mean of 4 draws (rows: truth, prediction, error, standard deviation of the draws); `predict/prediction.vti` opens in ParaView.\n",
-        summary["k_pred_m2"].as_f64().unwrap_or(f64::NAN),
-        summary["k_true_m2"].as_f64().unwrap_or(f64::NAN)
+        "Permeability predicted {:.4e} m², true {:.4e} m². Mean of {DRAWS} draws (rows: truth, prediction, error, standard deviation of the draws); `predict/prediction.vti` opens in ParaView.\n",
+        number(&summary, "k_pred_m2")?,
+        number(&summary, "k_true_m2")?
     )?;
     writeln!(md, "![comparison](predict/comparison.png)\n")?;
     writeln!(md, "## Training\n")?;
@@ -362,11 +368,24 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
     output::json(&out.join("timings.json"), &steps)
 }
 
-/// The summary mean of one metric in an evaluation report.
-fn metric(report: &Value, name: &str) -> f64 {
-    report["summary"]["metrics"]
+/// The summary mean of one metric in an evaluation report; a metric that is missing is an
+/// error (a renamed metric must not turn the report into NaNs), one without a finite
+/// value (JSON null) shows as NaN.
+fn metric(report: &Value, name: &str) -> Result<f64> {
+    let entry = report["summary"]["metrics"]
         .as_array()
         .and_then(|ms| ms.iter().find(|m| m["name"] == name))
-        .and_then(|m| m["mean"].as_f64())
-        .unwrap_or(f64::NAN)
+        .with_context(|| format!("the evaluation has no metric {name}"))?;
+    number(entry, "mean")
+}
+
+/// A numeric field of a JSON object; NaN for null, an error when absent.
+fn number(v: &Value, key: &str) -> Result<f64> {
+    match v.get(key) {
+        Some(Value::Null) => Ok(f64::NAN),
+        Some(x) => x
+            .as_f64()
+            .with_context(|| format!("field {key} is not a number")),
+        None => bail!("no field {key}"),
+    }
 }

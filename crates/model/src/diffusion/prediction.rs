@@ -84,7 +84,7 @@ impl NoiseSchedule {
     }
 
     /// x̂0 clamped to ±`clip_x0`, as the samplers use it.
-    pub(super) fn clip(&self, x0: Tensor<5>) -> Tensor<5> {
+    pub fn clip(&self, x0: Tensor<5>) -> Tensor<5> {
         match self.clip_x0() {
             Some(c) => x0.clamp(-c, c),
             None => x0,

@@ -145,6 +145,16 @@ impl LatentCache {
             return Ok(None);
         }
         let meta: CacheMeta = read_json(&meta_path, "")?;
+        let manifest_sha256 = dataset.manifest.sha256(&dataset.dir)?;
+        if meta.dataset_manifest_sha256 != manifest_sha256 {
+            return Err(ModelError::Config(format!(
+                "{} changed since its latents in {} were encoded (manifest {} ≠ {}); the VAE was trained on the old data: retrain it on this dataset",
+                dataset.dir.display(),
+                dir.display(),
+                meta.dataset_manifest_sha256,
+                manifest_sha256
+            )));
+        }
         let complete = meta.vae_key == vae.key
             && meta.samples == dataset.len()
             && (0..dataset.len()).all(|i| sample_file(&dir, i).exists());

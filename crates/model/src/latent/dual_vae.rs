@@ -79,7 +79,7 @@ impl DualVae {
             config,
             target: log2.config.target,
             normalizer: log2.normalizer,
-            stage2_dir: stage2_dir.to_path_buf(),
+            stage2_dir: checkpoint::absolute(stage2_dir),
             stage1_dir,
             key: format!("{:x}", hasher.finalize()),
             dataset_manifest_sha256: log2.dataset_manifest_sha256,

@@ -29,7 +29,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use fiberflow_data::json::{read_json, write_json};
+use fiberflow_data::json::write_json;
 use fiberflow_data::{Batch, Dataset, Loader, LoaderConfig, Mirror, Progress, Subset};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -336,38 +336,27 @@ pub fn train_diffusion(
         val_physics_truth: PhysicsMetrics::default(),
         parameters: model.num_params(),
     };
-    let ckpt = out.join("checkpoint");
-    match (resume, checkpoint::existing_dir(&ckpt)) {
-        (true, Some(dir)) => {
-            let saved: DiffusionRunLog = read_json(&dir.join("state.json"), "")?;
-            if saved.config != cfg {
-                return Err(ModelError::Config(format!(
-                    "{} was trained with another configuration; resume with the same one, or train into a new --out",
-                    out.display()
-                )));
-            }
-            if saved.vae_key != log.vae_key || saved.scales != log.scales {
-                return Err(ModelError::Config(format!(
-                    "{} was trained with another VAE or dataset; resume with the same --vae and --dataset, or train into a new --out",
-                    out.display()
-                )));
-            }
-            model = checkpoint::load(model, &dir.join("model.bpk"))?;
-            ema_model = checkpoint::load(ema_model, &dir.join("ema.bpk"))?;
-            let path = dir.join("optim.bpk");
-            optim = optim
-                .load(&path)
-                .map_err(|e| ModelError::checkpoint(&path, e))?;
-            log = saved;
-            write_json(&out.join(LOG_FILE), &log)?;
-        }
-        (false, Some(_)) => {
+    if let Some((dir, saved)) = checkpoint::resume_from::<DiffusionRunLog>(out, resume)? {
+        if saved.config != cfg {
             return Err(ModelError::Config(format!(
-                "{} already holds a run; pass --resume to continue it, or choose a new --out",
+                "{} was trained with another configuration; resume with the same one, or train into a new --out",
                 out.display()
             )));
         }
-        _ => {}
+        if saved.vae_key != log.vae_key || saved.scales != log.scales {
+            return Err(ModelError::Config(format!(
+                "{} was trained with another VAE or dataset; resume with the same --vae and --dataset, or train into a new --out",
+                out.display()
+            )));
+        }
+        model = checkpoint::load(model, &dir.join("model.bpk"))?;
+        ema_model = checkpoint::load(ema_model, &dir.join("ema.bpk"))?;
+        let path = dir.join("optim.bpk");
+        optim = optim
+            .load(&path)
+            .map_err(|e| ModelError::checkpoint(&path, e))?;
+        log = saved;
+        write_json(&out.join(LOG_FILE), &log)?;
     }
 
     let val_batches = val_batches(&dataset)?;
@@ -445,19 +434,18 @@ pub fn train_diffusion(
         if val_errors.relative_l2_total < log.best_val_error {
             log.best_val_error = val_errors.relative_l2_total;
             log.best_epoch = Some(epoch);
-            checkpoint::save(&ema_model, &out.join(BEST_FILE))?;
+            checkpoint::save_atomic(&ema_model, &out.join(BEST_FILE))?;
         }
         log.history.push(record);
-        checkpoint::write_dir(&ckpt, |dir| {
+        checkpoint::commit_epoch(out, &log, |dir| {
             checkpoint::save(&model, &dir.join("model.bpk"))?;
             checkpoint::save(&ema_model, &dir.join("ema.bpk"))?;
             let path = dir.join("optim.bpk");
             optim
                 .save(&path)
                 .map_err(|e| ModelError::checkpoint(&path, e))?;
-            Ok(write_json(&dir.join("state.json"), &log)?)
+            Ok(())
         })?;
-        write_json(&out.join(LOG_FILE), &log)?;
         if observer
             .epoch(log.history.last().expect("just pushed"))
             .is_break()
@@ -528,7 +516,9 @@ fn batch_loss(
                 Tensor::cat(vec![x_t.clone(), cond, geometry], 1),
                 Some(Tensor::<1>::from_floats(times.as_slice(), device)),
             )?;
-            let x0_hat = schedule.x0_from(pred.clone(), x_t, &t)?;
+            // Clamped as the samplers clamp it, so that an ε-model's x̂0 at large t (×1/α,
+            // up to ≈ 160) does not swamp the physics gradient.
+            let x0_hat = schedule.clip(schedule.x0_from(pred.clone(), x_t, &t)?);
             (cfg.diffusion.loss.compute(pred, target)?, x0_hat)
         }
     };

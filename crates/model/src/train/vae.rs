@@ -237,9 +237,8 @@ pub trait TrainObserver {
 }
 
 /// Files of a run folder.
-pub const LOG_FILE: &str = "log.json";
+pub use super::checkpoint::LOG_FILE;
 pub const BEST_FILE: &str = "best_model.bpk";
-const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Trains stage 1 or 2 on `device` into `out`, resuming from its checkpoint when `resume`
 /// is set.
@@ -276,7 +275,8 @@ pub fn train_vae(
             cfg.vae = log.config.vae.clone();
             cfg.normalization = log.config.normalization;
             cfg.target = log.config.target;
-            Some((dir.to_path_buf(), log))
+            // Absolute, so the diffusion stage finds it from any working directory.
+            Some((checkpoint::absolute(dir), log))
         }
         (Stage::One, Some(_)) => {
             return Err(ModelError::Config("--stage1 is only for stage 2".into()));
@@ -326,37 +326,26 @@ pub fn train_vae(
         best_val_loss: f64::INFINITY,
         parameters: trainer.model.num_params(),
     };
-    let ckpt = out.join(CHECKPOINT_DIR);
-    match (resume, checkpoint::existing_dir(&ckpt)) {
-        (true, Some(dir)) => {
-            let saved: RunLog = read_json(&dir.join("state.json"), "")?;
-            if saved.config != cfg || saved.stage != stage {
-                return Err(ModelError::Config(format!(
-                    "{} was trained with another configuration or stage; resume with the same config, or train into a new --out",
-                    out.display()
-                )));
-            }
-            if saved.dataset_manifest_sha256 != log.dataset_manifest_sha256
-                || saved.normalizer != log.normalizer
-                || saved.stage1 != log.stage1
-            {
-                return Err(ModelError::Config(format!(
-                    "{} was trained on another dataset, normalisation or stage-1 run; resume with the same --dataset and --stage1, or train into a new --out",
-                    out.display()
-                )));
-            }
-            trainer.load(&dir)?;
-            log = saved;
-            // A kill between the checkpoint and log.json leaves the log one epoch behind.
-            write_json(&out.join(LOG_FILE), &log)?;
-        }
-        (false, Some(_)) => {
+    if let Some((dir, saved)) = checkpoint::resume_from::<RunLog>(out, resume)? {
+        if saved.config != cfg || saved.stage != stage {
             return Err(ModelError::Config(format!(
-                "{} already holds a run; pass --resume to continue it, or choose a new --out",
+                "{} was trained with another configuration or stage; resume with the same config, or train into a new --out",
                 out.display()
             )));
         }
-        _ => {}
+        if saved.dataset_manifest_sha256 != log.dataset_manifest_sha256
+            || saved.normalizer != log.normalizer
+            || saved.stage1 != log.stage1
+        {
+            return Err(ModelError::Config(format!(
+                "{} was trained on another dataset, normalisation or stage-1 run; resume with the same --dataset and --stage1, or train into a new --out",
+                out.display()
+            )));
+        }
+        trainer.load(&dir)?;
+        log = saved;
+        // A kill between the checkpoint and log.json leaves the log one epoch behind.
+        write_json(&out.join(LOG_FILE), &log)?;
     }
 
     let loader_cfg = |subset: Subset| LoaderConfig {
@@ -450,14 +439,10 @@ pub fn train_vae(
         if improved {
             log.best_val_loss = val_loss;
             log.best_epoch = Some(epoch);
-            checkpoint::save(&trainer.inference_model(), &out.join(BEST_FILE))?;
+            checkpoint::save_atomic(&trainer.inference_model(), &out.join(BEST_FILE))?;
         }
         log.history.push(record);
-        checkpoint::write_dir(&ckpt, |dir| {
-            trainer.save(dir)?;
-            Ok(write_json(&dir.join("state.json"), &log)?)
-        })?;
-        write_json(&out.join(LOG_FILE), &log)?;
+        checkpoint::commit_epoch(out, &log, |dir| trainer.save(dir))?;
         if observer
             .epoch(log.history.last().expect("just pushed"))
             .is_break()

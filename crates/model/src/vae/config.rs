@@ -81,6 +81,13 @@ impl VaeConfig {
         if self.blocks_per_level == 0 {
             return bad("blocks_per_level must be ≥ 1".into());
         }
+        let features = fiberflow_data::features::GEOMETRY_CHANNELS;
+        if ![0, features].contains(&self.geometry_channels) {
+            return bad(format!(
+                "geometry_channels = {} must be 0 (no microstructure input) or {features} (mask and distance to fibres)",
+                self.geometry_channels
+            ));
+        }
         if !(self.logvar_clamp.is_finite() && self.logvar_clamp > 0.0) {
             return bad("logvar_clamp must be a positive number".into());
         }
@@ -132,6 +139,12 @@ mod tests {
         assert!(VaeConfig::new().with_channels(vec![]).validate().is_err());
         assert!(VaeConfig::new().with_latent_channels(0).validate().is_err());
         assert!(VaeConfig::new().with_groups(0).validate().is_err());
+        assert!(
+            VaeConfig::new()
+                .with_geometry_channels(3)
+                .validate()
+                .is_err()
+        );
         let e = VaeConfig::new().check_input(64, 30).unwrap_err();
         assert!(
             e.to_string()
