@@ -43,7 +43,7 @@ enum Command {
     Plot(cmd::plot::PlotArgs),
     /// Predict the 3D flow of one microstructure (dataset sample or image stack), with
     /// uncertainty, as .npy, ParaView .vti, PNG and JSON.
-    Predict(cmd::predict::PredictArgs),
+    Predict(Box<cmd::predict::PredictArgs>),
     /// Use a trained dual VAE: cache its latents, or draw what it reconstructs.
     Vae(cmd::vae::VaeArgs),
     /// Measure what the solver and the networks cost (throughput, training steps, prediction).
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         Command::Gridsearch(a) => cmd::gridsearch::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
-        Command::Predict(a) => cmd::predict::run(a),
+        Command::Predict(a) => cmd::predict::run(*a),
         Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };

@@ -92,8 +92,9 @@ fn bench_all_writes_every_section() {
         );
     }
     let diffusion = j["diffusion"].as_array().unwrap();
-    // Noisy latent ⊕ condition (8 + 8) ⊕ geometry (2) on the 32/4 = 8 latent.
-    assert_eq!(diffusion[0]["input"], serde_json::json!([1, 18, 1, 8, 8]));
+    // Noisy latent ⊕ condition (8 + 8) ⊕ geometry (2) ⊕ pressure change (1) on the
+    // 32/4 = 8 latent.
+    assert_eq!(diffusion[0]["input"], serde_json::json!([1, 19, 1, 8, 8]));
     assert!(f(&diffusion[0]["seconds_per_sample"]) > 0.0);
     // The reference U-Net halves its latent four times: 8 × 8 does not fit.
     assert_eq!(diffusion[1]["architecture"], "reference");

@@ -174,6 +174,28 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         ],
         &["shape", "(3, 3, 16, 16)"],
     );
+    // The model is conditioned on the 2D pressure: a 2D flow without it is refused.
+    Array4::<f32>::zeros((3, 3, 16, 16))
+        .write_npy(fs::File::create(&flow).unwrap())
+        .unwrap();
+    fails(
+        [
+            "predict",
+            "--model",
+            &diff,
+            "--microstructure",
+            &mask.display().to_string(),
+            "--flow2d",
+            &flow.display().to_string(),
+            "--voxel-size-um",
+            "0.75",
+            "--slice-pitch-um",
+            "2",
+            "--out",
+            &tmp.path().join("p").display().to_string(),
+        ],
+        &["p_2d", "--pressure2d"],
+    );
     fails(
         [
             "predict",

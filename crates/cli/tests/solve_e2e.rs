@@ -121,10 +121,16 @@ fn geometry_then_solve_writes_consistent_fields() {
     let u2d = npy4(&out.join("U_2d.npy"));
     let u = npy4(&out.join("U.npy"));
     let pressure = npy4(&out.join("p.npy"));
+    let pressure_2d = npy4(&out.join("p_2d.npy"));
     assert_eq!(u2d.dim(), (3, 3, 16, 16));
     assert_eq!(u.dim(), (3, 3, 16, 16));
     assert_eq!(pressure.dim(), (3, 1, 16, 16));
-    for field in [&u2d, &u, &pressure] {
+    assert_eq!(pressure_2d.dim(), (3, 1, 16, 16));
+    assert!(
+        pressure_2d != pressure,
+        "p_2d is the 2D solves', p the 3D one's"
+    );
+    for field in [&u2d, &u, &pressure, &pressure_2d] {
         assert!(field.iter().all(|v| v.is_finite()));
     }
     // No flow and no pressure inside fibres.
@@ -135,6 +141,11 @@ fn geometry_then_solve_writes_consistent_fields() {
                 assert_eq!(u[[k, c, y, x]], 0.0, "U[{k},{c},{y},{x}] in fibre");
             }
             assert_eq!(pressure[[k, 0, y, x]], 0.0, "p[{k},0,{y},{x}] in fibre");
+            assert_eq!(
+                pressure_2d[[k, 0, y, x]],
+                0.0,
+                "p_2d[{k},0,{y},{x}] in fibre"
+            );
         }
     }
     // 2D flow has no vz; the 3D flow of leaning fibres does; both flow along +x.

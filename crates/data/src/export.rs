@@ -30,8 +30,16 @@ pub fn export_npy(
     let n = indices.len();
     let shape = dataset.manifest.header.shape;
 
-    let mut fields = Vec::with_capacity(Field::ALL.len());
-    for field in Field::ALL {
+    // p_2d is exported when every sample has it (datasets generated here).
+    let mut with_p2d = true;
+    for &i in &indices {
+        with_p2d &= dataset.open_sample(i)?.has(Field::P2d);
+    }
+    let mut fields = Vec::with_capacity(Field::EVERY.len());
+    for field in Field::EVERY {
+        if field == Field::P2d && !with_p2d {
+            continue;
+        }
         let [s, c, h, w] = shape.dims(field);
         fields.push((
             field,

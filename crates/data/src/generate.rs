@@ -159,6 +159,7 @@ pub fn generate_sample(
         u2d: flow.u2d,
         u,
         p: flow.p,
+        p2d: Some(flow.p2d),
         dxyz: voxel.as_array(),
     };
     let record = SampleRecord {

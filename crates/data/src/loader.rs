@@ -21,7 +21,8 @@ use crate::split::Subset;
 /// Which axes a sample is mirrored along.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Mirror {
-    /// Flip W (columns), negate vy, vz and p (mirror, then reverse to keep the drive along +x).
+    /// Flip W (columns), negate vy, vz and both pressures (mirror, then reverse to keep the
+    /// drive along +x).
     pub x: bool,
     /// Flip H (rows), negate vy.
     pub y: bool,
@@ -43,17 +44,18 @@ impl Mirror {
             if !on {
                 continue;
             }
-            for field in Field::ALL {
-                let array = sample.field_mut(field);
+            for field in Field::EVERY {
+                let Some(array) = sample.field_mut(field) else {
+                    continue;
+                };
                 array.invert_axis(Axis(axis));
                 if field.channels() == 3 {
                     for &c in channels {
                         array.index_axis_mut(Axis(1), c).mapv_inplace(|v| -v);
                     }
+                } else if negate_p && field != Field::Domain {
+                    array.mapv_inplace(|v| -v);
                 }
-            }
-            if negate_p {
-                sample.p.mapv_inplace(|v| -v);
             }
         }
     }
@@ -111,7 +113,23 @@ pub struct Batch {
 impl Batch {
     /// `field` of every sample stacked along a leading batch axis, `(B, S, C, H, W)`.
     pub fn stack(&self, field: Field) -> Result<Array5<f32>> {
-        let views: Vec<_> = self.samples.iter().map(|s| s.field(field).view()).collect();
+        let views = self
+            .samples
+            .iter()
+            .zip(&self.indices)
+            .map(|(s, i)| {
+                s.field(field).map(|a| a.view()).ok_or_else(|| {
+                    DataError::invalid(
+                        "<batch>",
+                        format!(
+                            "sample {i} has no `{}` (a dataset generated before it was \
+                             stored, or an import); regenerate the dataset",
+                            field.name()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         ndarray::stack(Axis(0), &views).map_err(|e| {
             DataError::invalid("<batch>", format!("cannot stack `{}`: {e}", field.name()))
         })
@@ -244,6 +262,7 @@ mod tests {
             u2d: Array4::from_shape_fn((2, 3, 2, 2), code(0.5)),
             u: Array4::from_shape_fn((2, 3, 2, 2), code(0.25)),
             p: Array4::from_shape_fn((2, 1, 2, 2), code(0.75)),
+            p2d: Some(Array4::from_shape_fn((2, 1, 2, 2), code(0.125))),
             dxyz: [1.0, 2.0, 3.0],
         }
     }
@@ -263,7 +282,7 @@ mod tests {
             assert_eq!(after.domain[[s, 0, h, w]], before.domain[[s, 0, hm, w]]);
             assert_eq!(after.p[[s, 0, h, w]], before.p[[s, 0, hm, w]]);
             for field in [Field::U, Field::U2d] {
-                let (a, b) = (after.field(field), before.field(field));
+                let (a, b) = (after.field(field).unwrap(), before.field(field).unwrap());
                 assert_eq!(a[[s, 0, h, w]], b[[s, 0, hm, w]], "vx kept");
                 assert_eq!(a[[s, 1, h, w]], -b[[s, 1, hm, w]], "vy negated");
                 assert_eq!(a[[s, 2, h, w]], b[[s, 2, hm, w]], "vz kept");
@@ -287,6 +306,8 @@ mod tests {
         assert_eq!(x.u[[0, 2, 1, 0]], -before.u[[0, 2, 1, 1]]);
         assert_eq!(x.u2d[[1, 0, 0, 1]], before.u2d[[1, 0, 0, 0]]);
         assert_eq!(x.p[[1, 0, 0, 1]], -before.p[[1, 0, 0, 0]]);
+        let (xp2d, p2d) = (x.p2d.as_ref().unwrap(), before.p2d.as_ref().unwrap());
+        assert_eq!(xp2d[[1, 0, 0, 1]], -p2d[[1, 0, 0, 0]]);
         assert_eq!(x.domain[[1, 0, 0, 1]], before.domain[[1, 0, 0, 0]]);
 
         let mut z = before.clone();
@@ -299,6 +320,8 @@ mod tests {
         assert_eq!(z.u[[0, 2, 1, 0]], -before.u[[1, 2, 1, 0]]);
         assert_eq!(z.u2d[[0, 0, 1, 0]], before.u2d[[1, 0, 1, 0]]);
         assert_eq!(z.p[[0, 0, 1, 0]], before.p[[1, 0, 1, 0]]);
+        let (zp2d, p2d) = (z.p2d.as_ref().unwrap(), before.p2d.as_ref().unwrap());
+        assert_eq!(zp2d[[0, 0, 1, 0]], p2d[[1, 0, 1, 0]]);
         assert_eq!(z.domain[[0, 0, 0, 1]], before.domain[[1, 0, 0, 1]]);
     }
 

@@ -121,6 +121,7 @@ pub fn import_reference(src: &Path, out: &Path, progress: &mut dyn Progress) -> 
                 u2d: u2d.sample(i, shape.dims(Field::U2d))?,
                 u: u.sample(i, shape.dims(Field::U))?,
                 p: p.sample(i, shape.dims(Field::P))?,
+                p2d: None,
                 dxyz,
             };
             sample.check(&PathBuf::from(format!("{} (sample {i})", x.display())))?;

@@ -1,7 +1,8 @@
 //! One sample (one microstructure and its flow fields) in memory and on disk.
 //!
 //! On disk a sample is one safetensors file holding `domain`, `U_2d`, `U`, `p` (f32,
-//! `(S, C, H, W)`, see `fiberflow_geometry::layout`) and `dxyz` (f64, `(3,)`, metres).
+//! `(S, C, H, W)`, see `fiberflow_geometry::layout`), `dxyz` (f64, `(3,)`, metres) and,
+//! in datasets generated here, `p_2d` (f32, `(S, 1, H, W)`); reference imports lack it.
 //! Files are written atomically and read through a memory map, so opening one costs only
 //! its header and a field is decoded only when asked for.
 
@@ -46,7 +47,7 @@ impl fmt::Display for Shape {
     }
 }
 
-/// The four voxel fields of a sample.
+/// The voxel fields of a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {
     /// Mask, 1 = fluid, 0 = fibre; one channel.
@@ -57,11 +58,17 @@ pub enum Field {
     U,
     /// Pressure, Pa; one channel.
     P,
+    /// Pressure of each slice's own 2D solve, Pa; one channel. Optional: the reference's
+    /// layout has no such file.
+    P2d,
 }
 
 impl Field {
-    /// All fields in storage order.
+    /// The fields every sample holds, in storage order.
     pub const ALL: [Field; 4] = [Field::Domain, Field::U2d, Field::U, Field::P];
+
+    /// Every field, the optional [`Field::P2d`] last.
+    pub const EVERY: [Field; 5] = [Field::Domain, Field::U2d, Field::U, Field::P, Field::P2d];
 
     /// Tensor name in sample files and exports (the reference's file stems).
     pub const fn name(self) -> &'static str {
@@ -70,6 +77,7 @@ impl Field {
             Field::U2d => "U_2d",
             Field::U => "U",
             Field::P => "p",
+            Field::P2d => "p_2d",
         }
     }
 
@@ -80,13 +88,14 @@ impl Field {
             Field::U2d => 1,
             Field::U => 2,
             Field::P => 3,
+            Field::P2d => 4,
         }
     }
 
     /// Number of channels `C`.
     pub const fn channels(self) -> usize {
         match self {
-            Field::Domain | Field::P => 1,
+            Field::Domain | Field::P | Field::P2d => 1,
             Field::U2d | Field::U => 3,
         }
     }
@@ -103,29 +112,40 @@ pub struct Sample {
     pub u: Array4<f32>,
     /// `(S, 1, H, W)` pressure, Pa.
     pub p: Array4<f32>,
+    /// `(S, 1, H, W)` pressure of each slice's 2D solve, Pa, when known.
+    pub p2d: Option<Array4<f32>>,
     /// Voxel size `[dx, dy, dz]`, m.
     pub dxyz: [f64; 3],
 }
 
 impl Sample {
-    /// The array of `field`.
-    pub fn field(&self, field: Field) -> &Array4<f32> {
+    /// The array of `field`; `None` only for an absent optional field.
+    pub fn field(&self, field: Field) -> Option<&Array4<f32>> {
         match field {
-            Field::Domain => &self.domain,
-            Field::U2d => &self.u2d,
-            Field::U => &self.u,
-            Field::P => &self.p,
+            Field::Domain => Some(&self.domain),
+            Field::U2d => Some(&self.u2d),
+            Field::U => Some(&self.u),
+            Field::P => Some(&self.p),
+            Field::P2d => self.p2d.as_ref(),
         }
     }
 
-    /// The array of `field`, mutably.
-    pub fn field_mut(&mut self, field: Field) -> &mut Array4<f32> {
+    /// The array of `field`, mutably; `None` only for an absent optional field.
+    pub fn field_mut(&mut self, field: Field) -> Option<&mut Array4<f32>> {
         match field {
-            Field::Domain => &mut self.domain,
-            Field::U2d => &mut self.u2d,
-            Field::U => &mut self.u,
-            Field::P => &mut self.p,
+            Field::Domain => Some(&mut self.domain),
+            Field::U2d => Some(&mut self.u2d),
+            Field::U => Some(&mut self.u),
+            Field::P => Some(&mut self.p),
+            Field::P2d => self.p2d.as_mut(),
         }
+    }
+
+    /// The fields this sample holds, in storage order.
+    fn present(&self) -> impl Iterator<Item = (Field, &Array4<f32>)> {
+        Field::EVERY
+            .into_iter()
+            .filter_map(|f| self.field(f).map(|a| (f, a)))
     }
 
     /// `(S, H, W)` as given by the domain.
@@ -158,8 +178,7 @@ impl Sample {
                 format!("empty sample, shape {shape}"),
             ));
         }
-        for field in Field::ALL {
-            let array = self.field(field);
+        for (field, array) in self.present() {
             let expected = shape.dims(field);
             if array.shape() != expected {
                 return Err(DataError::WrongShape {
@@ -177,20 +196,15 @@ impl Sample {
     /// Writes the sample as a safetensors file, atomically, after validating it.
     pub fn write(&self, path: &Path) -> Result<()> {
         self.check(path)?;
-        let bytes: Vec<(Field, Vec<u8>)> = Field::ALL
-            .iter()
-            .map(|&f| {
-                (
-                    f,
-                    self.field(f).iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
-            })
+        let bytes: Vec<(Field, &Array4<f32>, Vec<u8>)> = self
+            .present()
+            .map(|(f, a)| (f, a, a.iter().flat_map(|v| v.to_le_bytes()).collect()))
             .collect();
         let dxyz: Vec<u8> = self.dxyz.iter().flat_map(|v| v.to_le_bytes()).collect();
         let corrupt = |e: safetensors::SafeTensorError| DataError::invalid(path, e.to_string());
-        let mut views = Vec::with_capacity(Field::ALL.len() + 1);
-        for (field, data) in &bytes {
-            let shape = self.field(*field).shape().to_vec();
+        let mut views = Vec::with_capacity(bytes.len() + 1);
+        for (field, array, data) in &bytes {
+            let shape = array.shape().to_vec();
             views.push((
                 field.name(),
                 TensorView::new(Dtype::F32, shape, data).map_err(corrupt)?,
@@ -249,8 +263,9 @@ pub struct SampleFile {
     path: PathBuf,
     map: Mmap,
     shape: Shape,
-    /// Byte ranges of the fields in `map`, in [`Field::ALL`] order.
-    ranges: [(usize, usize); 4],
+    /// Byte ranges of the fields in `map`, in [`Field::EVERY`] order; `None` for an
+    /// absent optional field.
+    ranges: [Option<(usize, usize)>; 5],
     dxyz: [f64; 3],
 }
 
@@ -314,8 +329,11 @@ impl SampleFile {
                 });
             }
         };
-        let mut ranges = [(0, 0); 4];
-        for (slot, field) in ranges.iter_mut().zip(Field::ALL) {
+        let mut ranges = [None; 5];
+        for (slot, field) in ranges.iter_mut().zip(Field::EVERY) {
+            if !Field::ALL.contains(&field) && metadata.info(field.name()).is_none() {
+                continue;
+            }
             let (dims, range) = tensor(field.name(), Dtype::F32)?;
             let expected = shape.dims(field);
             if dims != expected {
@@ -326,7 +344,7 @@ impl SampleFile {
                     found: dims,
                 });
             }
-            *slot = range;
+            *slot = Some(range);
         }
         let (dxyz_dims, dxyz_range) = tensor(DXYZ, Dtype::F64)?;
         if dxyz_dims != [3] {
@@ -383,14 +401,26 @@ impl SampleFile {
             u2d: self.decode(Field::U2d)?,
             u: self.decode(Field::U)?,
             p: self.decode(Field::P)?,
+            p2d: self
+                .has(Field::P2d)
+                .then(|| self.decode(Field::P2d))
+                .transpose()?,
             dxyz: self.dxyz,
         };
         sample.check(&self.path)?;
         Ok(sample)
     }
 
+    /// Whether the file holds `field` (always true for [`Field::ALL`]).
+    pub fn has(&self, field: Field) -> bool {
+        self.ranges[field.index()].is_some()
+    }
+
     fn decode(&self, field: Field) -> Result<Array4<f32>> {
-        let (start, end) = self.ranges[field.index()];
+        let (start, end) = self.ranges[field.index()].ok_or_else(|| DataError::MissingTensor {
+            path: self.path.clone(),
+            name: field.name().into(),
+        })?;
         let values: Vec<f32> = self.map[start..end]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))

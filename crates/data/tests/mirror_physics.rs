@@ -36,6 +36,7 @@ fn solve(slices: &Array3<u8>) -> Sample {
         u2d: out.u2d,
         u: out.u.unwrap(),
         p: out.p,
+        p2d: Some(out.p2d),
         dxyz: voxel.as_array(),
     }
 }
@@ -81,6 +82,11 @@ fn every_mirror_matches_a_solve_of_the_mirrored_geometry() {
             ("U", &mirrored.u, &direct.u),
             ("U_2d", &mirrored.u2d, &direct.u2d),
             ("p", &mirrored.p, &direct.p),
+            (
+                "p_2d",
+                mirrored.p2d.as_ref().unwrap(),
+                direct.p2d.as_ref().unwrap(),
+            ),
         ] {
             let err = max_abs(&(a - b));
             assert!(

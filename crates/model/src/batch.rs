@@ -4,7 +4,7 @@
 use crate::error::ModelError;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use fiberflow_data::features::geometry_features;
+use fiberflow_data::features::{geometry_features, pressure_change};
 use fiberflow_data::{Batch, Field, Statistics};
 use ndarray::{Array4, Array5, Axis};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,9 @@ pub struct TensorBatch {
     /// Microstructure features (mask, scaled distance to the nearest fibre),
     /// `(B, 2, S, H, W)`; see `fiberflow_data::features`.
     pub geometry: Tensor<5>,
+    /// Slice-to-slice change of the 2D pressure (`fiberflow_data::features::pressure_change`),
+    /// `(B, 1, S, H, W)`, when every sample of the batch has `p_2d`.
+    pub pressure: Option<Tensor<5>>,
     /// Voxel size `[dx, dy, dz]` in metres, shared by every sample of the batch.
     pub dxyz: [f64; 3],
 }
@@ -119,14 +122,31 @@ pub fn to_tensors(
             .map_err(|e| ModelError::Input(e.to_string()))?;
         Ok(channel_first(a, device))
     };
+    let input = |e: fiberflow_data::DataError| ModelError::Input(e.to_string());
+    let stack = |arrays: Vec<Array4<f32>>| -> Result<Tensor<5>, ModelError> {
+        let views: Vec<_> = arrays.iter().map(|f| f.view()).collect();
+        let stacked =
+            ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+        Ok(channel_first(stacked, device))
+    };
     let features = batch
         .samples
         .iter()
         .map(|s| geometry_features(s.domain.view(), s.dxyz[0]))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ModelError::Input(e.to_string()))?;
-    let views: Vec<_> = features.iter().map(|f| f.view()).collect();
-    let stacked = ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+        .map_err(input)?;
+    let pressure = batch
+        .samples
+        .iter()
+        .map(|s| {
+            s.p2d
+                .as_ref()
+                .map(|p| pressure_change(p.view(), s.domain.view()).map_err(input))
+        })
+        .collect::<Option<Result<Vec<_>, _>>>()
+        .transpose()?
+        .map(stack)
+        .transpose()?;
     let dxyz = batch.samples.first().map(|s| s.dxyz).unwrap_or_default();
     if batch.samples.iter().any(|s| s.dxyz != dxyz) {
         return Err(ModelError::Input(
@@ -138,7 +158,8 @@ pub fn to_tensors(
         u: norm.normalize(field(Field::U)?),
         u2d: norm.normalize(field(Field::U2d)?),
         mask: field(Field::Domain)?,
-        geometry: channel_first(stacked, device),
+        geometry: stack(features)?,
+        pressure,
     })
 }
 
@@ -159,9 +180,12 @@ mod tests {
             u2d: u.clone(),
             u,
             p: Array4::zeros((s, 1, h, w)),
+            p2d: Some(Array4::from_shape_fn((s, 1, h, w), |(k, _, y, x)| {
+                (k * 7 + y * 3 + x) as f32
+            })),
             dxyz: [1e-6, 1e-6, 5e-6],
         };
-        let batch = Batch {
+        let mut batch = Batch {
             indices: vec![0],
             samples: vec![sample.clone()],
             mirrors: vec![Mirror::default()],
@@ -170,6 +194,17 @@ mod tests {
             factors: [2.0, 4.0, 8.0],
         };
         let t = to_tensors(&batch, &norm, &Device::flex()).unwrap();
+        let change =
+            pressure_change(sample.p2d.as_ref().unwrap().view(), sample.domain.view()).unwrap();
+        let p: Vec<f32> = t.pressure.unwrap().into_data().try_into_vec().unwrap();
+        assert_eq!(
+            p,
+            change.iter().copied().collect::<Vec<_>>(),
+            "S = C = 1 axes"
+        );
+        batch.samples[0].p2d = None;
+        let without = to_tensors(&batch, &norm, &Device::flex()).unwrap();
+        assert!(without.pressure.is_none());
         assert_eq!(t.u.dims(), [1, 3, s, h, w]);
         assert_eq!(t.mask.dims(), [1, 1, s, h, w]);
         let v: Vec<f32> = t.u.into_data().try_into_vec().unwrap();
@@ -198,6 +233,7 @@ mod tests {
                 u2d: u.clone(),
                 u: u.clone(),
                 p: Array4::zeros((s, 1, h, w)),
+                p2d: None,
                 dxyz: [1e-6, 1e-6, 5e-6],
             }],
             mirrors: vec![Mirror::default()],

@@ -253,10 +253,11 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     let on_disk: DiffusionRunLog = read_json(&out.join("log.json"), "").unwrap();
     assert_eq!(on_disk.history, log.history);
     assert_eq!(on_disk.config, log.config);
-    // The network sees noisy latent ⊕ condition ⊕ geometry: 8 + 8 + 2 channels.
+    // The network sees noisy latent ⊕ condition ⊕ geometry ⊕ pressure change:
+    // 8 + 8 + 2 + 1 channels.
     assert_eq!(
         (log.config.unet.in_channels, log.config.unet.out_channels),
-        (18, 8)
+        (19, 8)
     );
     assert_eq!(log.vae, s.stage2);
     for file in [
@@ -299,13 +300,17 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
         }
     }
 
-    // A second run (the direct predictor) reuses the cache without rewriting a file.
+    // A second run (the direct predictor, without the pressure channel) reuses the cache
+    // without rewriting a file.
     let before = modified(&cache);
     let direct = s
         .train(
             &s.stage2,
             &s.path("direct"),
-            config(PredictorKind::Direct, 1),
+            DiffusionTrainConfig {
+                pressure_condition: false,
+                ..config(PredictorKind::Direct, 1)
+            },
             false,
             &mut Quiet,
         )
@@ -477,12 +482,13 @@ fn the_latent_networks_overfit_a_fixed_batch() {
         target: std(&residual),
         condition: std(&mu2d),
     };
-    let inputs = ConditionInputs::new(&vae, &tb, &scales);
+    // Geometry (2 channels) and the pressure change (1) next to the 8 latent channels.
+    let inputs = ConditionInputs::new(&vae, &tb, &scales, true).unwrap();
     let x0 = residual.div_scalar(scales.target);
     let n = x0.dims()[0];
 
     let direct = unet(PredictorKind::Direct)
-        .with_in_channels(10)
+        .with_in_channels(11)
         .with_out_channels(8);
     let cond = Tensor::cat(vec![inputs.cond.clone(), inputs.geometry.clone()], 1);
     let (first, last) = fit(&direct, cond, None, x0.clone(), 150);
@@ -498,7 +504,7 @@ fn the_latent_networks_overfit_a_fixed_batch() {
     let x_t = schedule.add_noise(x0.clone(), noise.clone(), &t).unwrap();
     let v = schedule.target(x0, noise, &t).unwrap();
     let denoiser = unet(PredictorKind::Diffusion)
-        .with_in_channels(18)
+        .with_in_channels(19)
         .with_out_channels(8);
     let input = Tensor::cat(vec![x_t, inputs.cond, inputs.geometry], 1);
     let times = Tensor::<1>::from_floats(vec![300.0f32; n].as_slice(), &device);

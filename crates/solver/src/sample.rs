@@ -71,6 +71,9 @@ pub struct FlowSample {
     /// Periodic pressure (total pressure minus the mean gradient), Pa: from the 3D solve
     /// when there is one, else from the 2D solves.
     pub p: Array4<f32>,
+    /// Periodic pressure of each slice's own 2D solve, Pa. It comes with the 2D flow at no
+    /// extra cost, and its change from slice to slice is what drives vz in 3D.
+    pub p2d: Array4<f32>,
     pub report: FlowReport,
 }
 
@@ -155,7 +158,8 @@ pub fn solve_sample(
         return Ok(FlowSample {
             u2d,
             u: None,
-            p: p2d,
+            p: p2d.clone(),
+            p2d,
             report,
         });
     };
@@ -205,6 +209,7 @@ pub fn solve_sample(
         u2d,
         u: Some(u),
         p,
+        p2d,
         report,
     })
 }

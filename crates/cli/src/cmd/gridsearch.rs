@@ -149,10 +149,7 @@ fn check_fit(runs: &[Run], grid: &Grid, vae: &DualVae, dataset: &Dataset) -> Res
     let shape = dataset.manifest.header.shape;
     for run in runs {
         let mut cfg = run.config.clone();
-        cfg.unet.in_channels = cfg
-            .predictor
-            .in_channels(cz, fiberflow_data::features::GEOMETRY_CHANNELS);
-        cfg.unet.out_channels = cz;
+        cfg.fit_to_latent(cz);
         cfg.validate()
             .and_then(|()| {
                 cfg.unet.check_input([

@@ -43,6 +43,10 @@ pub struct PredictArgs {
     /// The per-slice 2D flow `(S, 3, H, W)` in m/s as `.npy`; solved here when absent.
     #[arg(long, requires = "microstructure")]
     flow2d: Option<PathBuf>,
+    /// The per-slice 2D pressure `(S, 1, H, W)` in Pa as `.npy` (`p_2d.npy` of `fiberflow
+    /// solve`), which models trained with `pressure_condition` need next to --flow2d.
+    #[arg(long, requires = "flow2d")]
+    pressure2d: Option<PathBuf>,
     /// In-plane pixel size, µm (with --microstructure).
     #[arg(long)]
     voxel_size_um: Option<f64>,
@@ -263,19 +267,26 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
         .expect("same element count");
     let flow = a.flow.config()?;
     let started = Instant::now();
-    let u2d = match &a.flow2d {
-        Some(p) => read_flow2d(p, (s, 3, h, w))?,
+    let (u2d, p2d) = match &a.flow2d {
+        Some(p) => (
+            read_field(p, (s, 3, h, w))?,
+            a.pressure2d
+                .as_ref()
+                .map(|q| read_field(q, (s, 1, h, w)))
+                .transpose()?,
+        ),
         None => {
             eprintln!("solving the 2D flow of {s} slices…");
-            solve_sample(slices.view(), None, voxel, &flow, None)
-                .with_context(|| path.display().to_string())?
-                .u2d
+            let solved = solve_sample(slices.view(), None, voxel, &flow, None)
+                .with_context(|| path.display().to_string())?;
+            (solved.u2d, Some(solved.p2d))
         }
     };
     let solve_s = started.elapsed().as_secs_f64();
     let sample = Sample {
         u: Array4::zeros((s, 3, h, w)),
         p: Array4::zeros((s, 1, h, w)),
+        p2d,
         domain,
         u2d,
         dxyz: voxel.as_array(),
@@ -292,14 +303,15 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
     })
 }
 
-fn read_flow2d(path: &Path, shape: (usize, usize, usize, usize)) -> Result<Array4<f32>> {
+/// A float32 `.npy` of `shape`, finite.
+fn read_field(path: &Path, shape: (usize, usize, usize, usize)) -> Result<Array4<f32>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let a = Array4::<f32>::read_npy(file)
         .with_context(|| format!("{}: not a 4-D float32 .npy", path.display()))?;
     if a.dim() != shape {
         bail!(
-            "{}: shape {:?}, expected {shape:?} (S, 3, H, W) to match the microstructure",
+            "{}: shape {:?}, expected {shape:?} (S, C, H, W) to match the microstructure",
             path.display(),
             a.dim()
         );

@@ -171,6 +171,7 @@ pub fn run(a: SolveArgs) -> Result<()> {
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
     if mode != Mode::ThreeD {
         output::npy(&a.out.join("U_2d.npy"), &sample.u2d)?;
+        output::npy(&a.out.join("p_2d.npy"), &sample.p2d)?;
     }
     if let Some(u) = &sample.u {
         output::npy(&a.out.join("U.npy"), u)?;
@@ -192,7 +193,7 @@ pub fn run(a: SolveArgs) -> Result<()> {
         converged: r.converged(),
         residual: main.residual,
         wall_s: started.elapsed().as_secs_f64(),
-        units: serde_json::json!({"U": "m/s", "p": "Pa (periodic part; total = p - G x)", "k": "m^2"}),
+        units: serde_json::json!({"U": "m/s", "p": "Pa (periodic part; total = p - G x)", "p_2d": "Pa (each slice's own 2D solve)", "k": "m^2"}),
         voxel_size_m: voxel,
         config: &cfg,
         details: r,

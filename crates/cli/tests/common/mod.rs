@@ -307,6 +307,7 @@ pub fn assert_valid_sample(path: &Path, s: usize, hw: usize) {
         ("U_2d", "F32", vec![s, 3, hw, hw]),
         ("U", "F32", vec![s, 3, hw, hw]),
         ("p", "F32", vec![s, 1, hw, hw]),
+        ("p_2d", "F32", vec![s, 1, hw, hw]),
         ("dxyz", "F64", vec![3]),
     ];
     assert_eq!(layout.len(), expect.len(), "{}: {layout:?}", path.display());

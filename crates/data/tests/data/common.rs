@@ -27,7 +27,7 @@ pub fn header() -> DatasetHeader {
 
 /// Sample `i`, scaled by `a = i + 1`: vx = a·[[1, 2], [3, 100]] (100 sits in the fibre),
 /// vy = a·[[-1, 1], [0, 0]], vz = 0; U_2d = U / 2; p = a·[[10, 20], [30, 0]];
-/// dxyz = [a·1e-6, 1e-6, 5e-6].
+/// p_2d = p / 4; dxyz = [a·1e-6, 1e-6, 5e-6].
 pub fn sample(i: usize) -> Sample {
     let a = (i + 1) as f32;
     let vx = [[1.0, 2.0], [3.0, 100.0]];
@@ -37,6 +37,9 @@ pub fn sample(i: usize) -> Sample {
         1 => a * vy[h][w],
         _ => 0.0,
     });
+    let p = Array4::from_shape_fn((1, 1, 2, 2), |(_, _, h, w)| {
+        a * [[10.0, 20.0], [30.0, 0.0]][h][w]
+    });
     Sample {
         domain: Array4::from_shape_fn(
             (1, 1, 2, 2),
@@ -44,9 +47,8 @@ pub fn sample(i: usize) -> Sample {
         ),
         u2d: u.mapv(|v| v / 2.0),
         u,
-        p: Array4::from_shape_fn((1, 1, 2, 2), |(_, _, h, w)| {
-            a * [[10.0, 20.0], [30.0, 0.0]][h][w]
-        }),
+        p2d: Some(p.mapv(|v| v / 4.0)),
+        p,
         dxyz: [f64::from(a) * 1e-6, 1e-6, 5e-6],
     }
 }

@@ -33,14 +33,15 @@ fn tensors_with(
     replace: impl Fn(&mut Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)>),
 ) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
     let s = sample(0);
-    let mut tensors: Vec<_> = Field::ALL
+    let mut tensors: Vec<_> = Field::EVERY
         .iter()
         .map(|&f| {
+            let a = s.field(f).unwrap();
             (
                 f.name(),
                 Dtype::F32,
-                s.field(f).shape().to_vec(),
-                f32_bytes(s.field(f).iter().copied()),
+                a.shape().to_vec(),
+                f32_bytes(a.iter().copied()),
             )
         })
         .collect();
@@ -81,7 +82,7 @@ fn roundtrip_is_exact_and_lazy_reads_agree() {
         .into_iter()
         .map(String::from)
         .collect();
-    for name in ["domain", "U_2d", "U", "p", "dxyz"] {
+    for name in ["domain", "U_2d", "U", "p", "p_2d", "dxyz"] {
         assert!(
             names.iter().any(|n| n == name),
             "{name} missing from {names:?}"
@@ -151,9 +152,20 @@ fn missing_tensor_wrong_dtype_and_wrong_shape() {
 
     craft(
         &path,
-        &tensors_with(|t| t[4] = ("dxyz", Dtype::F64, vec![2], vec![0; 16])),
+        &tensors_with(|t| t[5] = ("dxyz", Dtype::F64, vec![2], vec![0; 16])),
     );
     assert!(open_err(&path).contains("`dxyz` has shape [2]"));
+
+    // p_2d is optional (reference imports lack it), but checked when present.
+    craft(&path, &tensors_with(|t| t.retain(|(n, ..)| *n != "p_2d")));
+    let file = SampleFile::open(&path).unwrap();
+    assert!(!file.has(Field::P2d) && file.has(Field::P));
+    assert_eq!(file.load().unwrap().p2d, None);
+    let err = file.read(Field::P2d).unwrap_err().to_string();
+    assert!(err.contains("missing tensor `p_2d`"), "{err}");
+    craft(&path, &tensors_with(|t| t[4].2 = vec![1, 1, 4, 1]));
+    let err = open_err(&path);
+    assert!(err.contains("`p_2d` has shape [1, 1, 4, 1]"), "{err}");
 }
 
 #[test]
@@ -222,6 +234,11 @@ fn validation_rejects_bad_masks_shapes_and_voxel_sizes() {
     );
 
     let mut s = sample(0);
+    s.p2d = Some(ndarray::Array4::from_elem((1, 1, 2, 2), f32::NAN));
+    let err = s.validate().unwrap_err().to_string();
+    assert!(err.contains("p_2d") && err.contains("NaN"), "{err}");
+
+    let mut s = sample(0);
     s.dxyz[2] = 0.0;
     assert!(s.validate().unwrap_err().to_string().contains("dxyz"));
     s.dxyz[2] = f64::NAN;
@@ -232,7 +249,7 @@ fn validation_rejects_bad_masks_shapes_and_voxel_sizes() {
     craft(
         &path,
         &tensors_with(|t| {
-            t[4].3 = [1e-6f64, -1e-6, 5e-6]
+            t[5].3 = [1e-6f64, -1e-6, 5e-6]
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect()

@@ -13,7 +13,6 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use fiberflow_data::features::GEOMETRY_CHANNELS;
 
 /// A timestep and noise per sample (diffusion) or none (direct predictor), the config's
 /// loss, backward, global-norm clipping, AdamW at the peak learning rate and the EMA
@@ -42,8 +41,7 @@ impl DenoiserStep {
         device: &Device,
     ) -> Result<Self, ModelError> {
         let mut cfg = cfg.clone();
-        cfg.unet.in_channels = cfg.predictor.in_channels(cz, GEOMETRY_CHANNELS);
-        cfg.unet.out_channels = cz;
+        cfg.fit_to_latent(cz);
         cfg.validate()?;
         cfg.unet
             .check_input([batch, cfg.unet.in_channels, s, h, w])?;
@@ -55,7 +53,7 @@ impl DenoiserStep {
         let x0 = standard_normal([batch, cz, s, h, w], &mut rng, &ad);
         let cond = standard_normal([batch, cz, s, h, w], &mut rng, &ad);
         let geometry = Tensor::<5>::random(
-            [batch, GEOMETRY_CHANNELS, s, h, w],
+            [batch, cfg.condition_channels(), s, h, w],
             Distribution::Uniform(0.0, 1.0),
             &ad,
         );
@@ -129,15 +127,19 @@ mod tests {
         let dev = Device::flex();
         let mut step =
             DenoiserStep::new(&tiny(PredictorKind::Direct), [8, 3, 4, 4], 2, &dev).unwrap();
-        // Condition (8) ⊕ geometry (2).
-        assert_eq!(step.input(), [2, 10, 3, 4, 4]);
+        // Condition (8) ⊕ geometry (2) ⊕ pressure change (1).
+        assert_eq!(step.input(), [2, 11, 3, 4, 4]);
         let losses: Vec<f64> = (0..12).map(|_| step.step().unwrap()).collect();
         assert!(losses[11] < 0.8 * losses[0], "{losses:?}");
         let mut step =
             DenoiserStep::new(&tiny(PredictorKind::Diffusion), [8, 3, 4, 4], 2, &dev).unwrap();
-        // Noisy latent (8) ⊕ condition (8) ⊕ geometry (2).
-        assert_eq!(step.input(), [2, 18, 3, 4, 4]);
+        // Noisy latent (8) ⊕ condition (8) ⊕ geometry (2) ⊕ pressure change (1).
+        assert_eq!(step.input(), [2, 19, 3, 4, 4]);
         assert!(step.step().unwrap().is_finite());
+        let mut without = tiny(PredictorKind::Diffusion);
+        without.pressure_condition = false;
+        let step = DenoiserStep::new(&without, [8, 3, 4, 4], 2, &dev).unwrap();
+        assert_eq!(step.input(), [2, 18, 3, 4, 4]);
     }
 
     #[test]

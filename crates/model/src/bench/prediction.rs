@@ -15,7 +15,6 @@ use crate::vae::VaeConfig;
 use burn::module::Module;
 use burn::prelude::*;
 use fiberflow_data::Batch;
-use fiberflow_data::features::GEOMETRY_CHANNELS;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -41,10 +40,7 @@ pub fn untrained_model(
     device: &Device,
 ) -> Result<TrainedModel, ModelError> {
     let mut cfg = cfg.clone();
-    cfg.unet.in_channels = cfg
-        .predictor
-        .in_channels(vae.latent_channels, GEOMETRY_CHANNELS);
-    cfg.unet.out_channels = vae.latent_channels;
+    cfg.fit_to_latent(vae.latent_channels);
     cfg.validate()?;
     let schedule = cfg.diffusion.init()?;
     device.seed(cfg.seed);
@@ -157,6 +153,9 @@ mod tests {
                 u2d: u.clone(),
                 u,
                 p: Array4::zeros((s, 1, hw, hw)),
+                p2d: Some(Array4::from_shape_fn((s, 1, hw, hw), |(k, _, y, x)| {
+                    ((k + y + 2 * x) % 3) as f32
+                })),
                 dxyz: [1e-6, 1e-6, 5e-6],
             }],
             mirrors: vec![Mirror::default()],
@@ -204,7 +203,8 @@ mod tests {
         // Shape (B, 3, S, H, W), and zero in the fibre voxel: the masked VAE decode ran.
         let dev = Device::flex();
         let m = model(PredictorKind::Diffusion, &dev);
-        assert_eq!(m.unet.config().in_channels, 18);
+        // Noisy latent (8) ⊕ condition (8) ⊕ geometry (2) ⊕ pressure change (1).
+        assert_eq!(m.unet.config().in_channels, 19);
         let batch = one_sample(3, 8);
         let tb = to_tensors(&batch, &m.vae.normalizer, &dev).unwrap();
         let u = m

@@ -1,8 +1,10 @@
 //! What the denoiser sees besides the noisy latent: the scaled E2D latent (the condition)
 //! and the microstructure features averaged to latent resolution (fluid fraction and mean
-//! distance to fibres per latent pixel, in physical units).
+//! distance to fibres per latent pixel, in physical units), plus, for models trained with
+//! it, the slice-to-slice change of the 2D pressure.
 
 use crate::batch::TensorBatch;
+use crate::error::ModelError;
 use crate::latent::DualVae;
 use crate::ops::avg_pool_hw;
 use burn::prelude::*;
@@ -38,13 +40,14 @@ impl LatentScales {
     }
 }
 
-/// Microstructure features `(B, 2, S, H, W)` averaged to the latent grid.
+/// Condition features `(B, C, S, H, W)` averaged to the latent grid.
 pub fn latent_geometry(geometry: Tensor<5>, factor: usize) -> Tensor<5> {
     avg_pool_hw(geometry, factor)
 }
 
 /// Inputs of a batch computed with the frozen E2D: the unscaled μ2d, the scaled
-/// condition and the latent-resolution geometry.
+/// condition and the latent-resolution features (geometry, then the pressure change when
+/// `pressure`).
 pub struct ConditionInputs {
     pub mu2d: Tensor<5>,
     pub cond: Tensor<5>,
@@ -52,14 +55,33 @@ pub struct ConditionInputs {
 }
 
 impl ConditionInputs {
-    pub fn new(vae: &DualVae, tb: &TensorBatch, scales: &LatentScales) -> Self {
+    pub fn new(
+        vae: &DualVae,
+        tb: &TensorBatch,
+        scales: &LatentScales,
+        pressure: bool,
+    ) -> Result<Self, ModelError> {
+        let features = if pressure {
+            let p = tb.pressure.clone().ok_or_else(|| {
+                ModelError::Input(
+                    "this model is conditioned on the per-slice 2D pressure `p_2d`, which the \
+                     input lacks (a reference import, or a 2D flow given without its \
+                     pressure: `fiberflow predict --pressure2d`); give it, or use a model \
+                     trained with pressure_condition = false"
+                        .into(),
+                )
+            })?;
+            Tensor::cat(vec![tb.geometry.clone(), p], 1)
+        } else {
+            tb.geometry.clone()
+        };
         // Detached: on an autodiff device (physics guidance) each guided step differentiates
         // its own graph, and a shared encoder graph would be consumed by the first.
         let mu2d = vae.encode_2d(tb).detach();
-        Self {
+        Ok(Self {
             cond: mu2d.clone().div_scalar(scales.condition),
             mu2d,
-            geometry: latent_geometry(tb.geometry.clone(), vae.config.downsample_factor()),
-        }
+            geometry: latent_geometry(features, vae.config.downsample_factor()),
+        })
     }
 }

@@ -156,7 +156,8 @@ impl TrainedModel {
             )));
         }
         let scales = &self.log.scales;
-        let inputs = ConditionInputs::new(&self.vae, tb, scales);
+        let inputs =
+            ConditionInputs::new(&self.vae, tb, scales, self.log.config.pressure_condition)?;
         let known = (!steering.known_slices.is_empty()).then(|| {
             let m = slice_mask(&steering.known_slices, s, &tb.u.device());
             let u = tb.u.clone() * m.clone() + tb.u2d.clone() * (m.ones_like() - m.clone());
@@ -165,6 +166,7 @@ impl TrainedModel {
                 u2d: tb.u2d.clone(),
                 mask: tb.mask.clone(),
                 geometry: tb.geometry.clone(),
+                pressure: tb.pressure.clone(),
                 dxyz: tb.dxyz,
             };
             let x0 = scales

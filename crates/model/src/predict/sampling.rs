@@ -27,12 +27,12 @@ pub enum PredictorKind {
 }
 
 impl PredictorKind {
-    /// Input channels of the network for latents of `cz` channels and `geometry` feature
-    /// channels: noisy latent ⊕ condition ⊕ geometry, or condition ⊕ geometry.
-    pub fn in_channels(self, cz: usize, geometry: usize) -> usize {
+    /// Input channels of the network for latents of `cz` channels and `features` condition
+    /// channels: noisy latent ⊕ condition ⊕ features, or condition ⊕ features.
+    pub fn in_channels(self, cz: usize, features: usize) -> usize {
         match self {
-            Self::Diffusion => 2 * cz + geometry,
-            Self::Direct => cz + geometry,
+            Self::Diffusion => 2 * cz + features,
+            Self::Direct => cz + features,
         }
     }
 }

@@ -61,6 +61,11 @@ pub struct DiffusionTrainConfig {
     pub cond_dropout: f64,
     /// Train on μ3d − μ2d instead of μ3d (see [`LatentScales::residual`]).
     pub residual: bool,
+    /// Also condition the network on the slice-to-slice change of the per-slice 2D
+    /// pressure (`fiberflow_data::features::pressure_change`): the only cheap input that
+    /// tells where fluid moves along z. Needs `p_2d`, which generated datasets and
+    /// `fiberflow solve` hold and reference imports lack.
+    pub pressure_condition: bool,
     /// Optional physics losses on the decoded x̂0 of each training batch, at the same t
     /// as the prediction (all weights 0 by default).
     pub physics: PhysicsLossConfig,
@@ -92,6 +97,7 @@ impl Default for DiffusionTrainConfig {
             ema_decay: 0.999,
             cond_dropout: 0.1,
             residual: true,
+            pressure_condition: true,
             physics: PhysicsLossConfig::default(),
             val_sampler: SamplerConfig::new()
                 .with_kind(SamplerKind::DpmSolver)
@@ -103,6 +109,18 @@ impl Default for DiffusionTrainConfig {
 }
 
 impl DiffusionTrainConfig {
+    /// Feature channels next to the latents: geometry, and the pressure change if used.
+    pub fn condition_channels(&self) -> usize {
+        use fiberflow_data::features::{GEOMETRY_CHANNELS, PRESSURE_CHANNELS};
+        GEOMETRY_CHANNELS + usize::from(self.pressure_condition) * PRESSURE_CHANNELS
+    }
+
+    /// Sets the network's input and output channels for latents of `cz` channels.
+    pub fn fit_to_latent(&mut self, cz: usize) {
+        self.unet.in_channels = self.predictor.in_channels(cz, self.condition_channels());
+        self.unet.out_channels = cz;
+    }
+
     /// Checks every field before any data is read.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
@@ -261,10 +279,7 @@ pub fn train_diffusion(
     cfg.validate()?;
     let vae = DualVae::load(vae_dir, device)?;
     let cz = vae.config.latent_channels;
-    cfg.unet.in_channels = cfg
-        .predictor
-        .in_channels(cz, fiberflow_data::features::GEOMETRY_CHANNELS);
-    cfg.unet.out_channels = cz;
+    cfg.fit_to_latent(cz);
     cfg.validate()?;
     let dataset = Dataset::open(dataset_dir)?;
     let shape = dataset.manifest.header.shape;
@@ -280,8 +295,9 @@ pub fn train_diffusion(
         Some(c) => c,
         None => encode_dataset(&vae, &dataset, device, observer)?,
     };
-    let mut train = load_split(&dataset, &cache, &vae, Subset::Train, device)?;
-    let mut val = load_split(&dataset, &cache, &vae, Subset::Val, device)?;
+    let pressure = cfg.pressure_condition;
+    let mut train = load_split(&dataset, &cache, &vae, Subset::Train, pressure, device)?;
+    let mut val = load_split(&dataset, &cache, &vae, Subset::Val, pressure, device)?;
     if train.indices.is_empty() || val.indices.is_empty() {
         return Err(ModelError::Input(
             "the train and validation splits must both hold samples; generate more".into(),
@@ -417,6 +433,7 @@ pub fn train_diffusion(
             &val_batches,
             &options,
             cfg.seed,
+            cfg.pressure_condition,
             device,
         )?;
         let record = DiffusionEpoch {
@@ -577,13 +594,14 @@ pub fn decoded_scores(
     batches: &[Batch],
     options: &SampleOptions,
     seed: u64,
+    pressure: bool,
     device: &Device,
 ) -> Result<(FieldErrors, PhysicsMetrics), ModelError> {
     let mut sums = ErrorSums::default();
     let mut physics = Vec::new();
     for batch in batches {
         let tb = to_tensors(batch, &vae.normalizer, device)?;
-        let inputs = ConditionInputs::new(vae, &tb, scales);
+        let inputs = ConditionInputs::new(vae, &tb, scales, pressure)?;
         let mut rng = seeded_rng(seed);
         rng.set_stream(batch.indices[0] as u64);
         let x0 = predictor.sample(inputs.cond, inputs.geometry, options, &mut rng)?;
@@ -618,14 +636,18 @@ fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
     Ok(loader.epoch(0).collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Latents and latent-resolution geometry of a split, unscaled.
+/// Latents and latent-resolution condition features (geometry, then the pressure change
+/// when `pressure`) of a split, unscaled.
 fn load_split(
     dataset: &Dataset,
     cache: &LatentCache,
     vae: &DualVae,
     subset: Subset,
+    pressure: bool,
     device: &Device,
 ) -> Result<Split, ModelError> {
+    use fiberflow_data::Field;
+    use fiberflow_data::features::{geometry_features, pressure_change};
     let indices = dataset.indices(Some(subset));
     let mut split = Split {
         indices: indices.clone(),
@@ -638,9 +660,21 @@ fn load_split(
         split.target.push(latents.mu3d);
         split.cond.push(latents.mu2d);
         let sample = dataset.open_sample(i)?;
-        let domain = sample.read(fiberflow_data::Field::Domain)?;
-        let features =
-            fiberflow_data::features::geometry_features(domain.view(), sample.dxyz()[0])?;
+        let domain = sample.read(Field::Domain)?;
+        let mut features = geometry_features(domain.view(), sample.dxyz()[0])?;
+        if pressure {
+            if !sample.has(Field::P2d) {
+                return Err(ModelError::Input(format!(
+                    "{}: no per-slice 2D pressure `p_2d` (a reference import, or a dataset \
+                     generated before it was stored); regenerate it, or train with \
+                     --set pressure_condition=false",
+                    sample.path().display()
+                )));
+            }
+            let change = pressure_change(sample.read(Field::P2d)?.view(), domain.view())?;
+            features = ndarray::concatenate(ndarray::Axis(1), &[features.view(), change.view()])
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+        }
         let (s, c, h, w) = features.dim();
         let t = Tensor::<4>::from_data(
             TensorData::new(features.iter().copied().collect::<Vec<f32>>(), [s, c, h, w]),

@@ -92,6 +92,7 @@ pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
             u2d: flow.u2d,
             u: flow.u.context("the solver returned no 3D flow")?,
             p: flow.p,
+            p2d: Some(flow.p2d),
             dxyz: voxel.as_array(),
         }],
         mirrors: vec![Mirror::default()],
