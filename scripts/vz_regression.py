@@ -11,6 +11,9 @@ fibre pixel, the shape of a pore-scale flow profile):
   p     the same change of the 3D pressure (an oracle: unknown at prediction time),
   lean  the nearest fibre's centre-line slope along z from the generator's analytic paths,
         times the 2D velocity (an upper bound for what fibre lean measured from masks gives).
+Then, what a latent pixel would have to carry: vz fitted on each 4×4 patch of each slice
+with its own best coefficients (an oracle decoder that gets exactly those numbers from the
+latent): a constant, a·d + b·d², or a + b·x + c·y.
 Needs numpy, scipy and safetensors.
 """
 
@@ -83,6 +86,37 @@ def features(dataset, index, kind, pitch_um):
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def patch_fits(dataset, indices, patch=4):
+    """Relative L2 error of vz when every patch×patch patch gets its own least-squares fit."""
+    err = {"constant": 0.0, "a d + b d^2": 0.0, "a + b x + c y": 0.0}
+    total = 0.0
+    for i in indices:
+        sample = load_file(dataset / "samples" / f"{i:06d}.safetensors")
+        mask = sample["domain"][:, 0] > 0.5
+        h, w = mask.shape[1:]
+        yy, xx = np.mgrid[0:h, 0:w]
+        for s in range(mask.shape[0]):
+            d = distance(mask[s])
+            vz = sample["U"][s, 2]
+            for y0 in range(0, h, patch):
+                for x0 in range(0, w, patch):
+                    win = (slice(y0, y0 + patch), slice(x0, x0 + patch))
+                    fluid = mask[s][win]
+                    if not fluid.any():
+                        continue
+                    y = vz[win][fluid]
+                    dd, one = d[win][fluid], np.ones(fluid.sum())
+                    total += (y**2).sum()
+                    for name, x in (
+                        ("constant", one[:, None]),
+                        ("a d + b d^2", np.stack([dd, dd**2], -1)),
+                        ("a + b x + c y", np.stack([one, xx[win][fluid], yy[win][fluid]], -1)),
+                    ):
+                        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+                        err[name] += ((x @ coef - y) ** 2).sum()
+    return {name: np.sqrt(e / total) for name, e in err.items()}
+
+
 def main():
     dataset = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/data")
     splits = json.loads((dataset / "splits.json").read_text())
@@ -100,6 +134,8 @@ def main():
         coef, *_ = np.linalg.lstsq(xt / scale, yt, rcond=None)
         err = np.linalg.norm(xv / scale @ coef - yv) / np.linalg.norm(yv)
         print(f"{kind:5}: validation relative L2 error of vz {err:.3f}, explains {1 - err**2:.0%}")
+    for name, err in patch_fits(dataset, splits["val"]).items():
+        print(f"per 4x4 patch, {name}: validation relative L2 error of vz {err:.3f}")
 
 
 if __name__ == "__main__":

@@ -461,6 +461,47 @@ fn fit(
 }
 
 #[test]
+fn a_dataset_without_the_2d_pressure_needs_pressure_condition_off() {
+    let _serial = serial();
+    let s = Setup::new();
+    // Strip p_2d from every sample, as a reference import has none.
+    let dataset = Dataset::open(&s.data).unwrap();
+    for i in 0..dataset.len() {
+        let file = dataset.open_sample(i).unwrap();
+        let mut sample = file.load().unwrap();
+        sample.p2d = None;
+        sample.write(file.path()).unwrap();
+    }
+    let err = s
+        .train(
+            &s.stage2,
+            &s.path("with"),
+            config(PredictorKind::Direct, 1),
+            false,
+            &mut Quiet,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`p_2d`") && err.contains("--set pressure_condition=false"),
+        "{err}"
+    );
+    let log = s
+        .train(
+            &s.stage2,
+            &s.path("without"),
+            DiffusionTrainConfig {
+                pressure_condition: false,
+                ..config(PredictorKind::Direct, 1)
+            },
+            false,
+            &mut Quiet,
+        )
+        .unwrap();
+    assert_eq!(log.history.len(), 1);
+}
+
+#[test]
 fn the_latent_networks_overfit_a_fixed_batch() {
     let _serial = serial();
     let s = Setup::new();
