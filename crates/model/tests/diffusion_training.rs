@@ -320,6 +320,23 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     // Condition ⊕ geometry only.
     assert_eq!(direct.config.unet.in_channels, 10);
     assert_eq!(modified(&cache), before);
+    // Its log without the field (as runs made before it existed) reads as the default
+    // `true`, which disagrees with the network: refused with the fix, not a shape panic.
+    let direct_log = s.path("direct").join("log.json");
+    let mut json: serde_json::Value = read_json(&direct_log, "").unwrap();
+    json["config"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pressure_condition");
+    std::fs::write(&direct_log, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = TrainedModel::load(&s.path("direct"), &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("10 input channels") && err.contains("\"pressure_condition\": false"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_dir(s.data.join("latents")).unwrap().count(),
         1

@@ -70,6 +70,18 @@ impl TrainedModel {
                 &log.vae_key[..16.min(log.vae_key.len())]
             )));
         }
+        let mut expected = log.config.clone();
+        expected.fit_to_latent(vae.config.latent_channels);
+        if expected.unet.in_channels != log.config.unet.in_channels {
+            return Err(ModelError::Config(format!(
+                "{}: the network takes {} input channels, but its config implies {} \
+                 (a run from a fiberflow before the 2D-pressure condition? add \
+                 \"pressure_condition\": false to the config in its log.json)",
+                run_dir.display(),
+                log.config.unet.in_channels,
+                expected.unet.in_channels
+            )));
+        }
         // Frozen: on an autodiff device only inputs get gradients (physics guidance).
         let best = run_dir.join(BEST_FILE);
         let unet = checkpoint::load(log.config.unet.init(device)?, &best)?.no_grad();
