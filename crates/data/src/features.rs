@@ -1,7 +1,8 @@
-//! Microstructure features that the networks see next to the flow: the fluid mask and the
-//! distance to the nearest fibre in physical units. The geometry fixes where the fine
-//! structure of the flow is (vz lives in the narrow gaps between leaning fibres), so a
-//! decoder that sees it does not have to squeeze the geometry through its latent.
+//! Features that the networks see next to the flow: the fluid mask and the distance to the
+//! nearest fibre in physical units, and the slice-to-slice change of the per-slice 2D
+//! pressure. The geometry fixes where the fine structure of the flow is, so a decoder that
+//! sees it does not have to squeeze the geometry through its latent; the pressure change
+//! is the one cheap input that says where fluid moves along z.
 
 use fiberflow_geometry::distance::periodic_edt;
 use ndarray::{Array4, ArrayView4, Axis};
@@ -55,20 +56,23 @@ pub const PRESSURE_CHANNELS: usize = 1;
 
 /// Gain of [`pressure_change`], chosen so the feature has a root mean square near 1 on
 /// the default packings (the slice-to-slice change is ≈ 0.24 of the pressure's own rms).
-pub const PRESSURE_CHANGE_GAIN: f32 = 4.0;
+pub const PRESSURE_CHANGE_GAIN: f64 = 4.0;
 
 /// `(S, 1, H, W)` change of the per-slice 2D pressure along z, per slice pitch, of a
-/// `(S, 1, H, W)` pressure `p2d` on the fluid mask `domain`: the central difference
-/// (p[s+1] − p[s−1]) / 2 with periodic slices, one-sided where a neighbour pixel is fibre,
-/// 0 in fibre and where both are. It is divided by the rms of `p2d` over the fluid (so it
-/// does not depend on viscosity or driving gradient) and multiplied by
-/// [`PRESSURE_CHANGE_GAIN`].
+/// `(S, 1, H, W)` pressure `p2d` on the fluid mask `domain`. Each slice's pressure is first
+/// taken relative to its mean over the fluid (a 2D solve fixes its pressure only up to a
+/// constant, and other solvers pick other constants). Then: the central difference
+/// (p[s+1] − p[s−1]) / 2 with periodic slices (like the solver's z boundary), one-sided
+/// where a neighbour pixel is fibre, 0 in fibre and where both are; divided by the rms of
+/// the relative pressure over the fluid (so it does not depend on viscosity or driving
+/// gradient) and multiplied by [`PRESSURE_CHANGE_GAIN`].
 ///
 /// Why: each slice's 2D solve has its own pressure; in 3D those pressures must join, and
 /// their mismatch between neighbouring slices is what pushes fluid along z. On the default
-/// quickstart data a linear fit of vz on this feature times powers of the distance to
-/// fibres explains ≈ 23 % of vz's energy on the validation split, where the same fit on
-/// the fibres' lean (their centre lines' slope along z) explains ≈ 3 % (`scripts/vz_regression.py`).
+/// quickstart data a linear fit of vz on an approximation of this feature (plain central
+/// difference and its 5×5 average, times powers of the distance to fibres) explains ≈ 23 %
+/// of vz's energy on the validation split, where the same fit on the fibres' lean (their
+/// centre lines' slope along z) explains ≈ 3 % (`scripts/vz_regression.py`).
 pub fn pressure_change(p2d: ArrayView4<f32>, domain: ArrayView4<f32>) -> Result<Array4<f32>> {
     if p2d.dim() != domain.dim() || domain.dim().1 != 1 {
         return Err(DataError::invalid(
@@ -82,10 +86,23 @@ pub fn pressure_change(p2d: ArrayView4<f32>, domain: ArrayView4<f32>) -> Result<
     }
     let (s, _, h, w) = domain.dim();
     let fluid = |k: usize, y: usize, x: usize| domain[[k, 0, y, x]] > 0.5;
+    // Per-slice fluid means, then the rms of the pressure relative to them.
+    let mut means = vec![0.0f64; s];
+    for (k, mean) in means.iter_mut().enumerate() {
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for ((_, _, y, x), &v) in p2d.slice(ndarray::s![k..=k, .., .., ..]).indexed_iter() {
+            if fluid(k, y, x) {
+                sum += f64::from(v);
+                n += 1;
+            }
+        }
+        *mean = sum / n.max(1) as f64;
+    }
+    let rel = |k: usize, y: usize, x: usize| f64::from(p2d[[k, 0, y, x]]) - means[k];
     let (mut sum2, mut n) = (0.0f64, 0usize);
-    for ((k, _, y, x), &v) in p2d.indexed_iter() {
+    for ((k, _, y, x), _) in p2d.indexed_iter() {
         if fluid(k, y, x) {
-            sum2 += f64::from(v).powi(2);
+            sum2 += rel(k, y, x).powi(2);
             n += 1;
         }
     }
@@ -94,7 +111,7 @@ pub fn pressure_change(p2d: ArrayView4<f32>, domain: ArrayView4<f32>) -> Result<
     if s < 2 || rms == 0.0 {
         return Ok(out);
     }
-    let gain = PRESSURE_CHANGE_GAIN / rms as f32;
+    let gain = PRESSURE_CHANGE_GAIN / rms;
     for k in 0..s {
         let (up, down) = ((k + 1) % s, (k + s - 1) % s);
         for y in 0..h {
@@ -102,14 +119,14 @@ pub fn pressure_change(p2d: ArrayView4<f32>, domain: ArrayView4<f32>) -> Result<
                 if !fluid(k, y, x) {
                     continue;
                 }
-                let p = |j: usize| p2d[[j, 0, y, x]];
+                let p = |j: usize| rel(j, y, x);
                 let change = match (fluid(up, y, x), fluid(down, y, x)) {
                     (true, true) => 0.5 * (p(up) - p(down)),
                     (true, false) => p(up) - p(k),
                     (false, true) => p(k) - p(down),
                     (false, false) => 0.0,
                 };
-                out[[k, 0, y, x]] = gain * change;
+                out[[k, 0, y, x]] = (gain * change) as f32;
             }
         }
     }
@@ -122,29 +139,35 @@ mod tests {
 
     #[test]
     fn pressure_change_by_hand() {
-        // Three slices of one row of 3 pixels; pixel 2 is fibre in slice 2.
+        // Three slices of one row of 3 pixels; pixel 2 is fibre in slice 2. Every slice's
+        // fluid values have mean 0, so the relative pressure is p itself.
         let mut d = Array4::<f32>::ones((3, 1, 1, 3));
         d[[2, 0, 0, 2]] = 0.0;
         let p = Array4::from_shape_vec(
             (3, 1, 1, 3),
-            vec![1.0, 2.0, 3.0, 2.0, 4.0, 5.0, 4.0, 0.0, 0.0],
+            vec![-1.0, 0.0, 1.0, -2.0, 0.0, 2.0, 1.0, -1.0, 0.0],
         )
         .unwrap();
         let f = pressure_change(p.view(), d.view()).unwrap();
-        // rms over the 8 fluid values: sqrt((1+4+9+4+16+25+16+0)/8) = sqrt(75/8).
-        let g = PRESSURE_CHANGE_GAIN / (75.0f32 / 8.0).sqrt();
+        // rms over the 8 fluid values: sqrt((1+0+1+4+0+4+1+1)/8) = sqrt(1.5).
+        let g = PRESSURE_CHANGE_GAIN as f32 / 1.5f32.sqrt();
         let close = |a: f32, b: f32| assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         // Pixel 0: central differences with periodic slices.
-        close(f[[0, 0, 0, 0]], g * 0.5 * (2.0 - 4.0));
-        close(f[[1, 0, 0, 0]], g * 0.5 * (4.0 - 1.0));
-        close(f[[2, 0, 0, 0]], g * 0.5 * (1.0 - 2.0));
+        close(f[[0, 0, 0, 0]], g * 0.5 * (-2.0 - 1.0));
+        close(f[[1, 0, 0, 0]], g * 0.5 * (1.0 - -1.0));
+        close(f[[2, 0, 0, 0]], g * 0.5 * (-1.0 - -2.0));
         // Pixel 2: slice 2 is fibre, so slices 1 and 0 use one-sided differences.
-        close(f[[1, 0, 0, 2]], g * (5.0 - 3.0));
-        close(f[[0, 0, 0, 2]], g * (5.0 - 3.0));
+        close(f[[1, 0, 0, 2]], g * (2.0 - 1.0));
+        close(f[[0, 0, 0, 2]], g * (2.0 - 1.0));
         assert_eq!(f[[2, 0, 0, 2]], 0.0);
-        // Invariant to the pressure's scale (viscosity, driving gradient).
-        let f10 = pressure_change(p.mapv(|v| 10.0 * v).view(), d.view()).unwrap();
-        assert!(f.iter().zip(&f10).all(|(a, b)| (a - b).abs() < 1e-5));
+        // Invariant to the pressure's scale (viscosity, driving gradient) and to a
+        // constant added to any slice (the gauge of a 2D solve).
+        let mut other = p.mapv(|v| 10.0 * v);
+        other
+            .slice_mut(ndarray::s![1, .., .., ..])
+            .mapv_inplace(|v| v + 7.0);
+        let f2 = pressure_change(other.view(), d.view()).unwrap();
+        assert!(f.iter().zip(&f2).all(|(a, b)| (a - b).abs() < 1e-5));
         // One slice has no neighbours; mismatched shapes are refused.
         let one = pressure_change(
             p.slice(ndarray::s![..1, .., .., ..]),

@@ -81,7 +81,7 @@ impl Field {
         }
     }
 
-    /// Position in [`Field::ALL`].
+    /// Position in [`Field::EVERY`].
     const fn index(self) -> usize {
         match self {
             Field::Domain => 0,

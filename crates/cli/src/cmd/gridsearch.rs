@@ -160,6 +160,7 @@ fn check_fit(runs: &[Run], grid: &Grid, vae: &DualVae, dataset: &Dataset) -> Res
                     shape.width / f,
                 ])
             })
+            .and_then(|()| cfg.check_dataset(dataset))
             .with_context(|| {
                 format!(
                     "grid run {} ({}) does not fit the VAE and dataset",

@@ -44,7 +44,8 @@ pub struct PredictArgs {
     #[arg(long, requires = "microstructure")]
     flow2d: Option<PathBuf>,
     /// The per-slice 2D pressure `(S, 1, H, W)` in Pa as `.npy` (`p_2d.npy` of `fiberflow
-    /// solve`), which models trained with `pressure_condition` need next to --flow2d.
+    /// solve`, not its 3D `p.npy`), which models trained with `pressure_condition` need next
+    /// to --flow2d. Slices are taken as periodic along z, like the solver's boundary.
     #[arg(long, requires = "flow2d")]
     pressure2d: Option<PathBuf>,
     /// In-plane pixel size, µm (with --microstructure).

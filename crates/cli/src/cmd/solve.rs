@@ -193,7 +193,7 @@ pub fn run(a: SolveArgs) -> Result<()> {
         converged: r.converged(),
         residual: main.residual,
         wall_s: started.elapsed().as_secs_f64(),
-        units: serde_json::json!({"U": "m/s", "p": "Pa (periodic part; total = p - G x)", "p_2d": "Pa (each slice's own 2D solve)", "k": "m^2"}),
+        units: serde_json::json!({"U": "m/s", "p": "Pa (periodic part; total = p - G x)", "p_2d": "Pa (periodic part, each slice's own 2D solve)", "k": "m^2"}),
         voxel_size_m: voxel,
         config: &cfg,
         details: r,

@@ -45,6 +45,24 @@ pub fn latent_geometry(geometry: Tensor<5>, factor: usize) -> Tensor<5> {
     avg_pool_hw(geometry, factor)
 }
 
+/// The full-resolution condition features `(B, C, S, H, W)` of a batch: geometry, then the
+/// pressure change when `pressure`. Training and sampling both build them here.
+pub fn condition_features(tb: &TensorBatch, pressure: bool) -> Result<Tensor<5>, ModelError> {
+    if !pressure {
+        return Ok(tb.geometry.clone());
+    }
+    let p = tb.pressure.clone().ok_or_else(|| {
+        ModelError::Input(
+            "this model is conditioned on the per-slice 2D pressure `p_2d`, which the input \
+             lacks (a reference import, or a 2D flow given without its pressure: `fiberflow \
+             predict --pressure2d`); give it, or use a model trained with \
+             pressure_condition = false"
+                .into(),
+        )
+    })?;
+    Ok(Tensor::cat(vec![tb.geometry.clone(), p], 1))
+}
+
 /// Inputs of a batch computed with the frozen E2D: the unscaled μ2d, the scaled
 /// condition and the latent-resolution features (geometry, then the pressure change when
 /// `pressure`).
@@ -61,20 +79,7 @@ impl ConditionInputs {
         scales: &LatentScales,
         pressure: bool,
     ) -> Result<Self, ModelError> {
-        let features = if pressure {
-            let p = tb.pressure.clone().ok_or_else(|| {
-                ModelError::Input(
-                    "this model is conditioned on the per-slice 2D pressure `p_2d`, which the \
-                     input lacks (a reference import, or a 2D flow given without its \
-                     pressure: `fiberflow predict --pressure2d`); give it, or use a model \
-                     trained with pressure_condition = false"
-                        .into(),
-                )
-            })?;
-            Tensor::cat(vec![tb.geometry.clone(), p], 1)
-        } else {
-            tb.geometry.clone()
-        };
+        let features = condition_features(tb, pressure)?;
         // Detached: on an autodiff device (physics guidance) each guided step differentiates
         // its own graph, and a shared encoder graph would be consumed by the first.
         let mu2d = vae.encode_2d(tb).detach();

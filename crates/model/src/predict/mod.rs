@@ -56,10 +56,11 @@ impl TrainedModel {
     /// Loads the best (EMA) weights of a diffusion run and the VAE it names; refuses a VAE
     /// whose weights changed since (its key differs).
     pub fn load(run_dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let log: DiffusionRunLog = read_json(
+        let mut log: DiffusionRunLog = read_json(
             &run_dir.join(LOG_FILE),
             "pass the folder of a diffusion run (fiberflow train diffusion)",
         )?;
+        log.config.reconcile_pressure_condition();
         let vae = DualVae::load(&log.vae, device)?;
         if vae.key != log.vae_key {
             return Err(ModelError::Config(format!(
@@ -74,9 +75,8 @@ impl TrainedModel {
         expected.fit_to_latent(vae.config.latent_channels);
         if expected.unet.in_channels != log.config.unet.in_channels {
             return Err(ModelError::Config(format!(
-                "{}: the network takes {} input channels, but its config implies {} \
-                 (a run from a fiberflow before the 2D-pressure condition? add \
-                 \"pressure_condition\": false to the config in its log.json)",
+                "{}: the network takes {} input channels, but its config implies {}; the run's \
+                 log.json was edited or comes from another fiberflow version",
                 run_dir.display(),
                 log.config.unet.in_channels,
                 expected.unet.in_channels

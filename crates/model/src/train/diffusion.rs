@@ -22,7 +22,7 @@ use crate::error::ModelError;
 use crate::latent::{DualVae, LatentCache, encode_dataset};
 use crate::metrics::{ErrorSums, FieldErrors};
 use crate::physics::{PhysicsLossConfig, PhysicsMetrics};
-use crate::predict::inputs::{ConditionInputs, LatentScales, latent_geometry};
+use crate::predict::inputs::{ConditionInputs, LatentScales, condition_features, latent_geometry};
 use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
 use crate::unet::{UNet, UNetConfig};
 use burn::module::Module;
@@ -113,6 +113,40 @@ impl DiffusionTrainConfig {
     pub fn condition_channels(&self) -> usize {
         use fiberflow_data::features::{GEOMETRY_CHANNELS, PRESSURE_CHANNELS};
         GEOMETRY_CHANNELS + usize::from(self.pressure_condition) * PRESSURE_CHANNELS
+    }
+
+    /// Runs written before `pressure_condition` existed read it as the default `true`;
+    /// their network's input channels (one fewer) say it was off.
+    pub fn reconcile_pressure_condition(&mut self) {
+        let geometry_only = self.predictor.in_channels(
+            self.unet.out_channels,
+            fiberflow_data::features::GEOMETRY_CHANNELS,
+        );
+        if self.pressure_condition && self.unet.in_channels == geometry_only {
+            self.pressure_condition = false;
+        }
+    }
+
+    /// Checks that the train and validation samples hold what the network will be fed
+    /// (`p_2d` when `pressure_condition`), before anything is encoded or trained.
+    pub fn check_dataset(&self, dataset: &Dataset) -> Result<(), ModelError> {
+        if !self.pressure_condition {
+            return Ok(());
+        }
+        for subset in [Subset::Train, Subset::Val] {
+            for i in dataset.indices(Some(subset)) {
+                let sample = dataset.open_sample(i)?;
+                if !sample.has(fiberflow_data::Field::P2d) {
+                    return Err(ModelError::Input(format!(
+                        "{}: no per-slice 2D pressure `p_2d` (a reference import, or a \
+                         dataset generated before it was stored); regenerate it, or train \
+                         with --set pressure_condition=false",
+                        sample.path().display()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets the network's input and output channels for latents of `cz` channels.
@@ -291,6 +325,7 @@ pub fn train_diffusion(
         shape.height / f,
         shape.width / f,
     ])?;
+    cfg.check_dataset(&dataset)?;
     let cache = match LatentCache::open(&dataset, &vae)? {
         Some(c) => c,
         None => encode_dataset(&vae, &dataset, device, observer)?,
@@ -352,11 +387,13 @@ pub fn train_diffusion(
         val_physics_truth: PhysicsMetrics::default(),
         parameters: model.num_params(),
     };
-    if let Some((dir, saved)) = checkpoint::resume_from::<DiffusionRunLog>(out, resume)? {
+    if let Some((dir, mut saved)) = checkpoint::resume_from::<DiffusionRunLog>(out, resume)? {
+        saved.config.reconcile_pressure_condition();
         if saved.config != cfg {
             return Err(ModelError::Config(format!(
-                "{} was trained with another configuration; resume with the same one, or train into a new --out",
-                out.display()
+                "{} was trained with another configuration (pressure_condition = {}); resume with the same one, or train into a new --out",
+                out.display(),
+                saved.config.pressure_condition
             )));
         }
         if saved.vae_key != log.vae_key || saved.scales != log.scales {
@@ -646,8 +683,6 @@ fn load_split(
     pressure: bool,
     device: &Device,
 ) -> Result<Split, ModelError> {
-    use fiberflow_data::Field;
-    use fiberflow_data::features::{geometry_features, pressure_change};
     let indices = dataset.indices(Some(subset));
     let mut split = Split {
         indices: indices.clone(),
@@ -659,30 +694,16 @@ fn load_split(
         let latents = cache.load(i)?;
         split.target.push(latents.mu3d);
         split.cond.push(latents.mu2d);
-        let sample = dataset.open_sample(i)?;
-        let domain = sample.read(Field::Domain)?;
-        let mut features = geometry_features(domain.view(), sample.dxyz()[0])?;
-        if pressure {
-            if !sample.has(Field::P2d) {
-                return Err(ModelError::Input(format!(
-                    "{}: no per-slice 2D pressure `p_2d` (a reference import, or a dataset \
-                     generated before it was stored); regenerate it, or train with \
-                     --set pressure_condition=false",
-                    sample.path().display()
-                )));
-            }
-            let change = pressure_change(sample.read(Field::P2d)?.view(), domain.view())?;
-            features = ndarray::concatenate(ndarray::Axis(1), &[features.view(), change.view()])
-                .map_err(|e| ModelError::Input(e.to_string()))?;
-        }
-        let (s, c, h, w) = features.dim();
-        let t = Tensor::<4>::from_data(
-            TensorData::new(features.iter().copied().collect::<Vec<f32>>(), [s, c, h, w]),
-            device,
-        )
-        .permute([1, 0, 2, 3])
-        .unsqueeze_dim::<5>(0);
-        let g = latent_geometry(t, vae.config.downsample_factor()).squeeze_dim::<4>(0);
+        // Through the same tensors and function as sampling, so training and prediction
+        // cannot disagree on the features or their order.
+        let batch = Batch {
+            indices: vec![i],
+            samples: vec![dataset.open_sample(i)?.load()?],
+            mirrors: vec![Mirror::default()],
+        };
+        let tb = to_tensors(&batch, &vae.normalizer, device)?;
+        let features = condition_features(&tb, pressure)?;
+        let g = latent_geometry(features, vae.config.downsample_factor()).squeeze_dim::<4>(0);
         split.geometry.push(g.into_data());
     }
     Ok(split)
