@@ -196,6 +196,55 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         ],
         &["p_2d", "--pressure2d"],
     );
+    // With the pressure of `fiberflow solve --mode 2d` it predicts; a 3-channel file in
+    // its place is refused by shape.
+    let solved = tmp.path().join("solved");
+    ok([
+        "solve",
+        "--microstructure",
+        &mask.display().to_string(),
+        "--voxel-size-um",
+        "0.75",
+        "--slice-pitch-um",
+        "2",
+        "--mode",
+        "2d",
+        "--out",
+        &solved.display().to_string(),
+    ]);
+    let user_predict = |pressure: &std::path::Path| -> Vec<String> {
+        [
+            "predict",
+            "--model",
+            &diff,
+            "--microstructure",
+            &mask.display().to_string(),
+            "--flow2d",
+            &solved.join("U_2d.npy").display().to_string(),
+            "--pressure2d",
+            &pressure.display().to_string(),
+            "--voxel-size-um",
+            "0.75",
+            "--slice-pitch-um",
+            "2",
+            "--samples",
+            "1",
+            "--out",
+            &tmp.path().join("user").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    ok(user_predict(&solved.join("p_2d.npy")));
+    let u = Array4::<f32>::read_npy(fs::File::open(tmp.path().join("user/U_pred.npy")).unwrap())
+        .unwrap();
+    assert_eq!(u.dim(), (3, 3, 16, 16));
+    assert!(u.iter().all(|v| v.is_finite()));
+    fails(
+        user_predict(&solved.join("U_2d.npy")),
+        &["shape", "(3, 1, 16, 16)"],
+    );
     fails(
         [
             "predict",
