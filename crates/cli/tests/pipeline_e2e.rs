@@ -152,50 +152,43 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     })
     .write_npy(fs::File::create(&mask).unwrap())
     .unwrap();
+    // Predictions from the stack with a given 2D flow (and pressure).
+    let user_predict = |flow: &std::path::Path, pressure: Option<&std::path::Path>| {
+        let mut args: Vec<String> = [
+            "predict",
+            "--model",
+            &diff,
+            "--microstructure",
+            &mask.display().to_string(),
+            "--flow2d",
+            &flow.display().to_string(),
+            "--voxel-size-um",
+            "0.75",
+            "--slice-pitch-um",
+            "2",
+            "--samples",
+            "1",
+            "--out",
+            &tmp.path().join("user").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = pressure {
+            args.extend(["--pressure2d".to_string(), p.display().to_string()]);
+        }
+        args
+    };
     let flow = tmp.path().join("flow.npy");
     Array4::<f32>::zeros((3, 3, 8, 8))
         .write_npy(fs::File::create(&flow).unwrap())
         .unwrap();
-    fails(
-        [
-            "predict",
-            "--model",
-            &diff,
-            "--microstructure",
-            &mask.display().to_string(),
-            "--flow2d",
-            &flow.display().to_string(),
-            "--voxel-size-um",
-            "0.75",
-            "--slice-pitch-um",
-            "2",
-            "--out",
-            &tmp.path().join("p").display().to_string(),
-        ],
-        &["shape", "(3, 3, 16, 16)"],
-    );
+    fails(user_predict(&flow, None), &["shape", "(3, 3, 16, 16)"]);
     // The model is conditioned on the 2D pressure: a 2D flow without it is refused.
     Array4::<f32>::zeros((3, 3, 16, 16))
         .write_npy(fs::File::create(&flow).unwrap())
         .unwrap();
-    fails(
-        [
-            "predict",
-            "--model",
-            &diff,
-            "--microstructure",
-            &mask.display().to_string(),
-            "--flow2d",
-            &flow.display().to_string(),
-            "--voxel-size-um",
-            "0.75",
-            "--slice-pitch-um",
-            "2",
-            "--out",
-            &tmp.path().join("p").display().to_string(),
-        ],
-        &["p_2d", "--pressure2d"],
-    );
+    fails(user_predict(&flow, None), &["p_2d", "--pressure2d"]);
     // With the pressure of `fiberflow solve --mode 2d` it predicts; a 3-channel file in
     // its place is refused by shape.
     let solved = tmp.path().join("solved");
@@ -212,39 +205,13 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         "--out",
         &solved.display().to_string(),
     ]);
-    let user_predict = |pressure: &std::path::Path| -> Vec<String> {
-        [
-            "predict",
-            "--model",
-            &diff,
-            "--microstructure",
-            &mask.display().to_string(),
-            "--flow2d",
-            &solved.join("U_2d.npy").display().to_string(),
-            "--pressure2d",
-            &pressure.display().to_string(),
-            "--voxel-size-um",
-            "0.75",
-            "--slice-pitch-um",
-            "2",
-            "--samples",
-            "1",
-            "--out",
-            &tmp.path().join("user").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    ok(user_predict(&solved.join("p_2d.npy")));
+    let u2d = solved.join("U_2d.npy");
+    ok(user_predict(&u2d, Some(&solved.join("p_2d.npy"))));
     let u = Array4::<f32>::read_npy(fs::File::open(tmp.path().join("user/U_pred.npy")).unwrap())
         .unwrap();
     assert_eq!(u.dim(), (3, 3, 16, 16));
     assert!(u.iter().all(|v| v.is_finite()));
-    fails(
-        user_predict(&solved.join("U_2d.npy")),
-        &["shape", "(3, 1, 16, 16)"],
-    );
+    fails(user_predict(&u2d, Some(&u2d)), &["shape", "(3, 1, 16, 16)"]);
     fails(
         [
             "predict",

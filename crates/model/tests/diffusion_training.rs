@@ -147,6 +147,15 @@ impl Setup {
         train_diffusion(&Device::flex(), &self.data, vae, out, cfg, resume, observer)
     }
 
+    /// One epoch of the direct predictor into `name`, with or without the pressure channel.
+    fn train_direct(&self, name: &str, pressure: bool) -> Result<DiffusionRunLog, ModelError> {
+        let cfg = DiffusionTrainConfig {
+            pressure_condition: pressure,
+            ..config(PredictorKind::Direct, 1)
+        };
+        self.train(&self.stage2, &self.path(name), cfg, false, &mut Quiet)
+    }
+
     /// All samples of `subset` in one batch, in split order, unmirrored.
     fn batch(&self, subset: Option<Subset>) -> Batch {
         let dataset = Dataset::open(&self.data).unwrap();
@@ -303,18 +312,7 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     // A second run (the direct predictor, without the pressure channel) reuses the cache
     // without rewriting a file.
     let before = modified(&cache);
-    let direct = s
-        .train(
-            &s.stage2,
-            &s.path("direct"),
-            DiffusionTrainConfig {
-                pressure_condition: false,
-                ..config(PredictorKind::Direct, 1)
-            },
-            false,
-            &mut Quiet,
-        )
-        .unwrap();
+    let direct = s.train_direct("direct", false).unwrap();
     assert_eq!(direct.vae_key, log.vae_key);
     assert_eq!(direct.history.len(), 1);
     // Condition ⊕ geometry only.
@@ -489,32 +487,12 @@ fn a_dataset_without_the_2d_pressure_needs_pressure_condition_off() {
         sample.p2d = None;
         sample.write(file.path()).unwrap();
     }
-    let err = s
-        .train(
-            &s.stage2,
-            &s.path("with"),
-            config(PredictorKind::Direct, 1),
-            false,
-            &mut Quiet,
-        )
-        .unwrap_err()
-        .to_string();
+    let err = s.train_direct("with", true).unwrap_err().to_string();
     assert!(
         err.contains("`p_2d`") && err.contains("--set pressure_condition=false"),
         "{err}"
     );
-    let log = s
-        .train(
-            &s.stage2,
-            &s.path("without"),
-            DiffusionTrainConfig {
-                pressure_condition: false,
-                ..config(PredictorKind::Direct, 1)
-            },
-            false,
-            &mut Quiet,
-        )
-        .unwrap();
+    let log = s.train_direct("without", false).unwrap();
     assert_eq!(log.history.len(), 1);
 }
 
