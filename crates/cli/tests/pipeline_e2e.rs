@@ -1,6 +1,6 @@
 //! The whole pipeline from the command line on a tiny dataset: `quickstart` (generate,
 //! both VAE stages, diffusion, three evaluations, prediction, report), its resumption, and
-//! the refusals of `evaluate` and `predict`.
+//! data-parallel training on two devices, and the refusals of `evaluate` and `predict`.
 
 mod common;
 
@@ -121,6 +121,42 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     // Refusals with clear messages.
     let diff = out.join("diffusion").display().to_string();
     let data = out.join("data").display().to_string();
+
+    // Data-parallel training from the CLI: two devices (sharing the CPU here) each take
+    // one batch of every step; with fewer batches per step than devices it is refused.
+    let vae2 = out.join("vae-stage2").display().to_string();
+    let parallel = tmp.path().join("parallel");
+    let train = |device: &str, accumulation: &str| -> Vec<String> {
+        [
+            "train",
+            "diffusion",
+            "--dataset",
+            &data,
+            "--vae",
+            &vae2,
+            "--epochs",
+            "1",
+            "--device",
+            device,
+            "--set",
+            accumulation,
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([parallel.display().to_string()])
+        .collect()
+    };
+    fails(train("cpu,cpu", "accumulation=1"), &["accumulation=2"]);
+    fails(
+        train("cpu,tpu", "accumulation=2"),
+        &["unknown device `tpu`"],
+    );
+    ok(train("cpu,cpu", "accumulation=2"));
+    assert_eq!(
+        json(&parallel.join("log.json"))["config"]["accumulation"],
+        2
+    );
 
     // `plot` redraws a run's curves anywhere, and refuses a folder that is no run.
     let plots = tmp.path().join("plots");

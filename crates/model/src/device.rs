@@ -15,6 +15,21 @@ pub fn select(spec: &str) -> Result<Device, ModelError> {
     }
 }
 
+/// A comma-separated list of [`select`] names, e.g. `cuda:0,cuda:1`, for data-parallel
+/// training; the first device holds the model. A device named twice is refused, except
+/// `cpu`, whose repeats share the cores (that only tests the parallel path).
+pub fn select_all(spec: &str) -> Result<Vec<Device>, ModelError> {
+    let names: Vec<&str> = spec.split(',').map(str::trim).collect();
+    for (i, name) in names.iter().enumerate() {
+        if *name != "cpu" && names[..i].contains(name) {
+            return Err(ModelError::Config(format!(
+                "device `{name}` is named twice in `{spec}`"
+            )));
+        }
+    }
+    names.into_iter().map(select).collect()
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(index: &str) -> Result<Device, ModelError> {
     let i: usize = index
@@ -33,6 +48,19 @@ fn cuda(_index: &str) -> Result<Device, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_lists_are_parsed() {
+        assert_eq!(select_all("cpu").unwrap().len(), 1);
+        assert_eq!(select_all("cpu, cpu").unwrap().len(), 2);
+        assert!(select_all("cpu,").is_err());
+        assert!(
+            select_all("cuda:1,cuda:1")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
 
     #[test]
     fn names_are_parsed_and_unknown_ones_refused() {

@@ -119,7 +119,7 @@ pub struct PhysicsLossConfig {
     pub flow_rate: f64,
     /// Weight of [`smoothness_term`].
     pub smoothness: f64,
-    /// Add the physics loss every this many batches (it decodes x̂0 and differentiates
+    /// Add the physics loss every this many optimiser steps (it decodes x̂0 and differentiates
     /// through the frozen decoder, which costs more than the denoiser step).
     pub every: usize,
 }

@@ -1,19 +1,15 @@
 //! The latent predictor's trainer and the inference API end to end, on a tiny generated
 //! dataset and a two-stage VAE: run folder and latent cache, exact resume, refusals,
 //! overfitting a fixed batch, and the properties of `TrainedModel::predict`.
-//!
-//! Tests hold one lock: Burn's flex generator is global, so a weight initialisation in
-//! one test thread would shift another's, and the resume comparison needs exact weights.
+//! Tests hold `common::serial`'s lock: the resume and device comparisons need exact weights.
+
+mod common;
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
-use fiberflow_data::generate::{GeneratorConfig, generate_sample};
+use common::{serial, tiny_dataset};
 use fiberflow_data::json::read_json;
-use fiberflow_data::{
-    Batch, Dataset, DatasetWriter, Loader, LoaderConfig, Mirror, Progress, Silent, SplitMode,
-    Subset,
-};
-use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_data::{Batch, Dataset, Loader, LoaderConfig, Mirror, Progress, Subset};
 use fiberflow_model::ModelError;
 use fiberflow_model::batch::{sample_array, to_tensors};
 use fiberflow_model::diffusion::{
@@ -35,14 +31,7 @@ use fiberflow_model::vae::VaeConfig;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 struct Quiet;
 impl Progress for Quiet {}
@@ -74,25 +63,7 @@ impl Setup {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut gen_cfg = GeneratorConfig::default();
-        gen_cfg.packing.window_um = 12.0;
-        gen_cfg.packing.radius_mean_um = 2.0;
-        gen_cfg.packing.radius_std_um = 0.1;
-        gen_cfg.vf = [0.3, 0.4];
-        gen_cfg.packing_attempts = 20;
-        let grid = SliceGrid {
-            size: 16,
-            slices: 3,
-            pitch_um: 2.0,
-        };
-        let writer = DatasetWriter::create_or_resume(&data, gen_cfg.header(&grid, 3)).unwrap();
-        for i in 0..8 {
-            let (sample, record) = generate_sample(&gen_cfg, &grid, 3, i).unwrap();
-            writer.write(i, &sample, record).unwrap();
-        }
-        writer
-            .finalize(8, SplitMode::Fiberflow, &mut Silent)
-            .unwrap();
+        tiny_dataset(&data, 3);
         let vae_cfg = VaeTrainConfig {
             vae: VaeConfig::new().with_channels(vec![8, 16]).with_groups(4),
             epochs: 2,
@@ -101,7 +72,7 @@ impl Setup {
             ..Default::default()
         };
         let (stage1, stage2) = (tmp.path().join("vae1"), tmp.path().join("vae2"));
-        let device = Device::flex();
+        let device = [Device::flex()];
         train_vae(
             &device,
             Stage::One,
@@ -144,7 +115,21 @@ impl Setup {
         resume: bool,
         observer: &mut dyn DiffusionObserver,
     ) -> Result<DiffusionRunLog, ModelError> {
-        train_diffusion(&Device::flex(), &self.data, vae, out, cfg, resume, observer)
+        self.train_on(1, vae, out, cfg, resume, observer)
+    }
+
+    /// [`Setup::train`] on `devices` CPU devices (data-parallel when more than one).
+    fn train_on(
+        &self,
+        devices: usize,
+        vae: &Path,
+        out: &Path,
+        cfg: DiffusionTrainConfig,
+        resume: bool,
+        observer: &mut dyn DiffusionObserver,
+    ) -> Result<DiffusionRunLog, ModelError> {
+        let devices = vec![Device::flex(); devices];
+        train_diffusion(&devices, &self.data, vae, out, cfg, resume, observer)
     }
 
     /// One epoch of the direct predictor into `name`, with or without the pressure channel.
@@ -680,7 +665,7 @@ fn invalid_configs_fail_before_the_dataset_is_read() {
     let out = s.path("out");
     let check = |cfg: DiffusionTrainConfig, field: &str| {
         let e = train_diffusion(
-            &Device::flex(),
+            &[Device::flex()],
             &missing,
             &s.stage2,
             &out,
@@ -730,7 +715,7 @@ fn invalid_configs_fail_before_the_dataset_is_read() {
     check(c, "beta_end");
     // The valid configuration gets as far as the missing dataset.
     let e = train_diffusion(
-        &Device::flex(),
+        &[Device::flex()],
         &missing,
         &s.stage2,
         &out,
@@ -746,6 +731,50 @@ fn invalid_configs_fail_before_the_dataset_is_read() {
     let e = s.train(&s.stage2, &out, c, false, &mut Quiet).unwrap_err();
     assert!(e.to_string().contains("not divisible"), "{e}");
     assert!(!out.exists());
+}
+
+/// Data-parallel training: the batches of each step dealt to two devices (two threads
+/// sharing the CPU here), physics losses included, log and save exactly what one device
+/// does; more devices than batches per step are refused.
+#[test]
+fn two_devices_train_exactly_as_one() {
+    let _serial = serial();
+    let s = Setup::new();
+    let cfg = DiffusionTrainConfig {
+        accumulation: 2,
+        batch_size: 2,
+        physics: PhysicsLossConfig {
+            divergence: 1.0,
+            every: 1,
+            ..Default::default()
+        },
+        ..config(PredictorKind::Diffusion, 1)
+    };
+    let runs: Vec<(Vec<DiffusionEpoch>, Vec<f32>)> = [1, 2]
+        .into_iter()
+        .map(|n| {
+            let out = s.path(&format!("devices-{n}"));
+            let mut log = s
+                .train_on(n, &s.stage2, &out, cfg.clone(), false, &mut Quiet)
+                .unwrap();
+            log.history.iter_mut().for_each(|r| r.seconds = 0.0);
+            (
+                log.history,
+                probe(&log.config.unet, &out.join("checkpoint/model.bpk")),
+            )
+        })
+        .collect();
+    assert!(runs[0].0[0].train_physics.is_some());
+    assert!(
+        runs[0] == runs[1],
+        "one device: {:?}\ntwo: {:?}",
+        runs[0].0,
+        runs[1].0
+    );
+    let e = s
+        .train_on(3, &s.stage2, &s.path("three"), cfg, false, &mut Quiet)
+        .unwrap_err();
+    assert!(e.to_string().contains("accumulation=3"), "{e}");
 }
 
 #[test]

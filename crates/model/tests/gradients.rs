@@ -62,8 +62,8 @@ fn saved_and_loaded_networks_give_identical_outputs() {
     checkpoint::save(&vae, &path).unwrap();
     let loaded = checkpoint::load(cfg.init(&device).unwrap(), &path).unwrap();
     assert!(
-        values(vae.forward(x.clone(), None, false).reconstruction)
-            == values(loaded.forward(x, None, false).reconstruction)
+        values(vae.forward(x.clone(), None, None).reconstruction)
+            == values(loaded.forward(x, None, None).reconstruction)
     );
     // Another architecture is refused with the file named.
     let other = VaeConfig::new()
@@ -90,7 +90,7 @@ fn overfits_a_fixed_batch_tenfold() {
     let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
     let loss_of = |vae: &fiberflow_model::vae::VaeBranch| {
         normalized_mae(
-            vae.forward(x.clone(), None, false).reconstruction,
+            vae.forward(x.clone(), None, None).reconstruction,
             x.clone(),
             mask.clone(),
         )

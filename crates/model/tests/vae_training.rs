@@ -1,10 +1,10 @@
 //! VAE training end to end on a tiny generated dataset: learning, exact resume, stage 2.
 
+mod common;
+
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use fiberflow_data::generate::{GeneratorConfig, generate_sample};
-use fiberflow_data::{DatasetWriter, Silent, SplitMode};
-use fiberflow_geometry::layout::SliceGrid;
+use common::{serial, tiny_dataset as dataset};
 use fiberflow_model::ModelError;
 use fiberflow_model::train::checkpoint;
 use fiberflow_model::train::vae::{
@@ -13,29 +13,6 @@ use fiberflow_model::train::vae::{
 use fiberflow_model::vae::VaeConfig;
 use std::ops::ControlFlow;
 use std::path::Path;
-
-/// Eight 16×16×3 samples: 5 train, 1 val, 2 test.
-fn dataset(dir: &Path, seed: u64) {
-    let mut cfg = GeneratorConfig::default();
-    cfg.packing.window_um = 12.0;
-    cfg.packing.radius_mean_um = 2.0;
-    cfg.packing.radius_std_um = 0.1;
-    cfg.vf = [0.3, 0.4];
-    cfg.packing_attempts = 20;
-    let grid = SliceGrid {
-        size: 16,
-        slices: 3,
-        pitch_um: 2.0,
-    };
-    let writer = DatasetWriter::create_or_resume(dir, cfg.header(&grid, seed)).unwrap();
-    for i in 0..8 {
-        let (sample, record) = generate_sample(&cfg, &grid, seed, i).unwrap();
-        writer.write(i, &sample, record).unwrap();
-    }
-    writer
-        .finalize(8, SplitMode::Fiberflow, &mut Silent)
-        .unwrap();
-}
 
 fn config(epochs: usize) -> VaeTrainConfig {
     VaeTrainConfig {
@@ -63,7 +40,7 @@ impl TrainObserver for StopAfter {
 struct Quiet;
 impl TrainObserver for Quiet {}
 
-/// `train_vae` on the CPU.
+/// `train_vae` on one CPU device.
 fn run(
     stage: Stage,
     data: &Path,
@@ -73,8 +50,23 @@ fn run(
     resume: bool,
     observer: &mut dyn TrainObserver,
 ) -> Result<RunLog, ModelError> {
+    run_on(1, stage, data, stage1, out, cfg, resume, observer)
+}
+
+/// `train_vae` on `devices` CPU devices (data-parallel when more than one).
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    devices: usize,
+    stage: Stage,
+    data: &Path,
+    stage1: Option<&Path>,
+    out: &Path,
+    cfg: VaeTrainConfig,
+    resume: bool,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunLog, ModelError> {
     train_vae(
-        &Device::flex(),
+        &vec![Device::flex(); devices],
         stage,
         data,
         stage1,
@@ -87,6 +79,7 @@ fn run(
 
 #[test]
 fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data, 3);
@@ -150,21 +143,8 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
             .collect::<Vec<_>>()
     );
     // Same weights: both checkpoints map a fixed input to the same output, bit for bit.
-    let device = Device::flex();
-    device.seed(9);
-    let probe = Tensor::<5>::random([1, 3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
-    let geometry = Tensor::<5>::random([1, 2, 3, 16, 16], Distribution::Uniform(0.0, 1.0), &device);
-    let output = |dir: &Path| -> Vec<f32> {
-        let fresh = config(4).vae.init(&device).unwrap();
-        let model = checkpoint::load(fresh, &dir.join("checkpoint/model.bpk")).unwrap();
-        model
-            .forward(probe.clone(), Some(geometry.clone()), false)
-            .reconstruction
-            .into_data()
-            .try_into_vec()
-            .unwrap()
-    };
-    assert!(output(&a) == output(&b), "resumed weights differ");
+    let weights = |dir: &Path| probe_output(&dir.join("checkpoint/model.bpk"));
+    assert!(weights(&a) == weights(&b), "resumed weights differ");
 
     // Refusals: an existing run without --resume, and a resume with another config.
     let e = run(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap_err();
@@ -225,4 +205,91 @@ fn invalid_configs_fail_before_reading_data() {
     let mut cfg = config(1);
     cfg.ema_decay = 1.0;
     assert!(cfg.validate().is_err());
+}
+
+/// The reconstruction of a fixed random input by the weights in `file` of a run with
+/// `config(1)`'s architecture, bit for bit.
+fn probe_output(file: &Path) -> Vec<f32> {
+    let device = Device::flex();
+    device.seed(9);
+    let probe = Tensor::<5>::random([1, 3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let geometry = Tensor::<5>::random([1, 2, 3, 16, 16], Distribution::Uniform(0.0, 1.0), &device);
+    let model = checkpoint::load(config(1).vae.init(&device).unwrap(), file).unwrap();
+    model
+        .forward(probe, Some(geometry), None)
+        .reconstruction
+        .into_data()
+        .try_into_vec()
+        .unwrap()
+}
+
+/// Data-parallel training: with the batches of each step dealt to two devices (two
+/// threads here, sharing the CPU), both stages log and save exactly what one device does.
+#[test]
+fn two_devices_train_exactly_as_one() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data, 5);
+    let cfg = |epochs| VaeTrainConfig {
+        accumulation: 2,
+        batch_size: 1,
+        kl_2d: 1e-3,
+        ..config(epochs)
+    };
+    let mut logs = Vec::new();
+    for devices in [1, 2] {
+        let one = tmp.path().join(format!("s1-{devices}"));
+        let two = tmp.path().join(format!("s2-{devices}"));
+        let log1 = run_on(
+            devices,
+            Stage::One,
+            &data,
+            None,
+            &one,
+            cfg(2),
+            false,
+            &mut Quiet,
+        );
+        let log2 = run_on(
+            devices,
+            Stage::Two,
+            &data,
+            Some(&one),
+            &two,
+            cfg(1),
+            false,
+            &mut Quiet,
+        );
+        logs.push([log1.unwrap(), log2.unwrap()].map(|mut log| {
+            log.history.iter_mut().for_each(|r| r.seconds = 0.0);
+            (log.history, log.best_epoch)
+        }));
+    }
+    assert!(
+        logs[0] == logs[1],
+        "histories differ:\n{:?}\n{:?}",
+        logs[0],
+        logs[1]
+    );
+    for run in ["s1", "s2"] {
+        let file = |n: usize| tmp.path().join(format!("{run}-{n}/checkpoint/model.bpk"));
+        assert!(
+            probe_output(&file(1)) == probe_output(&file(2)),
+            "{run} weights differ"
+        );
+    }
+    // More devices than batches per step would idle: refused before anything is read.
+    let e = run_on(
+        2,
+        Stage::One,
+        &data,
+        None,
+        &tmp.path().join("x"),
+        config(1),
+        false,
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("accumulation=2"), "{e}");
 }

@@ -56,7 +56,8 @@ pub struct GridsearchArgs {
     /// Epochs of every run (overrides the grid's base).
     #[arg(long)]
     epochs: Option<usize>,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`; a list such as
+    /// `cuda:0,cuda:1` trains each run data-parallel (needs accumulation ≥ the device count).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -64,8 +65,9 @@ pub struct GridsearchArgs {
 pub fn run(a: GridsearchArgs) -> Result<()> {
     let grid = Grid::load(&a.grid, a.epochs)?;
     let runs = grid.runs()?;
-    let device = fiberflow_model::device::select(&a.device)?;
-    let vae = DualVae::load(&a.vae, &device)?;
+    let devices = fiberflow_model::device::select_all(&a.device)?;
+    let device = &devices[0];
+    let vae = DualVae::load(&a.vae, device)?;
     let dataset = Dataset::open(&a.dataset)?;
     check_fit(&runs, &grid, &vae, &dataset)?;
     claim(&a, &grid, &runs)?;
@@ -86,7 +88,7 @@ pub fn run(a: GridsearchArgs) -> Result<()> {
     );
     if !todo.is_empty() && LatentCache::open(&dataset, &vae)?.is_none() {
         // Encode once up front, so no run's wall time includes it.
-        encode_dataset(&vae, &dataset, &device, &mut progress::Bar::default())?;
+        encode_dataset(&vae, &dataset, device, &mut progress::Bar::default())?;
     }
     drop(vae);
 
@@ -99,7 +101,7 @@ pub fn run(a: GridsearchArgs) -> Result<()> {
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let cfg = run.config.clone();
-            train_diffusion(&device, &a.dataset, &a.vae, &dir, cfg, resumed, &mut bar)
+            train_diffusion(&devices, &a.dataset, &a.vae, &dir, cfg, resumed, &mut bar)
         }));
         let row = result_row(run, resumed, started.elapsed().as_secs_f64(), outcome);
         let outcome = match row.status {

@@ -53,7 +53,8 @@ struct RunArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`; a list such as
+    /// `cuda:0,cuda:1` trains data-parallel (needs accumulation ≥ the device count).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -107,9 +108,9 @@ fn vae(a: VaeArgs) -> Result<()> {
     let cfg: VaeTrainConfig = a.run.config(|c: &mut VaeTrainConfig, e| c.epochs = e)?;
     let stage = if a.stage == 1 { Stage::One } else { Stage::Two };
     let mut bar = Bar(None);
-    let device = fiberflow_model::device::select(&a.run.device)?;
+    let devices = fiberflow_model::device::select_all(&a.run.device)?;
     let log = train_vae(
-        &device,
+        &devices,
         stage,
         &a.run.dataset,
         a.stage1.as_deref(),
@@ -137,10 +138,10 @@ fn diffusion(a: DiffusionArgs) -> Result<()> {
     let cfg: DiffusionTrainConfig = a
         .run
         .config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;
-    let device = fiberflow_model::device::select(&a.run.device)?;
+    let devices = fiberflow_model::device::select_all(&a.run.device)?;
     let mut bar = Bar(None);
     let log = train_diffusion(
-        &device,
+        &devices,
         &a.run.dataset,
         &a.vae,
         &a.run.out,

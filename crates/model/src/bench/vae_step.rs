@@ -6,7 +6,7 @@ use crate::loss::{kl_divergence, normalized_mae, normalized_mse};
 use crate::train::clip::clip_global_norm;
 use crate::train::ema;
 use crate::train::vae::{ReconLoss, VaeTrainConfig};
-use crate::vae::VaeBranch;
+use crate::vae::{VaeBranch, standard_noise};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -67,9 +67,10 @@ impl VaeStep {
 
 impl TrainStep for VaeStep {
     fn step(&mut self) -> Result<f64, ModelError> {
+        let noise = standard_noise(self.cfg.vae.latent_shape(self.field.dims()), &self.device);
         let out = self
             .model
-            .forward(self.field.clone(), self.geometry.clone(), true);
+            .forward(self.field.clone(), self.geometry.clone(), Some(noise));
         let (pred, target, mask) = (out.reconstruction, self.field.clone(), self.mask.clone());
         let rec = match self.cfg.loss {
             ReconLoss::Mae => normalized_mae(pred, target, mask),

@@ -11,6 +11,7 @@
 use super::checkpoint;
 use super::clip::clip_global_norm;
 use super::ema;
+use super::parallel;
 use super::schedule;
 use super::vae::{BEST_FILE, LOG_FILE};
 use crate::batch::to_tensors;
@@ -26,7 +27,7 @@ use crate::predict::inputs::{ConditionInputs, LatentScales, condition_features, 
 use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
 use crate::unet::{UNet, UNetConfig};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::write_json;
@@ -48,6 +49,9 @@ pub struct DiffusionTrainConfig {
     pub diffusion: DiffusionConfig,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Batches whose gradients are summed before one optimiser step; with several
+    /// training devices, they are computed in parallel (one device per batch).
+    pub accumulation: usize,
     pub lr: f64,
     pub min_lr: f64,
     pub warmup_steps: usize,
@@ -89,6 +93,7 @@ impl Default for DiffusionTrainConfig {
             diffusion: DiffusionConfig::new().with_prediction(Prediction::V),
             epochs: 100,
             batch_size: 4,
+            accumulation: 1,
             lr: 1e-3,
             min_lr: 1e-5,
             warmup_steps: 50,
@@ -158,8 +163,8 @@ impl DiffusionTrainConfig {
     /// Checks every field before any data is read.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("epochs and batch_size must be ≥ 1".into());
+        if self.epochs == 0 || self.batch_size == 0 || self.accumulation == 0 {
+            return bad("epochs, batch_size and accumulation must be ≥ 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad(format!(
@@ -290,6 +295,15 @@ impl PhysicsContext<'_> {
     }
 }
 
+/// The batches of one step that a device computes: its replica of the network (set for
+/// each step) and its own physics context.
+struct Worker<'a> {
+    model: Option<UNet>,
+    physics: Option<PhysicsContext<'a>>,
+    /// The autodiff device the replica lives on.
+    device: Device,
+}
+
 /// The cached latents of one split, scaled, with latent-resolution geometry.
 struct Split {
     indices: Vec<usize>,
@@ -299,10 +313,12 @@ struct Split {
 }
 
 /// Trains the latent predictor on the dataset's latent cache of `vae_dir` (computing the
-/// cache when it is missing) into `out`.
+/// cache when it is missing) into `out`. The first of `devices` holds the model, caches
+/// and validates; with several, each optimiser step's `accumulation` batches are computed
+/// in parallel ([`parallel`](super::parallel)), with the same result as on one device.
 #[allow(clippy::too_many_arguments)]
 pub fn train_diffusion(
-    device: &Device,
+    devices: &[Device],
     dataset_dir: &Path,
     vae_dir: &Path,
     out: &Path,
@@ -311,6 +327,8 @@ pub fn train_diffusion(
     observer: &mut dyn DiffusionObserver,
 ) -> Result<DiffusionRunLog, ModelError> {
     cfg.validate()?;
+    parallel::check_devices(devices.len(), cfg.accumulation)?;
+    let device = &devices[0];
     let vae = DualVae::load(vae_dir, device)?;
     let cz = vae.config.latent_channels;
     cfg.fit_to_latent(cz);
@@ -355,16 +373,28 @@ pub fn train_diffusion(
         scale(&mut split.cond, scales.condition);
     }
     let schedule = cfg.diffusion.init()?;
-    let ad = device.clone().autodiff();
-    let physics = if cfg.physics.enabled() {
-        Some(PhysicsContext {
-            vae: DualVae::load(vae_dir, &ad)?,
-            dataset: &dataset,
-            scales,
+    let ads: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let ad = ads[0].clone();
+    // One worker per device, each with its own frozen VAE for the physics losses.
+    let mut workers = ads
+        .iter()
+        .map(|a| {
+            let physics = if cfg.physics.enabled() {
+                Some(PhysicsContext {
+                    vae: DualVae::load(vae_dir, a)?,
+                    dataset: &dataset,
+                    scales,
+                })
+            } else {
+                None
+            };
+            Ok(Worker {
+                model: None,
+                physics,
+                device: a.clone(),
+            })
         })
-    } else {
-        None
-    };
+        .collect::<Result<Vec<_>, ModelError>>()?;
 
     std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
     device.seed(cfg.seed);
@@ -415,7 +445,8 @@ pub fn train_diffusion(
     let val_batches = val_batches(&dataset)?;
     log.val_physics_truth = truth_physics(&vae, &val_batches, device)?;
     let batches = train.indices.len().div_ceil(cfg.batch_size);
-    let total_steps = batches * cfg.epochs;
+    let steps_per_epoch = batches.div_ceil(cfg.accumulation);
+    let total_steps = steps_per_epoch * cfg.epochs;
     for epoch in log.history.len()..cfg.epochs {
         let started = Instant::now();
         let mut rng = seeded_rng(cfg.seed);
@@ -424,34 +455,59 @@ pub fn train_diffusion(
         order.shuffle(&mut rng);
         let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
         let mut physics_sums = (0.0, 0usize);
-        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let step = epoch * batches + b;
-            let physics = physics.as_ref().filter(|_| step % cfg.physics.every == 0);
-            let losses = batch_loss(
-                &model, &schedule, &cfg, &train, chunk, &mut rng, true, physics, &ad,
-            )?;
-            let value = losses.prediction.clone().into_scalar::<f64>();
-            let physics_value = losses.physics.clone().map(|p| p.into_scalar::<f64>());
-            if !(value.is_finite() && physics_value.is_none_or(f64::is_finite)) {
-                return Err(ModelError::Input(format!(
-                    "training loss became {value} (physics {physics_value:?}) at epoch {epoch}, batch {b}; lower lr or the physics weights"
-                )));
+        let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        for (step_in_epoch, group) in chunks.chunks(cfg.accumulation).enumerate() {
+            let step = epoch * steps_per_epoch + step_in_epoch;
+            let with_physics = step % cfg.physics.every == 0;
+            let first = step_in_epoch * cfg.accumulation;
+            // Each batch's draws come from its own generator, seeded in batch order.
+            let jobs: Vec<(usize, &[usize], ChaCha8Rng)> = group
+                .iter()
+                .enumerate()
+                .map(|(k, chunk)| (first + k, *chunk, ChaCha8Rng::from_rng(&mut rng)))
+                .collect();
+            for (w, worker) in workers.iter_mut().enumerate() {
+                worker.model = Some(parallel::replica(&model, w, &worker.device));
             }
-            loss_sum += value;
-            if let Some(p) = physics_value {
-                physics_sums = (physics_sums.0 + p, physics_sums.1 + 1);
+            let n = group.len() as f64;
+            let outputs = parallel::run_sharded(&mut workers, jobs, |w, (b, chunk, mut rng)| {
+                let unet = w.model.as_ref().expect("set for this step");
+                let physics = w.physics.as_ref().filter(|_| with_physics);
+                let losses = batch_loss(
+                    unet, &schedule, &cfg, &train, chunk, &mut rng, true, physics, &w.device,
+                )?;
+                let value = losses.prediction.clone().into_scalar::<f64>();
+                let physics_value = losses.physics.clone().map(|p| p.into_scalar::<f64>());
+                if !(value.is_finite() && physics_value.is_none_or(f64::is_finite)) {
+                    return Err(ModelError::Input(format!(
+                        "training loss became {value} (physics {physics_value:?}) at epoch {epoch}, batch {b}; lower lr or the physics weights"
+                    )));
+                }
+                let loss = match losses.physics {
+                    Some(p) => losses.prediction + p,
+                    None => losses.prediction,
+                };
+                let grads = parallel::gradients(loss.div_scalar(n), unet, &ad);
+                Ok((grads, value, physics_value))
+            })?;
+            let mut accumulator = GradientsAccumulator::<UNet>::new();
+            for (k, (grads, value, physics_value)) in outputs.into_iter().enumerate() {
+                loss_sum += value;
+                if let Some(p) = physics_value {
+                    physics_sums = (physics_sums.0 + p, physics_sums.1 + 1);
+                }
+                accumulator.accumulate(&model, grads);
+                observer.batch(epoch, first + k, batches, value);
             }
-            let loss = match losses.physics {
-                Some(p) => losses.prediction + p,
-                None => losses.prediction,
-            };
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            for worker in &mut workers {
+                worker.model = None;
+            }
+            let mut grads = accumulator.grads();
             norms.push(clip_global_norm(&model, &mut grads, cfg.grad_clip));
             lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
             model = optim.step(lr, model, grads);
             let decay = ema::warmup_decay(step as u64, cfg.ema_decay);
             ema_model = ema::update(ema_model, &model.valid(), decay);
-            observer.batch(epoch, b, batches, value);
         }
         let val_loss = validation_loss(&ema_model, &schedule, &cfg, &val, device)?;
         let predictor = LatentPredictor {
@@ -475,7 +531,7 @@ pub fn train_diffusion(
         )?;
         let record = DiffusionEpoch {
             epoch,
-            steps: (epoch + 1) * batches,
+            steps: (epoch + 1) * steps_per_epoch,
             lr,
             train_loss: loss_sum / batches as f64,
             train_physics: (physics_sums.1 > 0).then(|| physics_sums.0 / physics_sums.1 as f64),

@@ -1,10 +1,12 @@
 //! Training loops (the two VAE stages, the latent predictor) and what Burn does not
 //! provide for them: global-norm gradient clipping, an exponential moving average of the
-//! weights, closed-form schedules and crash-safe checkpoints.
+//! weights, closed-form schedules, crash-safe checkpoints and data parallelism over
+//! several devices.
 
 pub mod checkpoint;
 pub mod clip;
 pub mod diffusion;
 pub mod ema;
+pub mod parallel;
 pub mod schedule;
 pub mod vae;

@@ -16,8 +16,8 @@ use crate::batch::{Normalization, Normalizer, TensorBatch, to_tensors};
 use crate::error::ModelError;
 use crate::loss::{kl_divergence, normalized_mae, normalized_mse};
 use crate::metrics::{ErrorSums, FieldErrors};
-use crate::train::{checkpoint, clip::clip_global_norm, ema, schedule};
-use crate::vae::{Decoder, VaeBranch, VaeConfig, reparameterize};
+use crate::train::{checkpoint, clip::clip_global_norm, ema, parallel, schedule};
+use crate::vae::{Decoder, VaeBranch, VaeConfig, reparameterize, standard_noise};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -79,7 +79,8 @@ pub struct VaeTrainConfig {
     pub vae: VaeConfig,
     pub epochs: usize,
     pub batch_size: usize,
-    /// Batches whose gradients are summed before one optimiser step.
+    /// Batches whose gradients are summed before one optimiser step; with several
+    /// training devices, they are computed in parallel (one device per batch).
     pub accumulation: usize,
     /// Peak learning rate.
     pub lr: f64,
@@ -240,11 +241,13 @@ pub trait TrainObserver {
 pub use super::checkpoint::LOG_FILE;
 pub const BEST_FILE: &str = "best_model.bpk";
 
-/// Trains stage 1 or 2 on `device` into `out`, resuming from its checkpoint when `resume`
-/// is set.
+/// Trains stage 1 or 2 on `devices` into `out`, resuming from its checkpoint when `resume`
+/// is set. The first device holds the model, validates and caches; with several, each
+/// optimiser step's `accumulation` batches are computed in parallel
+/// ([`parallel`](super::parallel)), with the same result as on one device.
 #[allow(clippy::too_many_arguments)]
 pub fn train_vae(
-    device: &Device,
+    devices: &[Device],
     stage: Stage,
     dataset_dir: &Path,
     stage1_dir: Option<&Path>,
@@ -288,6 +291,8 @@ pub fn train_vae(
         }
     };
     cfg.validate()?;
+    parallel::check_devices(devices.len(), cfg.accumulation)?;
+    let device = &devices[0];
     let dataset = Dataset::open(dataset_dir)?;
     let shape = dataset.manifest.header.shape;
     cfg.vae.check_input(shape.height, shape.width)?;
@@ -309,11 +314,17 @@ pub fn train_vae(
 
     std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
     device.seed(cfg.seed);
-    let ad = device.clone().autodiff();
+    let ads: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let ad = ads[0].clone();
     let mut trainer = match &stage1 {
         None => Trainer::stage1(&cfg, &ad)?,
         Some((dir, _)) => Trainer::stage2(&cfg, device, &ad, &dir.join(BEST_FILE))?,
     };
+    // Stage 2's frozen D3D, once per device.
+    let d3ds: Vec<Option<Decoder>> = ads
+        .iter()
+        .map(|a| trainer.frozen.as_ref().map(|f| f.d3d.clone().to_device(a)))
+        .collect();
     let mut log = RunLog {
         stage,
         config: cfg.clone(),
@@ -377,46 +388,70 @@ pub fn train_vae(
         let beta = schedule::kl_weight(epoch, cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_end);
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut accumulator = GradientsAccumulator::<VaeBranch>::new();
-        let (mut in_group, mut grad_norms, mut lr) = (0usize, Vec::new(), 0.0);
-        for (b, batch) in train_loader.epoch(epoch as u64).enumerate() {
-            let batch = batch?;
-            let group = cfg
-                .accumulation
-                .min(batches - (b / cfg.accumulation) * cfg.accumulation);
-            let tb = to_tensors(&batch, &normalizer, &ad)?;
-            let terms = trainer.loss(&tb, &batch, beta, &cfg, device, &ad, &normalizer)?;
-            let loss = terms.total.clone();
-            let value = loss.clone().into_scalar::<f64>();
-            if !value.is_finite() {
-                return Err(ModelError::Input(format!(
-                    "training loss became {value} at epoch {epoch}, batch {b}; lower lr or check the data"
-                )));
+        let (mut grad_norms, mut lr) = (Vec::new(), 0.0);
+        let mut epoch_batches = train_loader.epoch(epoch as u64);
+        for step_in_epoch in 0..steps_per_epoch {
+            let first = step_in_epoch * cfg.accumulation;
+            let group = cfg.accumulation.min(batches - first);
+            // Every draw in batch order on the main thread, whatever the device count.
+            let mut jobs = Vec::with_capacity(group);
+            for k in 0..group {
+                let batch = epoch_batches
+                    .next()
+                    .expect("the loader yields batches_per_epoch batches")?;
+                let target = &ads[k % ads.len()];
+                let noise = (trainer.frozen.is_none() || cfg.kl_2d > 0.0).then(|| {
+                    let [s, h, w] = [shape.slices, shape.height, shape.width];
+                    let b = batch.indices.len();
+                    standard_noise(cfg.vae.latent_shape([b, 0, s, h, w]), &ad).to_device(target)
+                });
+                let mu3d = match &mut trainer.frozen {
+                    Some(f) => Some(f.targets(&batch, &normalizer, &cfg, device, target)?),
+                    None => None,
+                };
+                jobs.push(BatchJob {
+                    index: first + k,
+                    batch,
+                    noise,
+                    mu3d,
+                });
             }
-            for (k, v) in &terms.parts {
-                *sums.entry(k.clone()).or_default() += v;
+            let mut workers: Vec<Worker> = ads
+                .iter()
+                .zip(&d3ds)
+                .enumerate()
+                .map(|(w, (a, d3d))| Worker {
+                    model: parallel::replica(&trainer.model, w, a),
+                    d3d: d3d.clone(),
+                    device: a.clone(),
+                })
+                .collect();
+            let outputs = parallel::run_sharded(&mut workers, jobs, |w, job| {
+                let tb = to_tensors(&job.batch, &normalizer, &w.device)?;
+                let terms = batch_loss(w, &tb, job.noise, job.mu3d, beta, &cfg);
+                let value = terms.total.clone().into_scalar::<f64>();
+                if !value.is_finite() {
+                    return Err(ModelError::Input(format!(
+                        "training loss became {value} at epoch {epoch}, batch {}; lower lr or check the data",
+                        job.index
+                    )));
+                }
+                let loss = terms.total.div_scalar(group as f64);
+                Ok((parallel::gradients(loss, &w.model, &ad), value, terms.parts))
+            })?;
+            for (k, (grads, value, parts)) in outputs.into_iter().enumerate() {
+                for (key, v) in parts {
+                    *sums.entry(key).or_default() += v;
+                }
+                *sums.entry("loss".into()).or_default() += value;
+                accumulator.accumulate(&trainer.model, grads);
+                observer.batch(epoch, first + k, batches, value);
             }
-            *sums.entry("loss".into()).or_default() += value;
-            let grads = GradientsParams::from_grads(
-                loss.div_scalar(group as f64).backward(),
-                &trainer.model,
-            );
-            accumulator.accumulate(&trainer.model, grads);
-            in_group += 1;
-            if in_group == group {
-                let mut grads = accumulator.grads();
-                grad_norms.push(clip_global_norm(&trainer.model, &mut grads, cfg.grad_clip));
-                let step = epoch * steps_per_epoch + (b / cfg.accumulation);
-                lr = schedule::learning_rate(
-                    step,
-                    total_steps,
-                    cfg.warmup_steps,
-                    cfg.lr,
-                    cfg.min_lr,
-                );
-                trainer.step(lr, grads, &cfg, step as u64);
-                in_group = 0;
-            }
-            observer.batch(epoch, b, batches, value);
+            let mut grads = accumulator.grads();
+            grad_norms.push(clip_global_norm(&trainer.model, &mut grads, cfg.grad_clip));
+            let step = epoch * steps_per_epoch + step_in_epoch;
+            lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
+            trainer.step(lr, grads, &cfg, step as u64);
         }
         let train = sums
             .into_iter()
@@ -513,6 +548,84 @@ fn alignment(a: Tensor<5>, b: Tensor<5>, cosine: f64) -> Tensor<1> {
         .mul_scalar(cosine)
 }
 
+/// The batches of one step that a device computes: its replica of the trained branch
+/// and, in stage 2, its copy of the frozen D3D.
+struct Worker {
+    model: VaeBranch,
+    d3d: Option<Decoder>,
+    /// The autodiff device the replica lives on.
+    device: Device,
+}
+
+/// One batch with the random draws and frozen targets made for it on the main thread.
+struct BatchJob {
+    /// Position in the epoch, for messages.
+    index: usize,
+    batch: fiberflow_data::Batch,
+    /// ε of the posterior sample (stage 1; stage 2 when `kl_2d` > 0).
+    noise: Option<Tensor<5>>,
+    /// Stage 2: μ3d = E3D(U), the alignment target.
+    mu3d: Option<Tensor<5>>,
+}
+
+/// The training loss of one batch on `w`: stage 1 reconstruction + β·KL; stage 2
+/// L_rec2d + λ_align·L_align + λ_cross·L_cross (+ kl_2d·KL).
+fn batch_loss(
+    w: &Worker,
+    tb: &TensorBatch,
+    noise: Option<Tensor<5>>,
+    mu3d: Option<Tensor<5>>,
+    beta: f64,
+    cfg: &VaeTrainConfig,
+) -> LossTerms {
+    let mask = tb.mask.clone();
+    let (Some(d3d), Some(mu3d)) = (&w.d3d, mu3d) else {
+        let out = w
+            .model
+            .forward(cfg.target.field(tb), geometry(tb, cfg), noise);
+        let rec = recon(cfg.loss, out.reconstruction, cfg.target.field(tb), mask);
+        let kl = kl_divergence(out.mu, out.logvar);
+        let parts = vec![
+            ("rec".into(), rec.clone().into_scalar::<f64>()),
+            ("kl".into(), kl.clone().into_scalar::<f64>()),
+        ];
+        return LossTerms {
+            total: rec + kl.mul_scalar(beta),
+            parts,
+        };
+    };
+    let (mu2d, logvar2d) = w.model.encoder.forward(tb.u2d.clone(), geometry(tb, cfg));
+    let z2d = match noise {
+        Some(eps) => reparameterize(mu2d.clone(), logvar2d.clone(), eps),
+        None => mu2d.clone(),
+    };
+    let rec2d = recon(
+        cfg.loss,
+        without_vz(w.model.decoder.forward(z2d, geometry(tb, cfg))),
+        tb.u2d.clone(),
+        mask.clone(),
+    );
+    let align = alignment(mu2d.clone(), mu3d, cfg.align_cosine);
+    let cross = recon(
+        cfg.loss,
+        d3d.forward(mu2d.clone(), geometry(tb, cfg)),
+        cfg.target.field(tb),
+        mask,
+    );
+    let mut parts = vec![
+        ("rec2d".into(), rec2d.clone().into_scalar::<f64>()),
+        ("align".into(), align.clone().into_scalar::<f64>()),
+        ("cross".into(), cross.clone().into_scalar::<f64>()),
+    ];
+    let mut total = rec2d + align.mul_scalar(cfg.lambda_align) + cross.mul_scalar(cfg.lambda_cross);
+    if cfg.kl_2d > 0.0 {
+        let kl = kl_divergence(mu2d, logvar2d);
+        parts.push(("kl2d".into(), kl.clone().into_scalar::<f64>()));
+        total = total + kl.mul_scalar(cfg.kl_2d);
+    }
+    LossTerms { total, parts }
+}
+
 impl Trainer {
     fn optimizer(cfg: &VaeTrainConfig) -> ModuleOptimizer {
         AdamWConfig::new()
@@ -555,71 +668,6 @@ impl Trainer {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn loss(
-        &mut self,
-        tb: &TensorBatch,
-        batch: &fiberflow_data::Batch,
-        beta: f64,
-        cfg: &VaeTrainConfig,
-        device: &Device,
-        ad: &Device,
-        normalizer: &Normalizer,
-    ) -> Result<LossTerms, ModelError> {
-        let mask = tb.mask.clone();
-        let Some(frozen) = &mut self.frozen else {
-            let out = self
-                .model
-                .forward(cfg.target.field(tb), geometry(tb, cfg), true);
-            let rec = recon(cfg.loss, out.reconstruction, cfg.target.field(tb), mask);
-            let kl = kl_divergence(out.mu, out.logvar);
-            let parts = vec![
-                ("rec".into(), rec.clone().into_scalar::<f64>()),
-                ("kl".into(), kl.clone().into_scalar::<f64>()),
-            ];
-            return Ok(LossTerms {
-                total: rec + kl.mul_scalar(beta),
-                parts,
-            });
-        };
-        let mu3d = frozen.targets(batch, normalizer, cfg, device, ad)?;
-        let (mu2d, logvar2d) = self
-            .model
-            .encoder
-            .forward(tb.u2d.clone(), geometry(tb, cfg));
-        let z2d = if cfg.kl_2d > 0.0 {
-            reparameterize(mu2d.clone(), logvar2d.clone())
-        } else {
-            mu2d.clone()
-        };
-        let rec2d = recon(
-            cfg.loss,
-            without_vz(self.model.decoder.forward(z2d, geometry(tb, cfg))),
-            tb.u2d.clone(),
-            mask.clone(),
-        );
-        let align = alignment(mu2d.clone(), mu3d, cfg.align_cosine);
-        let cross = recon(
-            cfg.loss,
-            frozen.d3d.forward(mu2d.clone(), geometry(tb, cfg)),
-            cfg.target.field(tb),
-            mask,
-        );
-        let mut parts = vec![
-            ("rec2d".into(), rec2d.clone().into_scalar::<f64>()),
-            ("align".into(), align.clone().into_scalar::<f64>()),
-            ("cross".into(), cross.clone().into_scalar::<f64>()),
-        ];
-        let mut total =
-            rec2d + align.mul_scalar(cfg.lambda_align) + cross.mul_scalar(cfg.lambda_cross);
-        if cfg.kl_2d > 0.0 {
-            let kl = kl_divergence(mu2d, logvar2d);
-            parts.push(("kl2d".into(), kl.clone().into_scalar::<f64>()));
-            total = total + kl.mul_scalar(cfg.kl_2d);
-        }
-        Ok(LossTerms { total, parts })
-    }
-
     fn step(&mut self, lr: f64, grads: GradientsParams, cfg: &VaeTrainConfig, step: u64) {
         self.model = self.optim.step(lr, self.model.clone(), grads);
         if let Some(e) = self.ema.take() {
@@ -650,7 +698,7 @@ impl Trainer {
             let mut add = |k: &str, v: f64| *sums.entry(k.into()).or_default() += v;
             let loss = match &mut self.frozen {
                 None => {
-                    let out = model.forward(cfg.target.field(&tb), geometry(&tb, cfg), false);
+                    let out = model.forward(cfg.target.field(&tb), geometry(&tb, cfg), None);
                     let rec = recon(
                         cfg.loss,
                         out.reconstruction.clone(),

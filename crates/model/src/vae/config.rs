@@ -57,6 +57,12 @@ impl VaeConfig {
         1 << self.channels.len().saturating_sub(1)
     }
 
+    /// Shape of the latent of an input `[B, C, S, H, W]`: `[B, Cz, S, H/f, W/f]`.
+    pub fn latent_shape(&self, [b, _, s, h, w]: [usize; 5]) -> [usize; 5] {
+        let f = self.downsample_factor();
+        [b, self.latent_channels, s, h / f, w / f]
+    }
+
     /// Checks every dimension rule, naming the field that breaks it.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));

@@ -90,8 +90,10 @@ mod tests {
         let vae = cfg.init(&dev).unwrap();
         let x = Tensor::<5>::random([2, 3, 5, 16, 24], Distribution::Normal(0.0, 1.0), &dev);
         let g = Tensor::<5>::random([2, 2, 5, 16, 24], Distribution::Uniform(0.0, 1.0), &dev);
-        let out = vae.forward(x, Some(g), true);
-        assert_eq!(out.mu.dims(), [2, 8, 5, 4, 6]);
+        let shape = cfg.latent_shape(x.dims());
+        assert_eq!(shape, [2, 8, 5, 4, 6]);
+        let out = vae.forward(x, Some(g), Some(crate::vae::standard_noise(shape, &dev)));
+        assert_eq!(out.mu.dims(), shape);
         assert_eq!(out.logvar.dims(), [2, 8, 5, 4, 6]);
         assert_eq!(out.reconstruction.dims(), [2, 3, 5, 16, 24]);
         let lv: Vec<f32> = out.logvar.into_data().try_into_vec().unwrap();

@@ -35,14 +35,20 @@ pub struct VaeOutput {
 }
 
 impl VaeBranch {
-    /// Encodes, samples z = μ + σ·ε (or takes z = μ when `sample` is false) and decodes;
-    /// `geometry` as for [`Encoder::forward`].
-    pub fn forward(&self, x: Tensor<5>, geometry: Option<Tensor<5>>, sample: bool) -> VaeOutput {
+    /// Encodes, samples z = μ + σ·ε with the given standard-normal `noise` ε (shape
+    /// [`VaeConfig::latent_shape`]; z = μ without it) and decodes; `geometry` as for
+    /// [`Encoder::forward`]. The caller draws ε, so a training step does not depend on
+    /// which device or thread computes it.
+    pub fn forward(
+        &self,
+        x: Tensor<5>,
+        geometry: Option<Tensor<5>>,
+        noise: Option<Tensor<5>>,
+    ) -> VaeOutput {
         let (mu, logvar) = self.encoder.forward(x, geometry.clone());
-        let z = if sample {
-            reparameterize(mu.clone(), logvar.clone())
-        } else {
-            mu.clone()
+        let z = match noise {
+            Some(eps) => reparameterize(mu.clone(), logvar.clone(), eps),
+            None => mu.clone(),
         };
         VaeOutput {
             reconstruction: self.decoder.forward(z, geometry),
@@ -52,8 +58,12 @@ impl VaeBranch {
     }
 }
 
-/// z = μ + exp(½ log σ²)·ε with ε ~ N(0, I) from the device's seeded generator.
-pub fn reparameterize(mu: Tensor<5>, logvar: Tensor<5>) -> Tensor<5> {
-    let eps = mu.random_like(Distribution::Normal(0.0, 1.0));
+/// z = μ + exp(½ log σ²)·ε.
+pub fn reparameterize(mu: Tensor<5>, logvar: Tensor<5>, eps: Tensor<5>) -> Tensor<5> {
     mu + logvar.mul_scalar(0.5).exp() * eps
+}
+
+/// Standard-normal ε of `shape` from `device`'s seeded generator.
+pub fn standard_noise(shape: [usize; 5], device: &Device) -> Tensor<5> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
