@@ -104,6 +104,7 @@ fn bench_all_writes_every_section() {
     let predict = &j["predict"];
     assert_eq!(predict["sample"]["size"], 32);
     assert_eq!(predict["sample"]["slices"], 1);
+    assert_eq!(predict["precision"], "f32");
     let (t2, t3) = (
         f(&predict["solve"]["wall_2d_s"]),
         f(&predict["solve"]["wall_3d_s"]),

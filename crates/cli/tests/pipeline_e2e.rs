@@ -152,11 +152,13 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         train("cpu,tpu", "accumulation=2"),
         &["unknown device `tpu`"],
     );
-    ok(train("cpu,cpu", "accumulation=2"));
-    assert_eq!(
-        json(&parallel.join("log.json"))["config"]["accumulation"],
-        2
-    );
+    // Trained without the 2D-pressure condition, for the unused --pressure2d below.
+    let mut argv = train("cpu,cpu", "accumulation=2");
+    argv.extend(["--set".into(), "pressure_condition=false".into()]);
+    ok(argv);
+    let parallel_log = json(&parallel.join("log.json"));
+    assert_eq!(parallel_log["config"]["accumulation"], 2);
+    assert_eq!(parallel_log["config"]["pressure_condition"], false);
 
     // `plot` redraws a run's curves anywhere, and refuses a folder that is no run.
     let plots = tmp.path().join("plots");
@@ -247,7 +249,26 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         .unwrap();
     assert_eq!(u.dim(), (3, 3, 16, 16));
     assert!(u.iter().all(|v| v.is_finite()));
+    // The same prediction with the networks in bf16 agrees to bf16's precision.
+    let mut argv = user_predict(&u2d, Some(&solved.join("p_2d.npy")));
+    argv.extend(["--precision".into(), "bf16".into()]);
+    ok(argv);
+    let half = Array4::<f32>::read_npy(fs::File::open(tmp.path().join("user/U_pred.npy")).unwrap())
+        .unwrap();
+    let difference = (&half - &u).mapv(|d| d * d).sum().sqrt() / u.mapv(|v| v * v).sum().sqrt();
+    assert!(difference > 0.0 && difference < 0.02, "{difference}");
+    let summary = fs::read_to_string(tmp.path().join("user/summary.json")).unwrap();
+    assert!(summary.contains("\"precision\": \"bf16\""), "{summary}");
     fails(user_predict(&u2d, Some(&u2d)), &["shape", "(3, 1, 16, 16)"]);
+    // A pressure given to a model that takes none is ignored, with a warning.
+    let mut argv = user_predict(&u2d, Some(&solved.join("p_2d.npy")));
+    argv[2] = parallel.display().to_string();
+    let r = ok(argv);
+    assert!(
+        r.stderr.contains("--pressure2d is not used"),
+        "{}",
+        r.stderr
+    );
     fails(
         [
             "predict",

@@ -76,6 +76,16 @@ pub fn export_npy(
     for output in fields.into_iter().map(|(_, o)| o).chain([dxyz, rows]) {
         written.push(output.commit()?);
     }
+    if !with_p2d {
+        // A p_2d.npy left by an earlier export into `out` would not match these rows.
+        let stale = out.join(format!("{}.npy", Field::P2d.name()));
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DataError::io(&stale, "remove stale file")(e));
+            }
+            _ => {}
+        }
+    }
     Ok(written)
 }
 

@@ -12,6 +12,7 @@ pub mod loss;
 pub mod metrics;
 pub mod ops;
 pub mod physics;
+pub mod precision;
 pub mod predict;
 pub mod train;
 pub mod unet;

@@ -18,9 +18,10 @@ use fiberflow_model::diffusion::{
 };
 use fiberflow_model::latent::{DualVae, LatentCache};
 use fiberflow_model::physics::{PhysicsLossConfig, flow_rate_term};
-use fiberflow_model::predict::TrainedModel;
+use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::inputs::{ConditionInputs, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
+use fiberflow_model::predict::{Steering, TrainedModel};
 use fiberflow_model::train::checkpoint;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionRunLog, DiffusionTrainConfig, train_diffusion,
@@ -625,6 +626,41 @@ fn predictions_are_masked_finite_and_seeded() {
     };
     let e = model.predict(&tb, &bad, 1, 7).err().unwrap();
     assert!(e.to_string().contains("guidance"), "{e}");
+
+    // In bf16 and f16 the same draw matches f32 to the type's precision, in f32 and
+    // masked; so does a physics-guided draw, which differentiates through the half
+    // networks.
+    let relative = |a: &[f32], b: &[f32]| {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+        let n: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+        (d / n).sqrt()
+    };
+    let autodiff = device.clone().autodiff();
+    let physics = Steering {
+        physics: 1.0,
+        known_slices: Vec::new(),
+    };
+    let guided_f32 = TrainedModel::load(&diffusion, &autodiff)
+        .unwrap()
+        .predict_steered(&tb, &options, 1, 7, &physics)
+        .unwrap();
+    let guided_f32 = values(guided_f32[0].clone());
+    for (precision, tol) in [(Precision::Bf16, 0.01), (Precision::F16, 0.002)] {
+        let half = TrainedModel::load(&diffusion, &device)
+            .unwrap()
+            .with_precision(precision);
+        let h = half.predict(&tb, &options, 1, 7).unwrap().remove(0);
+        assert_eq!(h.dtype(), burn::tensor::DType::F32);
+        let e = relative(&values(h), &d0);
+        assert!(e > 0.0 && e < tol, "{precision:?}: {e}");
+        let guided = TrainedModel::load(&diffusion, &autodiff)
+            .unwrap()
+            .with_precision(precision)
+            .predict_steered(&tb, &options, 1, 7, &physics)
+            .unwrap();
+        let e = relative(&values(guided[0].clone()), &guided_f32);
+        assert!(e > 0.0 && e < tol, "{precision:?}, guided: {e}");
+    }
 
     // The direct predictor draws the same field whatever the seed.
     let direct_model = TrainedModel::load(&direct, &device).unwrap();

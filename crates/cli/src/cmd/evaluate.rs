@@ -98,7 +98,9 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         .device(fiberflow_model::device::select(&a.device)?);
     let model = match a.baseline {
         Some(_) => None,
-        None => Some(TrainedModel::load(&a.model, &device)?),
+        None => {
+            Some(TrainedModel::load(&a.model, &device)?.with_precision(a.sampler.precision.into()))
+        }
     };
     let header = &dataset.manifest.header;
     let stats = Statistics::load(&dataset)?;

@@ -97,7 +97,13 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let device = a
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
-    let model = TrainedModel::load(&a.model, &device)?;
+    let model = TrainedModel::load(&a.model, &device)?.with_precision(a.sampler.precision.into());
+    if a.pressure2d.is_some() && !model.log.config.pressure_condition {
+        eprintln!(
+            "warning: --pressure2d is not used: {} was trained without pressure_condition",
+            a.model.display()
+        );
+    }
     let Input {
         sample,
         solve_s,

@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
+use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::Steering;
 use fiberflow_model::predict::sampling::SampleOptions;
 use serde::Serialize;
@@ -25,6 +26,26 @@ pub enum SpacingArg {
     Leading,
     /// Starts at T−1, best for few steps.
     Trailing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionArg {
+    F32,
+    /// bfloat16 weights and activations: for GPUs (on the CPU it is slower than f32).
+    Bf16,
+    /// IEEE half: more mantissa than bf16, but overflows beyond ±65 504.
+    F16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F16 => Precision::F16,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -51,6 +72,9 @@ pub struct SamplerArgs {
     /// sampling by re-injecting their noised latent, and returned as given.
     #[arg(long, value_delimiter = ',')]
     pub known_slices: Vec<usize>,
+    /// Float type the networks compute in (inputs, sampler and outputs stay f32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
 }
 
 impl SamplerArgs {

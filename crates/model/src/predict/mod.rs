@@ -10,6 +10,7 @@ use crate::diffusion::{NoiseSchedule, seeded_rng};
 use crate::error::ModelError;
 use crate::latent::DualVae;
 use crate::physics;
+use crate::precision::Precision;
 use crate::train::checkpoint;
 use crate::train::diffusion::DiffusionRunLog;
 use crate::train::vae::{BEST_FILE, LOG_FILE};
@@ -95,6 +96,22 @@ impl TrainedModel {
             schedule,
             log,
         })
+    }
+
+    /// The model with its networks (denoiser, E2D, E3D, D3D) computing in `precision`;
+    /// inputs and outputs stay f32.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        let vae = DualVae {
+            e2d: precision.cast(self.vae.e2d),
+            e3d: precision.cast(self.vae.e3d),
+            d3d: precision.cast(self.vae.d3d),
+            ..self.vae
+        };
+        Self {
+            unet: precision.cast(self.unet),
+            vae,
+            ..self
+        }
     }
 
     /// The latent network with its schedule.

@@ -3,6 +3,7 @@
 //! Probabilistic Models" (NeurIPS 2020), followed by a two-layer MLP. The formula matches
 //! the reference (`shared/spec/reference.md` §3.2) so its checkpoints' conventions carry over.
 
+use crate::precision::like;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
@@ -42,7 +43,9 @@ impl TimeEmbedding {
     }
 
     pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
-        let e = sinusoidal_embedding(t, self.dim);
+        // The code stays f32 (bf16 cannot even hold t = 999); the MLP runs in its weights'
+        // type.
+        let e = like(sinusoidal_embedding(t, self.dim), &self.linear1.weight);
         self.linear2.forward(silu(self.linear1.forward(e)))
     }
 }

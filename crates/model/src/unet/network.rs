@@ -6,6 +6,7 @@ use super::blocks::{BlockShape, Downsample, SliceNorm, Stage, Upsample, conv, co
 use super::config::UNetConfig;
 use super::embedding::TimeEmbedding;
 use crate::error::ModelError;
+use crate::precision::like;
 use burn::nn::Initializer;
 use burn::nn::conv::Conv3d;
 use burn::prelude::*;
@@ -106,6 +107,7 @@ impl UNet {
     /// sample. A time-conditioned network needs `Some(t)` of length B; one built with
     /// `time_conditioned = false` takes `None`, so a timestep is never silently ignored.
     /// Only shapes are checked here (no device sync); timesteps are expected finite.
+    /// Computes in the weights' float type (see [`crate::precision`]) and returns `x`'s.
     pub fn forward(&self, x: Tensor<5>, t: Option<Tensor<1>>) -> Result<Tensor<5>, ModelError> {
         let dims = x.dims();
         self.check_input(dims)?;
@@ -135,7 +137,8 @@ impl UNet {
         };
         let time = time.as_ref();
 
-        let mut h = self.conv_in.forward(x);
+        let dtype = x.dtype();
+        let mut h = self.conv_in.forward(like(x, &self.conv_in.weight));
         let mut skips = Vec::with_capacity(self.encoder.len());
         for (i, level) in self.encoder.iter().enumerate() {
             for stage in level {
@@ -159,6 +162,9 @@ impl UNet {
                 h = up.forward(h);
             }
         }
-        Ok(self.conv_out.forward(silu(self.norm_out.forward(h))))
+        Ok(self
+            .conv_out
+            .forward(silu(self.norm_out.forward(h)))
+            .cast(dtype))
     }
 }

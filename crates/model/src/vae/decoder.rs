@@ -3,6 +3,7 @@
 use super::blocks::{ResBlock, conv3, upsample, with_geometry};
 use super::config::VaeConfig;
 use crate::ops::avg_pool_hw;
+use crate::precision::like;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
@@ -55,8 +56,13 @@ impl Decoder {
 
     /// `geometry` holds the full-resolution microstructure features when the config has
     /// geometry channels; each level sees them averaged to its own resolution.
+    /// Computes in the weights' float type (see [`crate::precision`]) and returns the
+    /// input's.
     pub fn forward(&self, z: Tensor<5>, geometry: Option<Tensor<5>>) -> Tensor<5> {
-        let mut h = self.conv_in.forward(z);
+        let dtype = z.dtype();
+        let weights = &self.conv_in.weight;
+        let geometry = geometry.map(|g| like(g, weights));
+        let mut h = self.conv_in.forward(like(z, weights));
         let levels = self.levels.len();
         for (i, level) in self.levels.iter().enumerate() {
             let factor = 1 << (levels - 1 - i);
@@ -72,7 +78,9 @@ impl Decoder {
                 h = upsample(conv, h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out
+            .forward(silu(self.norm_out.forward(h)))
+            .cast(dtype)
     }
 }
 

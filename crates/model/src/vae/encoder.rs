@@ -2,6 +2,7 @@
 
 use super::blocks::{ResBlock, conv3, down_conv, downsample, with_geometry};
 use super::config::VaeConfig;
+use crate::precision::like;
 use burn::module::Param;
 use burn::nn::conv::Conv3d;
 use burn::nn::{GroupNorm, GroupNormConfig};
@@ -73,7 +74,12 @@ impl Encoder {
     /// Mean and clamped log-variance of the latent.
     /// `geometry` holds the full-resolution microstructure features when the config has
     /// geometry channels.
+    /// Computes in the weights' float type (see [`crate::precision`]) and returns the
+    /// input's.
     pub fn forward(&self, x: Tensor<5>, geometry: Option<Tensor<5>>) -> (Tensor<5>, Tensor<5>) {
+        let dtype = x.dtype();
+        let weights = &self.conv_in.weight;
+        let (x, geometry) = (like(x, weights), geometry.map(|g| like(g, weights)));
         let mut h = self
             .conv_in
             .forward(with_geometry(x, geometry, self.geometry_channels));
@@ -91,6 +97,6 @@ impl Encoder {
         let logvar = h
             .narrow(1, cz, cz)
             .clamp(-self.logvar_clamp, self.logvar_clamp);
-        (mu, logvar)
+        (mu.cast(dtype), logvar.cast(dtype))
     }
 }

@@ -5,6 +5,7 @@ mod predict;
 mod solver;
 mod training;
 
+use super::sampler_args::PrecisionArg;
 use crate::output;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -60,6 +61,9 @@ pub struct BenchArgs {
     /// DPM-Solver++ and DDIM; the direct predictor (1 evaluation) is always timed.
     #[arg(long, value_delimiter = ',', default_values_t = [5, 10, 20, 50])]
     sampler_steps: Vec<usize>,
+    /// Float type the timed predictions' networks compute in (as `predict --precision`).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
     /// Seed of the network weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,

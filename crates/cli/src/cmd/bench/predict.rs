@@ -12,6 +12,7 @@ use fiberflow_model::ModelError;
 use fiberflow_model::bench::{PredictBench, bench_predict, untrained_model};
 use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
+use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::TrainedModel;
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
 use fiberflow_model::train::diffusion::DiffusionTrainConfig;
@@ -55,6 +56,7 @@ struct PredictRow {
 #[derive(Serialize)]
 pub struct PredictSection {
     sample: SliceGrid,
+    precision: Precision,
     solve: SolveTime,
     rows: Vec<PredictRow>,
 }
@@ -124,7 +126,8 @@ pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
             if model.as_ref().is_none_or(|(k, _)| *k != cfg.predictor) {
                 model = Some((
                     cfg.predictor,
-                    untrained_model(&arch.vae(), target, &cfg, device)?,
+                    untrained_model(&arch.vae(), target, &cfg, device)?
+                        .with_precision(a.precision.into()),
                 ));
             }
             let (_, m) = model.as_ref().expect("just built");
@@ -141,6 +144,7 @@ pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
     }
     Ok(PredictSection {
         sample: grid,
+        precision: a.precision.into(),
         solve,
         rows,
     })
