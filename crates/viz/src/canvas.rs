@@ -2,6 +2,7 @@
 //! that plotters then draws text, colour bars and charts onto through a small backend
 //! with alpha blending and proper text (see [`crate::font`]); PNG encoding.
 
+use fiberflow_data::atomic::write_atomic;
 use std::path::Path;
 
 use image::RgbImage;
@@ -12,7 +13,6 @@ use plotters_backend::{
     BackendColor, BackendCoord, BackendTextStyle, DrawingBackend, DrawingErrorKind, FontStyle,
 };
 
-use crate::atomic::write_atomic;
 use crate::error::{Result, VizError};
 use crate::font::Fonts;
 
@@ -163,7 +163,7 @@ pub fn write_png(image: &RgbImage, path: &Path) -> Result<()> {
     image
         .write_with_encoder(image::codecs::png::PngEncoder::new(&mut bytes))
         .map_err(VizError::draw("PNG"))?;
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The one error type of the viz crate: every failure names the array, series or file it
 //! concerns and what is wrong with it.
 
+use fiberflow_data::DataError;
 use std::path::PathBuf;
 
 /// Everything that can go wrong building or writing a visual output.
@@ -39,23 +40,31 @@ pub enum VizError {
     Draw { what: &'static str, reason: String },
 }
 
+/// The atomic file writes are the data crate's (temporary file, fsync, rename).
+impl From<DataError> for VizError {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::Io {
+                path,
+                action,
+                error,
+            } => Self::Io {
+                path,
+                action,
+                error,
+            },
+            other => Self::Invalid {
+                name: "output file".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 /// Result of every fallible operation in this crate.
 pub type Result<T> = std::result::Result<T, VizError>;
 
 impl VizError {
-    /// Wraps an I/O error with the path and the action that failed.
-    pub(crate) fn io(
-        path: impl Into<PathBuf>,
-        action: &'static str,
-    ) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |error| Self::Io {
-            path,
-            action,
-            error,
-        }
-    }
-
     /// A broken rule about `name`.
     pub(crate) fn invalid(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {

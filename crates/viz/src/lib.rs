@@ -23,7 +23,6 @@
 //! figure's velocities is not an error: those pixels are drawn magenta and counted.
 //! Text uses an embedded DejaVu Sans, so rendering needs no system fonts or display.
 
-mod atomic;
 mod canvas;
 pub mod colormap;
 mod comparison;

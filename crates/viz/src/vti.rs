@@ -14,6 +14,7 @@
 //! x fastest, then y, then z, as VTK requires, so ParaView's default view (x right, y up)
 //! shows array row 0 at the bottom.
 
+use fiberflow_data::atomic::write_atomic;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -21,7 +22,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use fiberflow_geometry::layout::VoxelSize;
 use ndarray::ArrayView4;
 
-use crate::atomic::write_atomic;
 use crate::error::{Result, VizError};
 use crate::field::{Grid, check_finite, check_mask, check_shape, check_voxel};
 
@@ -110,7 +110,7 @@ impl<'a> VtiVolume<'a> {
 
     /// Writes the `.vti` file atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes())
+        Ok(write_atomic(path, &self.to_bytes())?)
     }
 
     /// The complete file: XML header, then the appended base64 blocks.
