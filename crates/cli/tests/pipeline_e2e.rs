@@ -265,7 +265,7 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     argv[2] = parallel.display().to_string();
     let r = ok(argv);
     assert!(
-        r.stderr.contains("--pressure2d is not used"),
+        r.stderr.contains("--pressure2d is not read"),
         "{}",
         r.stderr
     );

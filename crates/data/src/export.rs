@@ -1,7 +1,7 @@
 //! Export of a dataset (or one subset) to NumPy `.npy` files with a leading sample axis,
-//! for users outside Rust: `domain.npy`, `U_2d.npy`, `U.npy`, `p.npy` (f32,
-//! `(N, S, C, H, W)`), `dxyz.npy` (f64, `(N, 3)`) and `indices.npy` (u64, `(N,)`, the
-//! dataset index of each row). Each output is created at full size and filled through a
+//! for users outside Rust: `domain.npy`, `U_2d.npy`, `U.npy`, `p.npy` and, when every
+//! sample has it, `p_2d.npy` (f32, `(N, S, C, H, W)`), `dxyz.npy` (f64, `(N, 3)`) and
+//! `indices.npy` (u64, `(N,)`, the dataset index of each row). Each output is created at full size and filled through a
 //! memory map one sample at a time, so memory use is one sample whatever the size.
 
 use std::path::{Path, PathBuf};
@@ -72,10 +72,6 @@ pub fn export_npy(
         progress.finish();
     }
 
-    let mut written = Vec::new();
-    for output in fields.into_iter().map(|(_, o)| o).chain([dxyz, rows]) {
-        written.push(output.commit()?);
-    }
     if !with_p2d {
         // A p_2d.npy left by an earlier export into `out` would not match these rows.
         let stale = out.join(format!("{}.npy", Field::P2d.name()));
@@ -85,6 +81,10 @@ pub fn export_npy(
             }
             _ => {}
         }
+    }
+    let mut written = Vec::new();
+    for output in fields.into_iter().map(|(_, o)| o).chain([dxyz, rows]) {
+        written.push(output.commit()?);
     }
     Ok(written)
 }

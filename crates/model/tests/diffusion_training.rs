@@ -627,9 +627,16 @@ fn predictions_are_masked_finite_and_seeded() {
     let e = model.predict(&tb, &bad, 1, 7).err().unwrap();
     assert!(e.to_string().contains("guidance"), "{e}");
 
-    // In bf16 and f16 the same draw matches f32 to the type's precision, in f32 and
-    // masked; so does a physics-guided draw, which differentiates through the half
-    // networks.
+    // The direct predictor draws the same field whatever the seed.
+    let direct_model = TrainedModel::load(&direct, &device).unwrap();
+    let draws = direct_model.predict(&tb, &options, 2, 7).unwrap();
+    let d = values(draws[0].clone());
+    assert!(d == values(draws[1].clone()));
+    assert!(d == values(direct_model.predict(&tb, &options, 1, 8).unwrap()[0].clone()));
+
+    // In bf16 and f16 every kind of draw (plain, with classifier-free guidance, from the
+    // direct predictor, physics-guided, which differentiates through the half networks)
+    // matches f32's to the type's precision and comes back in f32.
     let relative = |a: &[f32], b: &[f32]| {
         let d: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
         let n: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
@@ -645,29 +652,31 @@ fn predictions_are_masked_finite_and_seeded() {
         .predict_steered(&tb, &options, 1, 7, &physics)
         .unwrap();
     let guided_f32 = values(guided_f32[0].clone());
+    let f32_draws = [
+        (&diffusion, &options, &d0),
+        (&diffusion, &guided, &g),
+        (&direct, &options, &d),
+    ];
     for (precision, tol) in [(Precision::Bf16, 0.01), (Precision::F16, 0.002)] {
-        let half = TrainedModel::load(&diffusion, &device)
-            .unwrap()
-            .with_precision(precision);
-        let h = half.predict(&tb, &options, 1, 7).unwrap().remove(0);
-        assert_eq!(h.dtype(), burn::tensor::DType::F32);
-        let e = relative(&values(h), &d0);
-        assert!(e > 0.0 && e < tol, "{precision:?}: {e}");
+        for (run, options, reference) in f32_draws {
+            let h = TrainedModel::load(run, &device)
+                .unwrap()
+                .with_precision(precision)
+                .predict(&tb, options, 1, 7)
+                .unwrap()
+                .remove(0);
+            assert_eq!(h.dtype(), burn::tensor::DType::F32);
+            let e = relative(&values(h), reference);
+            assert!(e > 0.0 && e < tol, "{precision:?}, {}: {e}", run.display());
+        }
         let guided = TrainedModel::load(&diffusion, &autodiff)
             .unwrap()
             .with_precision(precision)
             .predict_steered(&tb, &options, 1, 7, &physics)
             .unwrap();
         let e = relative(&values(guided[0].clone()), &guided_f32);
-        assert!(e > 0.0 && e < tol, "{precision:?}, guided: {e}");
+        assert!(e > 0.0 && e < tol, "{precision:?}, physics-guided: {e}");
     }
-
-    // The direct predictor draws the same field whatever the seed.
-    let direct_model = TrainedModel::load(&direct, &device).unwrap();
-    let draws = direct_model.predict(&tb, &options, 2, 7).unwrap();
-    let d = values(draws[0].clone());
-    assert!(d == values(draws[1].clone()));
-    assert!(d == values(direct_model.predict(&tb, &options, 1, 8).unwrap()[0].clone()));
 
     // best_model.bpk reproduces the logged validation error: the trainer's draw for val
     // sample i is the predictor's draw i of the run seed.

@@ -87,7 +87,7 @@ struct Summary<'a> {
     units: serde_json::Value,
 }
 
-pub fn run(a: PredictArgs) -> Result<()> {
+pub fn run(mut a: PredictArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }
@@ -100,9 +100,10 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let model = TrainedModel::load(&a.model, &device)?.with_precision(a.sampler.precision.into());
     if a.pressure2d.is_some() && !model.log.config.pressure_condition {
         eprintln!(
-            "warning: --pressure2d is not used: {} was trained without pressure_condition",
+            "warning: --pressure2d is not read: {} was trained without pressure_condition",
             a.model.display()
         );
+        a.pressure2d = None;
     }
     let Input {
         sample,

@@ -6,6 +6,7 @@
 use crate::precision::like;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::silu;
 
 /// `[sin(t·f_0) … sin(t·f_{h−1}), cos(t·f_0) … cos(t·f_{h−1})]` with h = dim/2 and
@@ -45,6 +46,7 @@ impl TimeEmbedding {
     pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
         // The code stays f32 (bf16 cannot even hold t = 999); the MLP runs in its weights'
         // type.
+        let t = t.cast(FloatDType::F32);
         let e = like(sinusoidal_embedding(t, self.dim), &self.linear1.weight);
         self.linear2.forward(silu(self.linear1.forward(e)))
     }

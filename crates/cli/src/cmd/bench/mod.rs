@@ -61,7 +61,8 @@ pub struct BenchArgs {
     /// DPM-Solver++ and DDIM; the direct predictor (1 evaluation) is always timed.
     #[arg(long, value_delimiter = ',', default_values_t = [5, 10, 20, 50])]
     sampler_steps: Vec<usize>,
-    /// Float type the timed predictions' networks compute in (as `predict --precision`).
+    /// Float type the timed predictions' networks compute in (as `predict --precision`;
+    /// `predict` and `all` only: training is timed in f32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
     /// Seed of the network weights and inputs.
