@@ -116,21 +116,15 @@ impl Setup {
         resume: bool,
         observer: &mut dyn DiffusionObserver,
     ) -> Result<DiffusionRunLog, ModelError> {
-        self.train_on(1, vae, out, cfg, resume, observer)
-    }
-
-    /// [`Setup::train`] on `devices` CPU devices (data-parallel when more than one).
-    fn train_on(
-        &self,
-        devices: usize,
-        vae: &Path,
-        out: &Path,
-        cfg: DiffusionTrainConfig,
-        resume: bool,
-        observer: &mut dyn DiffusionObserver,
-    ) -> Result<DiffusionRunLog, ModelError> {
-        let devices = vec![Device::flex(); devices];
-        train_diffusion(&devices, &self.data, vae, out, cfg, resume, observer)
+        train_diffusion(
+            &[Device::flex()],
+            &self.data,
+            vae,
+            out,
+            cfg,
+            resume,
+            observer,
+        )
     }
 
     /// One epoch of the direct predictor into `name`, with or without the pressure channel.
@@ -799,9 +793,17 @@ fn two_devices_train_exactly_as_one() {
         .into_iter()
         .map(|n| {
             let out = s.path(&format!("devices-{n}"));
-            let mut log = s
-                .train_on(n, &s.stage2, &out, cfg.clone(), false, &mut Quiet)
-                .unwrap();
+            let devices = vec![Device::flex(); n];
+            let mut log = train_diffusion(
+                &devices,
+                &s.data,
+                &s.stage2,
+                &out,
+                cfg.clone(),
+                false,
+                &mut Quiet,
+            )
+            .unwrap();
             log.history.iter_mut().for_each(|r| r.seconds = 0.0);
             (
                 log.history,
@@ -816,9 +818,17 @@ fn two_devices_train_exactly_as_one() {
         runs[0].0,
         runs[1].0
     );
-    let e = s
-        .train_on(3, &s.stage2, &s.path("three"), cfg, false, &mut Quiet)
-        .unwrap_err();
+    let devices = vec![Device::flex(); 3];
+    let e = train_diffusion(
+        &devices,
+        &s.data,
+        &s.stage2,
+        &s.path("three"),
+        cfg,
+        false,
+        &mut Quiet,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("accumulation=3"), "{e}");
 }
 

@@ -40,41 +40,68 @@ impl TrainObserver for StopAfter {
 struct Quiet;
 impl TrainObserver for Quiet {}
 
-/// `train_vae` on one CPU device.
-fn run(
+/// One `train_vae` call of these tests: on one CPU device, from scratch and quiet unless
+/// changed.
+#[derive(Clone, Copy)]
+struct Run<'a> {
     stage: Stage,
-    data: &Path,
-    stage1: Option<&Path>,
-    out: &Path,
-    cfg: VaeTrainConfig,
+    data: &'a Path,
+    stage1: Option<&'a Path>,
+    devices: usize,
     resume: bool,
-    observer: &mut dyn TrainObserver,
-) -> Result<RunLog, ModelError> {
-    run_on(1, stage, data, stage1, out, cfg, resume, observer)
 }
 
-/// `train_vae` on `devices` CPU devices (data-parallel when more than one).
-#[allow(clippy::too_many_arguments)]
-fn run_on(
-    devices: usize,
-    stage: Stage,
-    data: &Path,
-    stage1: Option<&Path>,
-    out: &Path,
-    cfg: VaeTrainConfig,
-    resume: bool,
-    observer: &mut dyn TrainObserver,
-) -> Result<RunLog, ModelError> {
-    train_vae(
-        &vec![Device::flex(); devices],
+fn run(stage: Stage, data: &Path) -> Run<'_> {
+    Run {
         stage,
         data,
-        stage1,
-        out,
-        cfg,
-        resume,
-        observer,
-    )
+        stage1: None,
+        devices: 1,
+        resume: false,
+    }
+}
+
+impl<'a> Run<'a> {
+    /// Stage 2 on top of this stage-1 run.
+    fn after(self, stage1: &'a Path) -> Self {
+        Self {
+            stage1: Some(stage1),
+            ..self
+        }
+    }
+
+    /// On `devices` CPU devices (data-parallel when more than one).
+    fn on(self, devices: usize) -> Self {
+        Self { devices, ..self }
+    }
+
+    fn resumed(self) -> Self {
+        Self {
+            resume: true,
+            ..self
+        }
+    }
+
+    fn train(self, out: &Path, cfg: VaeTrainConfig) -> Result<RunLog, ModelError> {
+        self.observed(out, cfg, &mut Quiet)
+    }
+
+    fn observed(
+        self,
+        out: &Path,
+        cfg: VaeTrainConfig,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<RunLog, ModelError> {
+        let devices = vec![Device::flex(); self.devices];
+        let Self {
+            stage,
+            data,
+            stage1,
+            resume,
+            ..
+        } = self;
+        train_vae(&devices, stage, data, stage1, out, cfg, resume, observer)
+    }
 }
 
 #[test]
@@ -84,7 +111,7 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     let data = tmp.path().join("data");
     dataset(&data, 3);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let full = run(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap();
+    let full = run(Stage::One, &data).train(&a, config(4)).unwrap();
     assert_eq!(full.history.len(), 4);
     let first = &full.history[0].train["rec"];
     let last = &full.history[3].train["rec"];
@@ -94,43 +121,27 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     );
 
     // Killed after two epochs, then resumed with the same arguments.
-    let part = run(
-        Stage::One,
-        &data,
-        None,
-        &b,
-        config(4),
-        false,
-        &mut StopAfter(2),
-    )
-    .unwrap();
+    let part = run(Stage::One, &data)
+        .observed(&b, config(4), &mut StopAfter(2))
+        .unwrap();
     assert_eq!(part.history.len(), 2);
     // Stage 2 refuses an unfinished stage 1; resuming on other data is refused.
-    let e = run(
-        Stage::Two,
-        &data,
-        Some(&b),
-        &tmp.path().join("early"),
-        config(1),
-        false,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::Two, &data)
+        .after(&b)
+        .train(&tmp.path().join("early"), config(1))
+        .unwrap_err();
     assert!(e.to_string().contains("unfinished"), "{e}");
     let other_data = tmp.path().join("other");
     dataset(&other_data, 4);
-    let e = run(
-        Stage::One,
-        &other_data,
-        None,
-        &b,
-        config(4),
-        true,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::One, &other_data)
+        .resumed()
+        .train(&b, config(4))
+        .unwrap_err();
     assert!(e.to_string().contains("another dataset"), "{e}");
-    let resumed = run(Stage::One, &data, None, &b, config(4), true, &mut Quiet).unwrap();
+    let resumed = run(Stage::One, &data)
+        .resumed()
+        .train(&b, config(4))
+        .unwrap();
     assert_eq!(
         resumed.history,
         full.history
@@ -147,25 +158,22 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(weights(&a) == weights(&b), "resumed weights differ");
 
     // Refusals: an existing run without --resume, and a resume with another config.
-    let e = run(Stage::One, &data, None, &a, config(4), false, &mut Quiet).unwrap_err();
+    let e = run(Stage::One, &data).train(&a, config(4)).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
     let mut other = config(4);
     other.lr = 1e-4;
-    let e = run(Stage::One, &data, None, &a, other, true, &mut Quiet).unwrap_err();
+    let e = run(Stage::One, &data)
+        .resumed()
+        .train(&a, other)
+        .unwrap_err();
     assert!(e.to_string().contains("another configuration"), "{e}");
 
     // Stage 2 on top of stage 1: the 2D latent must let D3D rebuild some vz.
     let two = tmp.path().join("two");
-    let log = run(
-        Stage::Two,
-        &data,
-        Some(&a),
-        &two,
-        config(3),
-        false,
-        &mut Quiet,
-    )
-    .unwrap();
+    let log = run(Stage::Two, &data)
+        .after(&a)
+        .train(&two, config(3))
+        .unwrap();
     let rec = &log.history.last().unwrap();
     for key in ["rec2d", "align", "cross", "loss"] {
         assert!(rec.val[key].is_finite(), "{key}");
@@ -173,16 +181,9 @@ fn stage1_learns_and_a_resumed_run_equals_an_uninterrupted_one() {
     assert!(rec.val_errors.vz_ratio > 0.0);
     assert!(log.history[2].train["cross"] < log.history[0].train["cross"]);
     // Stage 2 needs a stage-1 run.
-    let e = run(
-        Stage::Two,
-        &data,
-        None,
-        &tmp.path().join("x"),
-        config(1),
-        false,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::Two, &data)
+        .train(&tmp.path().join("x"), config(1))
+        .unwrap_err();
     assert!(e.to_string().contains("--stage1"), "{e}");
 }
 
@@ -191,16 +192,9 @@ fn invalid_configs_fail_before_reading_data() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(1);
     cfg.vae = VaeConfig::new().with_channels(vec![8, 12]).with_groups(8);
-    let e = run(
-        Stage::One,
-        &tmp.path().join("none"),
-        None,
-        &tmp.path().join("o"),
-        cfg,
-        false,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::One, &tmp.path().join("none"))
+        .train(&tmp.path().join("o"), cfg)
+        .unwrap_err();
     assert!(e.to_string().contains("divisible by groups"), "{e}");
     let mut cfg = config(1);
     cfg.ema_decay = 1.0;
@@ -241,26 +235,11 @@ fn two_devices_train_exactly_as_one() {
     for devices in [1, 2] {
         let one = tmp.path().join(format!("s1-{devices}"));
         let two = tmp.path().join(format!("s2-{devices}"));
-        let log1 = run_on(
-            devices,
-            Stage::One,
-            &data,
-            None,
-            &one,
-            cfg(2),
-            false,
-            &mut Quiet,
-        );
-        let log2 = run_on(
-            devices,
-            Stage::Two,
-            &data,
-            Some(&one),
-            &two,
-            cfg(1),
-            false,
-            &mut Quiet,
-        );
+        let log1 = run(Stage::One, &data).on(devices).train(&one, cfg(2));
+        let log2 = run(Stage::Two, &data)
+            .after(&one)
+            .on(devices)
+            .train(&two, cfg(1));
         logs.push([log1.unwrap(), log2.unwrap()].map(|mut log| {
             log.history.iter_mut().for_each(|r| r.seconds = 0.0);
             (log.history, log.best_epoch)
@@ -280,16 +259,9 @@ fn two_devices_train_exactly_as_one() {
         );
     }
     // More devices than batches per step would idle: refused before anything is read.
-    let e = run_on(
-        2,
-        Stage::One,
-        &data,
-        None,
-        &tmp.path().join("x"),
-        config(1),
-        false,
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let e = run(Stage::One, &data)
+        .on(2)
+        .train(&tmp.path().join("x"), config(1))
+        .unwrap_err();
     assert!(e.to_string().contains("accumulation=2"), "{e}");
 }
