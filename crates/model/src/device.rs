@@ -49,34 +49,24 @@ fn cuda(_index: &str) -> Result<Device, ModelError> {
 mod tests {
     use super::*;
 
+    /// The message of the error `r` must hold.
+    fn error<T: std::fmt::Debug>(r: Result<T, ModelError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
     #[test]
     fn device_lists_are_parsed() {
         assert_eq!(select_all("cpu").unwrap().len(), 1);
         assert_eq!(select_all("cpu, cpu").unwrap().len(), 2);
         assert!(select_all("cpu,").is_err());
-        assert!(
-            select_all("cuda:1,cuda:1")
-                .unwrap_err()
-                .to_string()
-                .contains("twice")
-        );
+        assert!(error(select_all("cuda:1,cuda:1")).contains("twice"));
     }
 
     #[test]
     fn names_are_parsed_and_unknown_ones_refused() {
         assert!(select("cpu").is_ok());
-        assert!(
-            select("tpu")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown device")
-        );
+        assert!(error(select("tpu")).contains("unknown device"));
         #[cfg(not(feature = "cuda"))]
-        assert!(
-            select("cuda:1")
-                .unwrap_err()
-                .to_string()
-                .contains("--features cuda")
-        );
+        assert!(error(select("cuda:1")).contains("--features cuda"));
     }
 }
