@@ -9,6 +9,7 @@
 //! force standing in for the mean pressure gradient; all boundaries are periodic.
 
 pub mod bench;
+mod bounce;
 pub mod config;
 pub mod error;
 pub mod kernel;
