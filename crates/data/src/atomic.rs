@@ -5,6 +5,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{DataError, Result};
 
@@ -91,15 +92,17 @@ fn temp_path(target: &Path) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| DataError::invalid(target, "not a file path"))?;
-    Ok(target.with_file_name(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id())))
+    // Process id and a per-process counter: writers in other processes or threads never
+    // share a temporary file, even for the same target.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ok(target.with_file_name(format!(".{name}.{}.{n}{TEMP_SUFFIX}", std::process::id())))
 }
 
 /// Puts `src` at `dst` atomically, as a hard link where the file system allows it and as
 /// a copy otherwise.
 pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     let temp = temp_path(dst)?;
-    // A leftover of an earlier attempt would make hard_link fail.
-    let _ = fs::remove_file(&temp);
     if fs::hard_link(src, &temp).is_err() {
         fs::copy(src, &temp).map_err(DataError::io(src, "copy"))?;
         File::open(&temp)
@@ -153,6 +156,28 @@ mod tests {
         abandoned.write_all(b"partial").unwrap();
         drop(abandoned);
         assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Threads writing the same target at once: each write lands whole (the target holds
+    /// one writer's complete bytes, never a mix) and no temporary file is left.
+    #[test]
+    fn concurrent_writers_of_one_target_do_not_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shared.bin");
+        let payloads: Vec<Vec<u8>> = (0..8u8).map(|t| vec![t; 1 << 16]).collect();
+        std::thread::scope(|s| {
+            for p in &payloads {
+                let target = &target;
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        write_atomic(target, p).unwrap();
+                    }
+                });
+            }
+        });
+        let got = fs::read(&target).unwrap();
+        assert!(payloads.contains(&got), "target holds a mix of writers");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
