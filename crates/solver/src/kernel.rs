@@ -75,7 +75,8 @@ pub struct Streaming {
     exc_start: Vec<usize>,
     /// (index into the chunk's gather buffer q·len + offset, index into f to pull from).
     exceptions: Vec<(u32, u32)>,
-    /// Bounce-back links of chunk k by whole words, `bounce[bounce_start[k]..bounce_start[k + 1]]`.
+    /// Bounce-back links of direction q of chunk k by whole words:
+    /// `bounce[bounce_start[k·Q + q]..bounce_start[k·Q + q + 1]]`.
     bounce_start: Vec<usize>,
     bounce: Vec<Links>,
 }
@@ -104,13 +105,15 @@ impl Streaming {
             |v: usize, d: i32, n: usize| (v as i64 - i64::from(d)).rem_euclid(n as i64) as usize;
         let mut exc_start = Vec::with_capacity(chunks.len() + 1);
         let mut exceptions = Vec::new();
-        let mut bounce_start = Vec::with_capacity(chunks.len() + 1);
+        let mut bounce_start = Vec::with_capacity(chunks.len() * Q + 1);
         let mut bounce = Vec::new();
         for ch in &chunks {
             exc_start.push(exceptions.len());
+            // Direction 0 (rest) has no links.
             bounce_start.push(bounce.len());
             let whole = ch.len - ch.len % WORD;
             for q in 1..Q {
+                bounce_start.push(bounce.len());
                 let mut mask = 0u16;
                 let [cx, cy, cz] = V::C[q];
                 let shift =
@@ -186,12 +189,14 @@ impl Streaming {
             let first = len.min(plane - s0);
             dst[..first].copy_from_slice(&src_plane[s0..s0 + first]);
             dst[first..].copy_from_slice(&src_plane[..len - first]);
+            // While the run is still in L1.
+            let links =
+                &self.bounce[self.bounce_start[k * Q + q]..self.bounce_start[k * Q + q + 1]];
+            bounce::apply(buf, f, links);
         }
         for &(d, s) in &self.exceptions[self.exc_start[k]..self.exc_start[k + 1]] {
             buf[d as usize] = f[s as usize];
         }
-        let links = &self.bounce[self.bounce_start[k]..self.bounce_start[k + 1]];
-        bounce::apply(buf, f, links);
     }
 }
 
