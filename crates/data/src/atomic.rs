@@ -25,14 +25,7 @@ pub(crate) struct AtomicFile {
 impl AtomicFile {
     /// Creates the temporary file for `target` (see [`temp_path`]).
     pub(crate) fn create(target: &Path) -> Result<Self> {
-        let temp = temp_path(target)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(DataError::io(&temp, "create temporary file"))?;
+        let (file, temp) = create_new_temp(target)?;
         Ok(Self {
             file,
             temp,
@@ -86,7 +79,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.commit()
 }
 
-/// `.{name}.{pid}{TEMP_SUFFIX}` next to `target`.
+/// `.{name}.{pid}.{n}{TEMP_SUFFIX}` next to `target`.
 fn temp_path(target: &Path) -> Result<PathBuf> {
     let name = target
         .file_name()
@@ -99,16 +92,59 @@ fn temp_path(target: &Path) -> Result<PathBuf> {
     Ok(target.with_file_name(format!(".{name}.{}.{n}{TEMP_SUFFIX}", std::process::id())))
 }
 
+/// Temporary names tried before giving up: a name is only taken again by a writer in
+/// another process with the same id (containers sharing a volume) or by a leftover.
+const TEMP_ATTEMPTS: usize = 64;
+
+/// A new temporary file for `target`, never one that exists already (so neither a
+/// concurrent writer's file nor a leftover hard link to a finished file is truncated).
+fn create_new_temp(target: &Path) -> Result<(File, PathBuf)> {
+    for _ in 0..TEMP_ATTEMPTS {
+        let temp = temp_path(target)?;
+        match fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((file, temp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(DataError::io(&temp, "create temporary file")(e)),
+        }
+    }
+    Err(DataError::invalid(
+        target,
+        format!("{TEMP_ATTEMPTS} temporary names next to it are taken"),
+    ))
+}
+
 /// Puts `src` at `dst` atomically, as a hard link where the file system allows it and as
 /// a copy otherwise.
 pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
-    let temp = temp_path(dst)?;
-    if fs::hard_link(src, &temp).is_err() {
-        fs::copy(src, &temp).map_err(DataError::io(src, "copy"))?;
-        File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(DataError::io(&temp, "fsync"))?;
+    let mut linked = None;
+    for _ in 0..TEMP_ATTEMPTS {
+        let temp = temp_path(dst)?;
+        match fs::hard_link(src, &temp) {
+            Ok(()) => {
+                linked = Some(temp);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // Another file system, or one without hard links: copy instead.
+            Err(_) => break,
+        }
     }
+    let temp = match linked {
+        Some(temp) => temp,
+        None => {
+            let (mut file, temp) = create_new_temp(dst)?;
+            let mut from = File::open(src).map_err(DataError::io(src, "open"))?;
+            std::io::copy(&mut from, &mut file)
+                .and_then(|_| file.sync_all())
+                .map_err(DataError::io(&temp, "copy"))?;
+            temp
+        }
+    };
     fs::rename(&temp, dst).map_err(DataError::io(dst, "rename into place"))?;
     sync_parent(dst)
 }

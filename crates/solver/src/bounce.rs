@@ -22,6 +22,9 @@ pub struct Links {
 
 /// Applies every word of `links`; each word's `WORD` cells must lie inside `buf` and `f`.
 pub fn apply(buf: &mut [f32], f: &[f32], links: &[Links]) {
+    if links.is_empty() {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
