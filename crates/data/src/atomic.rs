@@ -96,18 +96,17 @@ fn temp_path(target: &Path) -> Result<PathBuf> {
 /// another process with the same id (containers sharing a volume) or by a leftover.
 const TEMP_ATTEMPTS: usize = 64;
 
-/// A new temporary file for `target`, never one that exists already (so neither a
-/// concurrent writer's file nor a leftover hard link to a finished file is truncated).
-fn create_new_temp(target: &Path) -> Result<(File, PathBuf)> {
+/// Runs `create` (which must fail with `AlreadyExists` on a taken name) on fresh
+/// temporary names for `target` until one is free, so neither a concurrent writer's file
+/// nor a leftover hard link to a finished file is ever truncated.
+fn on_new_temp<T>(
+    target: &Path,
+    mut create: impl FnMut(&Path) -> std::io::Result<T>,
+) -> Result<(T, PathBuf)> {
     for _ in 0..TEMP_ATTEMPTS {
         let temp = temp_path(target)?;
-        match fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-        {
-            Ok(file) => return Ok((file, temp)),
+        match create(&temp) {
+            Ok(made) => return Ok((made, temp)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(DataError::io(&temp, "create temporary file")(e)),
         }
@@ -118,25 +117,24 @@ fn create_new_temp(target: &Path) -> Result<(File, PathBuf)> {
     ))
 }
 
+/// A new temporary file for `target`.
+fn create_new_temp(target: &Path) -> Result<(File, PathBuf)> {
+    on_new_temp(target, |temp| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(temp)
+    })
+}
+
 /// Puts `src` at `dst` atomically, as a hard link where the file system allows it and as
 /// a copy otherwise.
 pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
-    let mut linked = None;
-    for _ in 0..TEMP_ATTEMPTS {
-        let temp = temp_path(dst)?;
-        match fs::hard_link(src, &temp) {
-            Ok(()) => {
-                linked = Some(temp);
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            // Another file system, or one without hard links: copy instead.
-            Err(_) => break,
-        }
-    }
-    let temp = match linked {
-        Some(temp) => temp,
-        None => {
+    let temp = match on_new_temp(dst, |temp| fs::hard_link(src, temp)) {
+        Ok(((), temp)) => temp,
+        // Another file system, or one without hard links: copy instead.
+        Err(_) => {
             let (mut file, temp) = create_new_temp(dst)?;
             let mut from = File::open(src).map_err(DataError::io(src, "open"))?;
             std::io::copy(&mut from, &mut file)
@@ -215,6 +213,28 @@ mod tests {
         let got = fs::read(&target).unwrap();
         assert!(payloads.contains(&got), "target holds a mix of writers");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A taken name (`AlreadyExists`) moves on to a fresh one; when all are taken the error
+    /// says so instead of overwriting one.
+    #[test]
+    fn taken_temporary_names_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.bin");
+        let taken = || std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+        let mut tried = Vec::new();
+        let (made, temp) = on_new_temp(&target, |t| {
+            tried.push(t.to_path_buf());
+            if tried.len() < 4 { Err(taken()) } else { Ok(7) }
+        })
+        .unwrap();
+        assert_eq!((made, tried.len()), (7, 4));
+        assert_eq!(temp, tried[3]);
+        tried.sort();
+        tried.dedup();
+        assert_eq!(tried.len(), 4, "a name was tried twice");
+        let e = on_new_temp(&target, |_| Err::<(), _>(taken())).unwrap_err();
+        assert!(e.to_string().contains("are taken"), "{e}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! direction instead. The links of `WORD` consecutive cells of one direction are one
 //! masked vector copy from the cells' own opposite-direction run: a load and a masked
 //! store per word, where a list of single links cost a scalar load and store per link
-//! (≈ 1.8 links per fluid cell at 64²). Only words with links are listed, so sparse walls
-//! (large fibres) cost no more than dense ones.
+//! (≈ 1.8 links per fluid cell at 64²). Only words with links are listed, so the cost
+//! follows the wall area: sparse walls (large fibres) list few words.
 
 /// Cells per link word: one AVX-512 vector of f32.
 pub const WORD: usize = 16;

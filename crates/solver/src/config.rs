@@ -76,7 +76,8 @@ impl LbmConfig {
 
     /// Bytes a solve of `cells` cells with `q` directions holds: two lattices of populations,
     /// the mask, the bounce-back links (at most one 12-byte word per 16 cells and moving
-    /// direction), the single pulls (periodic wraps and partial words, ≤ 8 B per cell), and
+    /// direction), the single pulls (periodic wraps and partial words: budgeted at 8 B per
+    /// cell, far more than realistic lattices need), and
     /// the velocity and density fields with the previous velocity kept for the stopping rule.
     pub fn solve_bytes(cells: usize, q: usize) -> f64 {
         let links = 12.0 * q.saturating_sub(1) as f64 / 16.0 + 8.0;

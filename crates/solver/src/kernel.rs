@@ -114,6 +114,12 @@ impl Streaming {
             let whole = ch.len - ch.len % WORD;
             for q in 1..Q {
                 bounce_start.push(bounce.len());
+                // The word of links starting at chunk offset `w0`.
+                let word = |w0: usize, mask: u16| Links {
+                    dst: (q * ch.len + w0) as u32,
+                    src: (opposite(q) * stride + ch.start + w0) as u32,
+                    mask,
+                };
                 let mut mask = 0u16;
                 let [cx, cy, cz] = V::C[q];
                 let shift =
@@ -121,11 +127,7 @@ impl Streaming {
                 for off in 0..ch.len {
                     let cell = ch.start + off;
                     if off % WORD == 0 && mask != 0 {
-                        bounce.push(Links {
-                            dst: (q * ch.len + off - WORD) as u32,
-                            src: (opposite(q) * stride + cell - WORD) as u32,
-                            mask,
-                        });
+                        bounce.push(word(off - WORD, mask));
                         mask = 0;
                     }
                     if fluid[cell] == 0 {
@@ -146,11 +148,7 @@ impl Streaming {
                     }
                 }
                 if mask != 0 {
-                    bounce.push(Links {
-                        dst: (q * ch.len + whole - WORD) as u32,
-                        src: (opposite(q) * stride + ch.start + whole - WORD) as u32,
-                        mask,
-                    });
+                    bounce.push(word(whole - WORD, mask));
                 }
             }
         }
