@@ -5,6 +5,7 @@ mod config_file;
 mod gridsearch;
 mod output;
 mod progress;
+mod remote;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "fiberflow", version, about)]
 struct Cli {
-    /// Worker threads (default: all cores).
+    /// Worker threads of the solver and of every network backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -52,13 +53,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(n) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
-    {
-        eprintln!("error: cannot start {n} threads: {e}");
-        return ExitCode::FAILURE;
+        {
+            eprintln!("error: cannot start {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+        fiberflow_model::device::set_threads(n);
     }
     let result = match cli.command {
         Command::Geometry(a) => cmd::geometry::run(a),

@@ -81,7 +81,7 @@ fn bench_all_writes_every_section() {
         assert!(f(&row["seconds_per_sample"]) > 0.0);
         assert!(row["skipped"].is_null());
     }
-    // shared/spec/reference.md §8: 35,354,768 (encoder) + 41,715,459 (decoder).
+    // The reference PyTorch VAE: 35,354,768 (encoder) + 41,715,459 (decoder) parameters.
     assert_eq!(vae[1]["parameters"], 77_070_227);
     if cfg!(target_os = "linux") {
         // The reference VAE's weights alone are 308 MB, with AdamW's moments 3× that.
@@ -156,6 +156,16 @@ fn bench_refuses_bad_arguments_before_measuring() {
         &["--sampler-steps 5000"],
     );
     fails(["bench", "vae", "--device", "tpu"], &["unknown device"]);
+    fails(["bench", "vae", "--device", "cpu,cpu"], &["`cpu` twice"]);
+    fails(
+        ["bench", "vae", "--default-only", "--reference"],
+        &["cannot be used with"],
+    );
+    #[cfg(not(feature = "libtorch"))]
+    fails(
+        ["bench", "vae", "--device", "cpu,libtorch"],
+        &["no LibTorch backend", "setup-libtorch.sh"],
+    );
     fails(["bench", "everything"], &["invalid value"]);
 }
 

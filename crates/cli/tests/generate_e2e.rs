@@ -1,5 +1,6 @@
 //! End-to-end tests of `fiberflow generate` and `fiberflow dataset` on tiny datasets:
-//! resuming after `kill -9`, sharding and merging, and clear errors on broken input.
+//! resuming after `kill -9`, sharding and merging, export to the reference's `.pt` layout
+//! (loaded by PyTorch itself when one is installed), and clear errors on broken input.
 
 mod common;
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -454,5 +455,71 @@ fn dataset_commands_name_the_broken_file() {
     fails(
         ["dataset", "stats", "--force", &s(&nan)],
         &[&victim_name, "non-finite", "`U`"],
+    );
+}
+
+/// A Python with PyTorch: `FIBERFLOW_TORCH_PYTHON`, or the venv of
+/// scripts/setup-libtorch.sh (which CI creates before the test run).
+fn torch_python() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch/venv/bin/python");
+    std::env::var_os("FIBERFLOW_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| venv.exists().then_some(venv))
+}
+
+#[test]
+fn reference_export_loads_in_pytorch_with_our_split() {
+    let tmp = tempdir();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let config = write_file(tmp.path(), "gen.toml", TINY_GENERATOR);
+    let data = tmp.path().join("data");
+    ok(generate_args(&data, &config, 12));
+    let (reference, npy) = (tmp.path().join("ref"), tmp.path().join("npy"));
+    let r = ok([
+        "dataset",
+        "export",
+        &s(&data),
+        "--format",
+        "reference",
+        "--out",
+        &s(&reference),
+    ]);
+    // A fiberflow-mode split is reordered so the reference's split selects it.
+    assert!(r.stdout.contains("reordered"), "{}", r.stdout);
+    for f in ["domain", "U_2d", "U", "p", "dxyz"] {
+        assert!(reference.join(format!("x/{f}.pt")).is_file(), "{f}.pt");
+    }
+    fails(
+        [
+            "dataset",
+            "export",
+            &s(&data),
+            "--format",
+            "reference",
+            "--split",
+            "test",
+            "--out",
+            &s(&reference),
+        ],
+        &["--split is for --format npy"],
+    );
+    ok(["dataset", "export", &s(&data), "--out", &s(&npy)]);
+    let Some(python) = torch_python() else {
+        eprintln!("no Python with torch (FIBERFLOW_TORCH_PYTHON): torch.load check skipped");
+        return;
+    };
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_reference_export.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args([&data, &reference, &npy])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

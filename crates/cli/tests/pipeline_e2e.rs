@@ -1,5 +1,5 @@
 //! The whole pipeline from the command line on a tiny dataset: `quickstart` (generate,
-//! both VAE stages, diffusion, three evaluations, prediction, report), its resumption, and
+//! both VAE stages, diffusion, four evaluations, prediction, report), its resumption, and
 //! data-parallel training on two devices, and the refusals of `evaluate` and `predict`.
 
 mod common;
@@ -51,6 +51,8 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         "| model |",
         "| VAE only |",
         "| copy 2D |",
+        "| 3D solve of the slices |",
+        "s / sample",
         "comparison.png",
         "train diffusion",
     ] {
@@ -72,6 +74,7 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         "diffusion/physics.png",
         "predict/comparison.png",
         "predict/prediction.vti",
+        "eval/error_vs_time.png",
     ] {
         assert!(out.join(f).metadata().unwrap().len() > 1000, "{f}");
     }
@@ -86,6 +89,10 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         .as_f64()
         .unwrap();
     assert!((w - 1.0).abs() < 1e-9, "{w}");
+    // The solve-from-slices baseline ran with the dataset's own solver settings.
+    let solve3d = json(&out.join("eval/solve3d.json"));
+    assert_eq!(solve3d["mode"], "baseline_solve3d");
+    assert!(solve3d["seconds_2d_solves_per_sample"].as_f64().unwrap() > 0.0);
     let model = json(&out.join("eval/model.json"));
     assert_eq!(model["mode"], "model");
     assert_eq!(model["model_sha256"].as_str().unwrap().len(), 64);

@@ -614,3 +614,88 @@ fn geometry_rejects_bad_settings() {
         assert!(!out.exists(), "{flag} {value}: wrote {}", out.display());
     }
 }
+
+#[test]
+fn evaluate_solve3d_baseline_is_fiberflow_solve_of_the_slices() {
+    let tmp = tempdir();
+    let config = write_file(tmp.path(), "gen.toml", TINY_GENERATOR);
+    let data = tmp.path().join("data");
+    ok(generate_args(&data, &config, 8));
+    // No --model: a baseline needs the dataset alone.
+    let report = tmp.path().join("solve3d.json");
+    let r = ok([
+        "evaluate",
+        "--dataset",
+        &p(&data),
+        "--baseline",
+        "solve3d",
+        "--split",
+        "test",
+        "--limit",
+        "1",
+        "--json",
+        &p(&report),
+    ]);
+    assert!(
+        r.stdout.contains("baseline_solve3d: 1 samples"),
+        "{}",
+        r.stdout
+    );
+    let j = json(&report);
+    let t = j["seconds_per_sample"].as_f64().unwrap();
+    let t2 = j["seconds_2d_solves_per_sample"].as_f64().unwrap();
+    assert!(t > 0.0 && (0.0..t).contains(&t2), "{t} {t2}");
+
+    // The same sample as a user would solve it: its domain as a (S, H, W) stack.
+    let npy = tmp.path().join("npy");
+    ok([
+        "dataset",
+        "export",
+        &p(&data),
+        "--split",
+        "test",
+        "--out",
+        &p(&npy),
+    ]);
+    let domain: ArrayD<f32> = read_npy(npy.join("domain.npy")).unwrap();
+    let truth: ArrayD<f32> = read_npy(npy.join("U.npy")).unwrap();
+    let dxyz: Array2<f64> = read_npy(npy.join("dxyz.npy")).unwrap();
+    let stack: Array3<u8> = domain
+        .index_axis(Axis(0), 0)
+        .index_axis(Axis(1), 0)
+        .mapv(|v| u8::from(v > 0.5))
+        .into_dimensionality()
+        .unwrap();
+    write_npy(tmp.path().join("stack.npy"), &stack).unwrap();
+    let um = |k: usize| format!("{}", dxyz[[0, k]] * 1e6);
+    let solved = tmp.path().join("solved");
+    solve(
+        &tmp.path().join("stack.npy"),
+        &solved,
+        &["--voxel-size-um", &um(0), "--slice-pitch-um", &um(2)],
+    );
+    let u = npy4(&solved.join("U.npy"));
+    let truth = truth.index_axis(Axis(0), 0);
+    // Relative L2 error of each component over the fluid, by hand.
+    let sample = &j["per_sample"][0];
+    for (c, name) in ["rel_l2_u", "rel_l2_v", "rel_l2_w"].iter().enumerate() {
+        let (mut err, mut norm) = (0.0f64, 0.0f64);
+        for ((idx, &t), &f) in truth
+            .index_axis(Axis(1), c)
+            .indexed_iter()
+            .zip(stack.iter())
+        {
+            if f == 1 {
+                let pred = f64::from(u[[idx[0], c, idx[1], idx[2]]]);
+                err += (pred - f64::from(t)).powi(2);
+                norm += f64::from(t).powi(2);
+            }
+        }
+        let expected = (err / norm).sqrt();
+        let got = sample[name].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() <= 1e-6 * expected.max(1e-12),
+            "{name}: evaluate {got} vs solve {expected}"
+        );
+    }
+}

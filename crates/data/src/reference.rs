@@ -301,7 +301,7 @@ fn dxyz_per_sample(t: &TorchTensor, n: usize) -> Result<Vec<[f64; 3]>> {
 
 /// Copies the `torch.save` archive `src` into `dst` with its pickle root wrapped in a
 /// one-entry dictionary.
-fn wrap_root(src: &Path, dst: &File) -> Result<()> {
+pub(crate) fn wrap_root(src: &Path, dst: &File) -> Result<()> {
     let corrupt = |reason: String| DataError::Corrupt {
         path: src.to_path_buf(),
         reason,

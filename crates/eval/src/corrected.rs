@@ -1,7 +1,7 @@
 //! Accuracy metrics that mean what their names say, replacing the reference's flawed ones
-//! (`shared/spec/reference.md` §6.3, §6.4, §6.6). All average over fluid voxels only and
-//! normalise by the true field of the same sample, so they are scale-free and comparable
-//! across samples and datasets.
+//! (top-k IoU keeping the top (100 − k) %, absolute cosine eps, nMAE over the dataset
+//! maximum). All average over fluid voxels only and normalise by the true field of the
+//! same sample, so they are scale-free and comparable across samples and datasets.
 
 use crate::error::{EvalError, Result};
 use crate::input::{Comparison, Flow};

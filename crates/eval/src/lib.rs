@@ -10,8 +10,9 @@
 //! the JSON report.
 //!
 //! # Reference metrics (`ref_*`)
-//! Computed exactly as the Python reference does (`shared/spec/reference.md` §4.2), so
-//! numbers compare with its published ones, flaws included ([`mod@reference`]):
+//! Computed exactly as the Python reference does (`scripts/eval_testset_end2end.py` of
+//! `Ruby-004/Diffusion_model_project`), so numbers compare with its published ones, flaws
+//! included ([`mod@reference`]):
 //! * `ref_mae/mse/rmse_{u,v,w,total}`: fluid-masked errors Σ(e·m)/(Σm + 1e-8); totals are
 //!   the means of the components (rmse_total = √mse_total).
 //! * `ref_nmae/nmse_*`: divided by the dataset's max |c| (+1e-8, or max² + 1e-8). The

@@ -1,10 +1,10 @@
 //! Physical consistency of a velocity field: mass conservation (divergence, flow rate
 //! along the flow), no-slip (velocity inside fibres) and Darcy permeability.
 //!
-//! These replace the reference's physics metrics (`shared/spec/reference.md` §3.5), which
-//! use index units (unit spacing in every axis, ignoring dz/dx ≈ 25.6, bug §6.33). Here
-//! derivatives use the true voxel size, and fibres hold zero velocity (no-slip, the mask
-//! `M`) in every quantity except [`fibre_rms`], which measures exactly what `M` removes.
+//! These replace the reference's physics metrics, which use index units (unit spacing in
+//! every axis, ignoring dz/dx ≈ 25.6 of its data). Here derivatives use the true voxel
+//! size, and fibres hold zero velocity (no-slip, the mask `M`) in every quantity except
+//! [`fibre_rms`], which measures exactly what `M` removes.
 
 use fiberflow_geometry::layout::VoxelSize;
 use ndarray::Array3;

@@ -1,6 +1,6 @@
 //! Exact post-projection of a velocity field onto zero discrete divergence in the fluid
-//! with no-slip in the fibres (issue 6 §3; the "one Poisson solve" alternative to physics
-//! guidance in `shared/spec/physics.md`).
+//! with no-slip in the fibres: an exact alternative to gradient-based physics guidance
+//! during sampling, at the cost of one Poisson solve.
 //!
 //! For a field u, the result u' minimises ‖u' − u‖₂ subject to u' = 0 in fibres and
 //! `D u' = 0` at every fluid voxel, with `D` the central-difference divergence of

@@ -1,12 +1,12 @@
 //! The reference's per-sample metrics, formula for formula, so fiberflow numbers compare
 //! with those of the Python pipeline it replaces (`scripts/eval_testset_end2end.py` of
-//! `Ruby-004/Diffusion_model_project`; `shared/spec/reference.md` §4.2).
+//! `Ruby-004/Diffusion_model_project`).
 //!
-//! Kept as implemented there, bugs included: the absolute cosine eps of 1e-8 (bug §6.4),
-//! the top-k IoU that keeps the top (100 − k) % (bug §6.3) and nMAE over the dataset
-//! maximum (§6.6). The reference sums in f32 (where `Σm + 1e-8` rounds to `Σm`); here sums
-//! are f64 with the eps written where the reference writes it, so results agree to f32
-//! rounding (~1e-6 relative).
+//! Kept as implemented there, bugs included: the absolute cosine eps of 1e-8 (of the order
+//! of |p||t| at these speeds), the top-k IoU that keeps the top (100 − k) % and nMAE over
+//! the dataset maximum. The reference sums in f32 (where `Σm + 1e-8` rounds to `Σm`); here
+//! sums are f64 with the eps written where the reference writes it, so results agree to
+//! f32 rounding (~1e-6 relative).
 
 use serde::{Deserialize, Serialize};
 
@@ -232,7 +232,7 @@ mod tests {
     }
 
     /// Identical vectors of 1e-4 m/s: |p||t| = 1e-8 equals the eps, so the reference
-    /// reports 0.5 where the true cosine is 1 (bug §6.4).
+    /// reports 0.5 where the true cosine is 1 (its absolute-eps bug).
     #[test]
     fn cosine_eps_halves_small_velocities() {
         let u = Array4::from_elem([1, 3, 2, 2], 0.0f32);

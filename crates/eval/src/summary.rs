@@ -1,5 +1,6 @@
 //! Aggregation over samples: per metric mean, population std, min and max, as the
-//! reference's summary (`{metric}_mean/_std/_min/_max`, `shared/spec/reference.md` §4.2).
+//! reference's summary (`{metric}_mean/_std/_min/_max` of `scripts/eval_testset_end2end.py`
+//! in `Ruby-004/Diffusion_model_project`).
 
 use serde::{Deserialize, Serialize};
 

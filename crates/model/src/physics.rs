@@ -1,7 +1,7 @@
 //! Physics of a decoded flow as differentiable, dimensionless tensors, shared by the
 //! sampling-time guidance, the optional training losses of the latent predictor and its
 //! validation log. Derivatives are periodic differences with the true dx, dy and slice
-//! pitch dz (the reference used index spacing, ignoring dz/dx ≈ 6–26; reference.md §3.5),
+//! pitch dz (the reference's physics losses used index spacing, ignoring dz/dx ≈ 6–26),
 //! and each term is scaled by a detached norm of the flow so that its weight does not
 //! depend on units or flow speed, and the network cannot lower it by shrinking the flow.
 

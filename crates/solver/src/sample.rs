@@ -11,9 +11,10 @@
 
 use crate::config::FlowConfig;
 use crate::error::SolverError;
-use crate::solve::{Dim, LatticeFlow, Progress, solve_lattice};
+use crate::solve::{Dim, LatticeFlow, Progress, check_memory, solve_lattice};
 use crate::units::Scales;
-use fiberflow_geometry::layout::VoxelSize;
+use fiberflow_geometry::distance::interpolate_planes;
+use fiberflow_geometry::layout::{VoxelSize, lattice_planes};
 use fiberflow_geometry::percolation::percolates_x;
 #[cfg(test)]
 use ndarray::s;
@@ -75,6 +76,23 @@ pub struct FlowSample {
     /// extra cost, and its change from slice to slice is what drives vz in 3D.
     pub p2d: Array4<f32>,
     pub report: FlowReport,
+}
+
+/// Solves a stack of slices given alone (a user's images, or a dataset sample's `domain`
+/// scored as the solve-from-slices baseline) in 2D and 3D: the geometry between slices
+/// comes from the signed-distance interpolation, on NZ = round(S·pitch/dx) planes, and
+/// the lattice is checked against the memory budget before it is allocated.
+pub fn solve_stack(
+    slices: ArrayView3<u8>,
+    voxel: VoxelSize,
+    cfg: &FlowConfig,
+    progress: Option<Progress>,
+) -> Result<FlowSample, SolverError> {
+    let (ns, h, w) = slices.dim();
+    let nz = lattice_planes(ns, voxel.dz_m, voxel.dx_m);
+    check_memory((nz, h, w), Dim::Three, &cfg.lbm)?;
+    let planes = interpolate_planes(slices, nz);
+    solve_sample(slices, Some(planes.view()), voxel, cfg, progress)
 }
 
 /// Solves one sample. `slices` is `(S, H, W)`; `planes`, `(NZ, H, W)`, enables the 3D solve.

@@ -1,4 +1,5 @@
-//! The solver against exact and published results (physics facts in shared/spec/physics.md).
+//! The solver against exact and published results: channel flows (slit, square duct) and
+//! fibre-array permeabilities (Drummond & Tahir 1984, Gebart 1992).
 
 use fiberflow_solver::LbmConfig;
 use fiberflow_solver::solve::{Dim, LatticeFlow, solve_lattice};

@@ -1,15 +1,16 @@
-//! `fiberflow dataset`: import the reference data, export to NumPy, inspect, merge
+//! `fiberflow dataset`: import the reference data, export to NumPy or the reference's
+//! `.pt` layout, inspect, merge
 //! shards, and (re)write the split and the train-only statistics of a dataset.
 
 use std::path::PathBuf;
 
 use crate::progress::Bar;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use fiberflow_data::statistics::STATISTICS_FILE;
 use fiberflow_data::{
     Dataset, DatasetInfo, Manifest, SplitMode, Splits, Statistics, Subset, export_npy,
-    import_reference, merge,
+    export_reference, import_reference, merge,
 };
 
 #[derive(Args, Debug)]
@@ -28,15 +29,18 @@ enum DatasetCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write samples as .npy files with a leading sample axis (plus indices.npy).
+    /// Write samples as .npy files with a leading sample axis (plus indices.npy), or as the
+    /// reference PyTorch project's `x/*.pt` files (`--format reference`).
     Export {
         dir: PathBuf,
-        /// Output format.
-        #[arg(long, default_value = "npy", value_parser = ["npy"])]
+        /// `npy`, or `reference`: x/{domain,U_2d,U,p,dxyz}.pt and statistics.json, ordered
+        /// so the reference's own split selects this dataset's train/val/test samples.
+        #[arg(long, default_value = "npy", value_parser = ["npy", "reference"])]
         format: String,
         #[arg(long)]
         out: PathBuf,
-        /// Only this subset (train, val or test), in split order.
+        /// Only this subset (train, val or test), in split order (`npy` only: the
+        /// reference's files hold every sample and its split picks the subsets).
         #[arg(long)]
         split: Option<Subset>,
     },
@@ -83,13 +87,35 @@ pub fn run(args: DatasetArgs) -> Result<()> {
         }
         DatasetCommand::Export {
             dir,
-            format: _,
+            format,
             out,
             split,
         } => {
             let dataset = Dataset::open(&dir)?;
-            for file in export_npy(&dataset, &out, split, &mut bar)? {
-                println!("wrote {}", file.display());
+            if format == "reference" {
+                if split.is_some() {
+                    bail!(
+                        "--split is for --format npy: the reference's files hold every sample \
+                         and its own split selects the subsets"
+                    );
+                }
+                let export = export_reference(&dataset, &out, &mut bar)?;
+                for file in &export.files {
+                    println!("wrote {}", file.display());
+                }
+                println!(
+                    "the reference's random.Random(2024) 70/15/15 split of these files selects \
+                     exactly this dataset's train, validation and test samples ({})",
+                    if export.identity {
+                        "in dataset order"
+                    } else {
+                        "reordered: fiberflow_export.json maps each position to its sample"
+                    }
+                );
+            } else {
+                for file in export_npy(&dataset, &out, split, &mut bar)? {
+                    println!("wrote {}", file.display());
+                }
             }
         }
         DatasetCommand::Info { dir, json } => {

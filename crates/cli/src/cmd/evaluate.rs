@@ -1,7 +1,8 @@
 //! `fiberflow evaluate`: metrics of a trained model on a dataset split — reference-exact
 //! (`ref_` prefix) and corrected — per sample and summarised, as JSON and CSV. With
 //! `--sanity-mode` the VAE alone (E3D → D3D) is scored, with `--baseline copy2d` the 2D
-//! flow itself, so every report can show what the model adds.
+//! flow itself and with `--baseline solve3d` the 3D solve of the slices alone, so every
+//! report can show what the model adds and how close it comes to the physics it replaces.
 
 use super::sampler_args::SamplerArgs;
 use crate::output;
@@ -15,6 +16,8 @@ use fiberflow_eval::{
 };
 use fiberflow_model::batch::{sample_array, to_tensors};
 use fiberflow_model::predict::TrainedModel;
+use fiberflow_solver::FlowConfig;
+use fiberflow_solver::sample::solve_stack;
 use ndarray::{Array4, Axis};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -31,15 +34,25 @@ pub enum SplitArg {
 pub enum BaselineArg {
     /// U_2d as the prediction of U (vz = 0).
     Copy2d,
+    /// The 3D solve of the sample's slices alone, as `fiberflow solve` treats a user stack
+    /// (geometry interpolated between slices, the dataset's solver settings): what the
+    /// networks replace.
+    Solve3d,
 }
 
 #[derive(Args, Debug, Serialize)]
 pub struct EvaluateArgs {
-    /// A diffusion (or direct predictor) run folder.
+    /// A diffusion (or direct predictor) run folder or the URL of an archive of one (not
+    /// needed with --baseline).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// Dataset folder, or the URL of an archive of one (with --sha256).
     #[arg(long)]
     dataset: PathBuf,
+    /// SHA-256 of the one `--dataset` or `--model` given as an `https://` URL of a .tar, .zip
+    /// or bundle (fetched into the user's cache, verified, unpacked); or write URL#sha256=HEX.
+    #[arg(long)]
+    sha256: Option<String>,
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     split: SplitArg,
     #[command(flatten)]
@@ -66,6 +79,8 @@ pub struct EvaluateArgs {
     json: PathBuf,
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
+    /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -80,12 +95,20 @@ struct Report<'a> {
     dataset_manifest_sha256: String,
     summary: Summary,
     projected_summary: Option<Summary>,
+    /// Wall time of what is scored, per sample (for `solve3d` the whole solve, its 2D
+    /// solves included).
     seconds_per_sample: f64,
+    /// `solve3d` only: the part of `seconds_per_sample` spent in the per-slice 2D solves,
+    /// which is also what a predictor's input U_2d costs.
+    seconds_2d_solves_per_sample: Option<f64>,
     per_sample: Vec<SampleMetrics>,
     projected: Vec<SampleMetrics>,
 }
 
-pub fn run(a: EvaluateArgs) -> Result<()> {
+pub fn run(mut a: EvaluateArgs) -> Result<()> {
+    let mut paths = vec![&mut a.dataset];
+    paths.extend(a.model.as_mut());
+    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     if a.sanity_mode && a.baseline.is_some() {
         bail!("--sanity-mode and --baseline each choose what is scored; give one");
     }
@@ -96,13 +119,15 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let device = a
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
-    let model = match a.baseline {
-        Some(_) => None,
-        None => {
-            Some(TrainedModel::load(&a.model, &device)?.with_precision(a.sampler.precision.into()))
+    let model = match (a.baseline, &a.model) {
+        (Some(_), _) => None,
+        (None, Some(run)) => {
+            Some(TrainedModel::load(run, &device)?.with_precision(a.sampler.precision.into()))
         }
+        (None, None) => bail!("--model RUN is needed unless a --baseline is scored"),
     };
     let header = &dataset.manifest.header;
+    let flow = flow_config_of(&header.generator)?;
     let stats = Statistics::load(&dataset)?;
     let max = [stats.u.vx.max_abs, stats.u.vy.max_abs, stats.u.vz.max_abs];
     let physics = physics_of(&header.generator);
@@ -123,6 +148,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     }
     let options = a.sampler.options();
     let (mut per_sample, mut projected, mut seconds) = (Vec::new(), Vec::new(), 0.0);
+    let mut seconds_2d = 0.0;
     let mut bar = Bar::default();
     bar.start("evaluating", n as u64);
     for batch in loader.epoch(0).take(n) {
@@ -132,6 +158,24 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         let started = Instant::now();
         let pred: Array4<f32> = match (&model, a.baseline) {
             (_, Some(BaselineArg::Copy2d)) => &sample.u2d * &sample.domain,
+            (_, Some(BaselineArg::Solve3d)) => {
+                let slices = sample
+                    .domain
+                    .index_axis(Axis(1), 0)
+                    .mapv(|v| u8::from(v > 0.5));
+                let solved = solve_stack(slices.view(), header.voxel_size, &flow, None)
+                    .with_context(|| format!("sample {index}: the 3D solve of its slices"))?;
+                // The 2D solves run side by side, so their share is what the 3D solve
+                // did not take.
+                let wall_3d = solved.report.solve_3d.as_ref().map_or(0.0, |s| s.wall_s);
+                seconds_2d += started.elapsed().as_secs_f64() - wall_3d;
+                if !solved.report.converged() {
+                    eprintln!(
+                        "warning: sample {index}: the 3D solve of its slices did not converge"
+                    );
+                }
+                solved.u.context("the solver skipped the 3D solve")?
+            }
             (Some(m), None) => {
                 let tb = to_tensors(&batch, &m.vae.normalizer, &device)?;
                 m.check_input(&tb)?;
@@ -185,6 +229,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let report = Report {
         mode: match (a.baseline, a.sanity_mode) {
             (Some(BaselineArg::Copy2d), _) => "baseline_copy2d",
+            (Some(BaselineArg::Solve3d), _) => "baseline_solve3d",
             (None, true) => "vae_only_sanity",
             (None, false) => "model",
         },
@@ -197,6 +242,8 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             None
         },
         seconds_per_sample: seconds / n as f64,
+        seconds_2d_solves_per_sample: (a.baseline == Some(BaselineArg::Solve3d))
+            .then(|| seconds_2d / n as f64),
         summary,
         per_sample,
         projected,
@@ -217,6 +264,16 @@ fn mean(arrays: &[Array4<f32>]) -> Array4<f32> {
         .expect("draws share one shape")
         .mean_axis(Axis(0))
         .expect("at least one draw")
+}
+
+/// The solver settings a generated dataset was made with, or the defaults for one that
+/// does not record them (an imported reference dataset).
+fn flow_config_of(generator: &serde_json::Value) -> Result<FlowConfig> {
+    match generator.get("config").and_then(|c| c.get("flow")) {
+        Some(flow) => serde_json::from_value(flow.clone())
+            .context("the dataset header's solver settings (generator.config.flow)"),
+        None => Ok(FlowConfig::default()),
+    }
 }
 
 /// Viscosity and pressure gradient from a generated dataset's header, or the defaults.

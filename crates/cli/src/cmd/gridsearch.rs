@@ -41,9 +41,15 @@ pub struct GridsearchArgs {
     /// of fixed overrides.
     #[arg(long)]
     grid: PathBuf,
-    /// The dataset the VAE was trained on (its latent cache is made first if missing).
+    /// The dataset the VAE was trained on (its latent cache is made first if missing), or
+    /// the URL of an archive of it (with --sha256).
     #[arg(long)]
     dataset: PathBuf,
+    /// SHA-256 of the one `--dataset` given as an `https://` URL of a .tar, .zip
+    /// or bundle (fetched into the user's cache, verified, unpacked); or write URL#sha256=HEX.
+    #[arg(long)]
+    sha256: Option<String>,
+
     /// A finished stage-2 VAE run folder.
     #[arg(long)]
     vae: PathBuf,
@@ -56,13 +62,15 @@ pub struct GridsearchArgs {
     /// Epochs of every run (overrides the grid's base).
     #[arg(long)]
     epochs: Option<usize>,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`; a list such as
-    /// `cuda:0,cuda:1` trains each run data-parallel (needs accumulation ≥ the device count).
+    /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
+    /// `cuda:N` (`--features cuda`); a list such as `libtorch-cuda:0,libtorch-cuda:1`
+    /// trains each run data-parallel (needs accumulation ≥ the device count).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
-pub fn run(a: GridsearchArgs) -> Result<()> {
+pub fn run(mut a: GridsearchArgs) -> Result<()> {
+    crate::remote::localise(&mut [&mut a.dataset], a.sha256.as_deref())?;
     let grid = Grid::load(&a.grid, a.epochs)?;
     let runs = grid.runs()?;
     let devices = fiberflow_model::device::select_all(&a.device)?;

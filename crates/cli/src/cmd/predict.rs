@@ -26,9 +26,14 @@ use std::time::Instant;
 
 #[derive(Args, Debug, Serialize)]
 pub struct PredictArgs {
-    /// A diffusion (or direct predictor) run folder.
+    /// A diffusion (or direct predictor) run folder, or the URL of an archive of one.
     #[arg(long)]
     model: PathBuf,
+    /// SHA-256 of the one `--dataset` or `--model` given as an `https://` URL of a .tar, .zip
+    /// or bundle (fetched into the user's cache, verified, unpacked); or write URL#sha256=HEX.
+    #[arg(long)]
+    sha256: Option<String>,
+
     /// Predict sample --index of this dataset (its truth is then compared).
     #[arg(long, requires = "index", conflicts_with = "microstructure")]
     dataset: Option<PathBuf>,
@@ -69,6 +74,8 @@ pub struct PredictArgs {
     #[command(flatten)]
     #[serde(skip)]
     flow: FlowArgs,
+    /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
+    /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -88,6 +95,9 @@ struct Summary<'a> {
 }
 
 pub fn run(mut a: PredictArgs) -> Result<()> {
+    let mut paths = vec![&mut a.model];
+    paths.extend(a.dataset.as_mut());
+    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }

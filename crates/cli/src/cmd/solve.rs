@@ -4,12 +4,10 @@ use super::geometry::GeometryFile;
 use crate::{config_file, output};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use fiberflow_geometry::distance::interpolate_planes;
 use fiberflow_geometry::layout::{VoxelSize, lattice_planes};
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_solver::FlowConfig;
-use fiberflow_solver::sample::{FlowReport, solve_sample};
-use fiberflow_solver::solve::{Dim, check_memory};
+use fiberflow_solver::sample::{FlowReport, solve_sample, solve_stack};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use serde::Serialize;
@@ -136,34 +134,34 @@ pub fn run(a: SolveArgs) -> Result<()> {
         eprintln!("note: a single slice has no z extent; solving in 2D only");
         mode = Mode::TwoD;
     }
-    let planes = match (mode, planes_source) {
-        (Mode::TwoD, _) => None,
-        (_, Some(planes)) => Some(planes),
-        (_, None) => {
-            let nz = lattice_planes(ns, voxel.dz_m, voxel.dx_m);
-            check_memory((nz, h, w), Dim::Three, &cfg.lbm)?;
-            Some(interpolate_planes(slices.view(), nz))
-        }
+    // A user stack (no analytic planes) gets its geometry between slices interpolated.
+    let lattice = match (mode, &planes_source) {
+        (Mode::TwoD, _) => (1, h, w),
+        (_, Some(planes)) => planes.dim(),
+        (_, None) => (lattice_planes(ns, voxel.dz_m, voxel.dx_m), h, w),
     };
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {msg}",
     )?);
     bar.enable_steady_tick(Duration::from_millis(200));
-    let lattice = planes.as_ref().map_or((1, h, w), |p| p.dim());
     bar.set_message(format!(
         "solving {ns} slices in 2D then a {lattice:?} lattice in 3D"
     ));
     let progress =
         |it: usize, res: f64| bar.set_message(format!("3D step {it}, flux change {res:.2e}"));
     let started = std::time::Instant::now();
-    let sample = solve_sample(
-        slices.view(),
-        planes.as_ref().map(|p| p.view()),
-        voxel,
-        &cfg,
-        Some(&progress),
-    )
+    let sample = match (mode, &planes_source) {
+        (Mode::TwoD, _) => solve_sample(slices.view(), None, voxel, &cfg, Some(&progress)),
+        (_, Some(planes)) => solve_sample(
+            slices.view(),
+            Some(planes.view()),
+            voxel,
+            &cfg,
+            Some(&progress),
+        ),
+        (_, None) => solve_stack(slices.view(), voxel, &cfg, Some(&progress)),
+    }
     .with_context(|| a.microstructure.display().to_string())?;
     bar.finish_and_clear();
 

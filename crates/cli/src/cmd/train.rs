@@ -36,8 +36,13 @@ enum TrainWhat {
 /// Options every training command shares.
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Dataset folder, or the URL of an archive of one (with --sha256).
     #[arg(long)]
     dataset: PathBuf,
+    /// SHA-256 of the one `--dataset` given as an `https://` URL of a .tar, .zip
+    /// or bundle (fetched into the user's cache, verified, unpacked); or write URL#sha256=HEX.
+    #[arg(long)]
+    sha256: Option<String>,
     /// Run folder (log.json, best_model.bpk, checkpoint/).
     #[arg(long)]
     out: PathBuf,
@@ -53,8 +58,9 @@ struct RunArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`; a list such as
-    /// `cuda:0,cuda:1` trains data-parallel (needs accumulation ≥ the device count).
+    /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
+    /// `cuda:N` (`--features cuda`); a list such as `libtorch-cuda:0,libtorch-cuda:1`
+    /// trains data-parallel (needs accumulation ≥ the device count).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -104,7 +110,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
 }
 
-fn vae(a: VaeArgs) -> Result<()> {
+fn vae(mut a: VaeArgs) -> Result<()> {
+    crate::remote::localise(&mut [&mut a.run.dataset], a.run.sha256.as_deref())?;
     let cfg: VaeTrainConfig = a.run.config(|c: &mut VaeTrainConfig, e| c.epochs = e)?;
     let stage = if a.stage == 1 { Stage::One } else { Stage::Two };
     let mut bar = Bar(None);
@@ -134,7 +141,8 @@ fn vae(a: VaeArgs) -> Result<()> {
     Ok(())
 }
 
-fn diffusion(a: DiffusionArgs) -> Result<()> {
+fn diffusion(mut a: DiffusionArgs) -> Result<()> {
+    crate::remote::localise(&mut [&mut a.run.dataset], a.run.sha256.as_deref())?;
     let cfg: DiffusionTrainConfig = a
         .run
         .config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;

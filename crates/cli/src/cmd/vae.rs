@@ -41,7 +41,8 @@ struct EncodeArgs {
     vae: PathBuf,
     #[arg(long)]
     dataset: PathBuf,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
+    /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -65,7 +66,8 @@ struct InspectArgs {
     /// The PNG to write.
     #[arg(long)]
     out: PathBuf,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
+    /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -2,6 +2,7 @@
 
 mod common;
 mod export;
+mod fetch;
 mod info;
 mod loader;
 mod reference_import;

@@ -138,7 +138,7 @@ mod tests {
         let (b, a) = (s.betas(), s.alphas_cumprod());
         assert_eq!(s.train_timesteps(), 1000);
         assert!((b[0] - 1e-4).abs() < 1e-18 && (b[999] - 0.02).abs() < 1e-15);
-        // Values quoted in the reference analysis (§3.3).
+        // ᾱ of the reference's linear β schedule (1e-4 → 0.02, T = 1000).
         assert!((a[0] - 0.9999).abs() < 1e-15, "{}", a[0]);
         assert!((a[499] - 0.0786).abs() < 5e-5, "{}", a[499]);
         assert!((a[999] - 4.04e-5).abs() < 5e-8, "{}", a[999]);

@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn linspace_reproduces_the_reference_50_steps() {
         let t = TimestepSpacing::Linspace.timesteps(50, 1000).unwrap();
-        // Quoted in the reference analysis (§3.3).
+        // The reference sampler's DDIM-50 steps: torch.linspace(999, 0, 50) truncated to integers.
         assert_eq!(&t[..5], &[999, 978, 958, 937, 917]);
         assert_eq!(&t[46..], &[61, 40, 20, 0]);
         // Exactly, t_i = 999 (49 − i)/49, never an integer for 0 < i < 49, so truncation

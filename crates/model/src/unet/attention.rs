@@ -1,8 +1,8 @@
 //! Self-attention over every position of the volume, S·H·W tokens of C channels, so it
-//! couples all slices (the reference attended within one 2D slice only, §6 item 30 of
-//! `shared/spec/reference.md`). Layout as the reference's `SelfAttention` and ADM
-//! (Dhariwal & Nichol 2021): norm → multi-head attention (Vaswani et al. 2017) →
-//! zero-initialised output projection → residual, so each block starts as the identity.
+//! couples all slices (the reference's 2D U-Net attended within one slice only). Layout as
+//! the reference's `SelfAttention` and ADM (Dhariwal & Nichol 2021): norm → multi-head
+//! attention (Vaswani et al. 2017) → zero-initialised output projection → residual, so
+//! each block starts as the identity.
 
 use super::blocks::SliceNorm;
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};

@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn open_end_runs_to_the_last_level() {
-        // shared/spec/reference.md §3.2: "3..2" = 2 heads on levels 3, 4, 5 of five.
+        // As in the reference's grammar: "3..2" = 2 heads on levels 3, 4, 5 of five.
         assert_eq!(
             parse_attention("3..2", 5).unwrap(),
             vec![None, None, Some(2), Some(2), Some(2)]

@@ -51,7 +51,7 @@ pub struct UNetConfig {
 }
 
 impl UNetConfig {
-    /// The reference's final U-Net (`shared/spec/reference.md` §3.2): widths
+    /// The final U-Net of the reference (`Ruby-004/Diffusion_model_project`): widths
     /// 64…1024, 2-head attention on levels 3–5, time code 64 → MLP 256, one group per
     /// norm (layer-norm-like, as the reference). Its blocks are 3D (`slice_kernel` 3).
     pub fn reference() -> Self {

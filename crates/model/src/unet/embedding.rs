@@ -1,7 +1,8 @@
 //! Diffusion-time embedding: the sinusoidal position code of Vaswani et al., "Attention Is
 //! All You Need" (NeurIPS 2017), as used for timesteps by Ho et al., "Denoising Diffusion
 //! Probabilistic Models" (NeurIPS 2020), followed by a two-layer MLP. The formula matches
-//! the reference (`shared/spec/reference.md` §3.2) so its checkpoints' conventions carry over.
+//! the reference U-Net's (sines first, raw integer step t) so its checkpoints' conventions
+//! carry over.
 
 use crate::precision::like;
 use burn::nn::{Linear, LinearConfig};

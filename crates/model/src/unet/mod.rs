@@ -1,7 +1,7 @@
 //! Conditional denoiser of fiberflow's latent diffusion: a U-Net over whole latent volumes
 //! `(B, C, S, h, w)` whose 3D convolutions (`slice_kernel` 3) and volume-wide attention
 //! couple the slices, where the reference denoised every slice as an independent 2D image
-//! (`shared/spec/reference.md` §3.2, §6 item 30). Diffusion model of Ho et al., "Denoising
+//! (2D convolutions, attention within one slice). Diffusion model of Ho et al., "Denoising
 //! Diffusion Probabilistic Models" (NeurIPS 2020); latent form of Rombach et al.,
 //! "High-Resolution Image Synthesis with Latent Diffusion Models" (CVPR 2022).
 //! With `time_conditioned = false` the same network is the direct latent conditioner.

@@ -228,7 +228,7 @@ fn reference_preset_parameter_count() {
     let unet = cfg.init(&Device::flex()).unwrap();
     println!("reference-preset U-Net: {} parameters", unet.num_params());
     assert_eq!(unet.num_params(), n);
-    // shared/spec/reference.md §8: the reference's 2D U-Net has 139,810,952. This preset
+    // The reference's final 2D U-Net has 139,810,952 parameters. This preset
     // has 326,049,736, 2.33× (+186.2 M): 3×3×3 kernels triple every conv weight, partly
     // offset by a bottleneck kept at 1024 channels (119.0 M here; the reference's
     // 1024 → 2048 → 2048 bottleneck is 57.2 M in 2D and would be ≈171 M in 3D).

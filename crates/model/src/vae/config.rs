@@ -162,7 +162,8 @@ mod tests {
 
     #[test]
     fn reference_preset_has_the_reference_parameter_counts() {
-        // shared/spec/reference.md §8: 35,354,768 per encoder, 41,715,459 per decoder.
+        // The reference PyTorch project's VAE has 35,354,768 parameters per encoder and
+        // 41,715,459 per decoder.
         let cfg = VaeConfig::reference();
         let branch = cfg.init(&Device::flex()).unwrap();
         assert_eq!(branch.encoder.num_params(), 35_354_768);

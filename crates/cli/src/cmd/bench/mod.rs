@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use fiberflow_geometry::layout::SliceGrid;
 use fiberflow_geometry::{Microstructure, PackingConfig};
 use fiberflow_model::bench::{Memory, Repeats};
+use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
 use fiberflow_model::train::diffusion::DiffusionTrainConfig;
 use fiberflow_model::train::vae::VaeTrainConfig;
@@ -48,6 +49,10 @@ pub struct BenchArgs {
     /// with the reference architectures at --size.
     #[arg(long)]
     reference: bool,
+    /// Measure the networks at the default architectures only (the reference ones take
+    /// minutes per training step on a CPU).
+    #[arg(long, conflicts_with = "reference")]
+    default_only: bool,
     /// Timed repetitions of every network measurement (training steps, predictions).
     #[arg(long, default_value_t = 3)]
     steps: usize,
@@ -68,7 +73,9 @@ pub struct BenchArgs {
     /// Seed of the network weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    /// `cpu`, `libtorch`, `libtorch-cuda:N` or `cuda:N` (as `train --device`); a list such
+    /// as `cpu,libtorch` measures the networks on each in turn and prints each device's
+    /// speed-up over the first.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Write the results as JSON here.
@@ -107,6 +114,17 @@ impl BenchArgs {
         }
         if self.batch == Some(0) {
             bail!("--batch must be ≥ 1");
+        }
+        let names: Vec<&str> = self.device.split(',').map(str::trim).collect();
+        if let Some((i, name)) = names
+            .iter()
+            .enumerate()
+            .find(|(i, n)| names[..*i].contains(n))
+        {
+            bail!(
+                "--device names `{name}` twice (position {}); each device is measured once",
+                i + 1
+            );
         }
         if self.target != Target::Solver {
             // The default VAE halves H twice, the default denoiser its latent twice.
@@ -149,6 +167,51 @@ struct Machine {
     device: String,
 }
 
+/// Measures training steps of `--target` on one named device.
+type StepsOn = dyn Fn(&BenchArgs, &str, &Device) -> Result<Vec<training::StepRow>>;
+
+/// How much faster `device` ran one measurement than the first device of `--device`.
+#[derive(Serialize)]
+struct Speedup {
+    what: String,
+    baseline: String,
+    device: String,
+    /// Baseline seconds / this device's seconds.
+    ratio: f64,
+}
+
+/// A measurement that can be compared across devices.
+trait Measured {
+    fn device(&self) -> &str;
+    /// What was measured, the same string on every device.
+    fn what(&self) -> String;
+    fn seconds(&self) -> Option<f64>;
+}
+
+/// Each measurement of a later device against the same one on the first device.
+fn speedups<'a, M: Measured + 'a>(rows: impl IntoIterator<Item = &'a M>) -> Vec<Speedup> {
+    let rows: Vec<&M> = rows.into_iter().collect();
+    let Some(first) = rows.first().map(|r| r.device().to_string()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for base in rows.iter().filter(|r| r.device() == first) {
+        for other in rows.iter().filter(|r| r.device() != first) {
+            if let (true, Some(b), Some(o)) =
+                (other.what() == base.what(), base.seconds(), other.seconds())
+            {
+                out.push(Speedup {
+                    what: base.what(),
+                    baseline: first.clone(),
+                    device: other.device().to_string(),
+                    ratio: b / o,
+                });
+            }
+        }
+    }
+    out
+}
+
 #[derive(Serialize)]
 struct Report {
     machine: Machine,
@@ -160,11 +223,19 @@ struct Report {
     diffusion: Option<Vec<training::StepRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     predict: Option<predict::PredictSection>,
+    /// With several devices: every network measurement's speed-up over the first device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    speedups: Vec<Speedup>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     a.validate()?;
-    let device = fiberflow_model::device::select(&a.device)?;
+    let names: Vec<String> = a.device.split(',').map(|d| d.trim().to_string()).collect();
+    let devices: Vec<(String, Device)> = names
+        .iter()
+        .cloned()
+        .zip(fiberflow_model::device::select_all(&a.device)?)
+        .collect();
     let machine = Machine {
         command: std::env::args().collect(),
         cpu: cpu_model(),
@@ -177,24 +248,45 @@ pub fn run(a: BenchArgs) -> Result<()> {
         machine.threads,
         machine.device
     );
+    let on_each = |f: &StepsOn| {
+        devices
+            .iter()
+            .map(|(name, device)| f(&a, name, device))
+            .collect::<Result<Vec<_>>>()
+            .map(|rows| rows.into_iter().flatten().collect::<Vec<_>>())
+    };
+    let solver = a
+        .runs(Target::Solver)
+        .then(|| solver::run(&a))
+        .transpose()?;
+    let vae = a
+        .runs(Target::Vae)
+        .then(|| on_each(&training::vae))
+        .transpose()?;
+    let diffusion = a
+        .runs(Target::Diffusion)
+        .then(|| on_each(&training::diffusion))
+        .transpose()?;
+    let predict = a
+        .runs(Target::Predict)
+        .then(|| predict::run(&a, &devices))
+        .transpose()?;
+    let mut ratios = speedups(vae.iter().flatten());
+    ratios.extend(speedups(diffusion.iter().flatten()));
+    ratios.extend(speedups(predict.iter().flat_map(|p| &p.rows)));
+    for s in &ratios {
+        println!(
+            "speed-up {} over {}: {:6.2}x  {}",
+            s.device, s.baseline, s.ratio, s.what
+        );
+    }
     let report = Report {
-        solver: a
-            .runs(Target::Solver)
-            .then(|| solver::run(&a))
-            .transpose()?,
-        vae: a
-            .runs(Target::Vae)
-            .then(|| training::vae(&a, &device))
-            .transpose()?,
-        diffusion: a
-            .runs(Target::Diffusion)
-            .then(|| training::diffusion(&a, &device))
-            .transpose()?,
-        predict: a
-            .runs(Target::Predict)
-            .then(|| predict::run(&a, &device))
-            .transpose()?,
         machine,
+        solver,
+        vae,
+        diffusion,
+        predict,
+        speedups: ratios,
     };
     if let Some(path) = &a.json {
         output::json(path, &report)?;
@@ -235,4 +327,51 @@ fn cpu_model() -> Option<String> {
     info.lines()
         .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
         .map(|(_, name)| name.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Row(&'static str, &'static str, Option<f64>);
+
+    impl Measured for Row {
+        fn device(&self) -> &str {
+            self.0
+        }
+        fn what(&self) -> String {
+            self.1.to_string()
+        }
+        fn seconds(&self) -> Option<f64> {
+            self.2
+        }
+    }
+
+    #[test]
+    fn speedups_compare_each_measurement_with_the_first_device() {
+        let rows = [
+            Row("cpu", "vae", Some(4.0)),
+            Row("cpu", "denoiser", Some(3.0)),
+            Row("cpu", "skipped", None),
+            Row("libtorch", "vae", Some(1.0)),
+            Row("libtorch", "denoiser", Some(1.5)),
+            Row("libtorch", "skipped", None),
+            Row("libtorch-cuda:0", "vae", Some(0.5)),
+        ];
+        let s = speedups(&rows);
+        let got: Vec<(&str, &str, f64)> = s
+            .iter()
+            .map(|s| (s.what.as_str(), s.device.as_str(), s.ratio))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("vae", "libtorch", 4.0),
+                ("vae", "libtorch-cuda:0", 8.0),
+                ("denoiser", "libtorch", 2.0)
+            ]
+        );
+        assert!(s.iter().all(|s| s.baseline == "cpu"));
+        assert!(speedups(&rows[..3]).is_empty());
+    }
 }

@@ -42,7 +42,9 @@ struct Speedup {
 }
 
 #[derive(Serialize)]
-struct PredictRow {
+pub(super) struct PredictRow {
+    /// The `--device` name it ran on.
+    device: String,
     architecture: Architecture,
     predictor: PredictorKind,
     /// `dpm_solver` or `ddim`; none for the direct predictor.
@@ -53,15 +55,35 @@ struct PredictRow {
     skipped: Option<String>,
 }
 
+impl super::Measured for PredictRow {
+    fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn what(&self) -> String {
+        let nfe = self.measured.as_ref().map_or(0, |m| m.nfe);
+        format!(
+            "predict {:?} {} {nfe} NFE",
+            self.architecture,
+            sampler_name(self.sampler)
+        )
+    }
+
+    fn seconds(&self) -> Option<f64> {
+        self.measured.as_ref().map(|m| m.timing.median_s)
+    }
+}
+
 #[derive(Serialize)]
 pub struct PredictSection {
     sample: SliceGrid,
     precision: Precision,
     solve: SolveTime,
-    rows: Vec<PredictRow>,
+    pub(super) rows: Vec<PredictRow>,
 }
 
-pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
+/// The solver's cost once, then every prediction on each of `devices`.
+pub(super) fn run(a: &BenchArgs, devices: &[(String, Device)]) -> Result<PredictSection> {
     let grid = a.grid();
     let (ms, slices, planes) = default_sample(&grid)?;
     let voxel = grid.voxel(ms.window_um);
@@ -99,6 +121,26 @@ pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
         }],
         mirrors: vec![Mirror::default()],
     };
+    let mut rows = Vec::new();
+    for (name, device) in devices {
+        rows.extend(rows_on(a, &batch, &solve, name, device)?);
+    }
+    Ok(PredictSection {
+        sample: grid,
+        precision: a.precision.into(),
+        solve,
+        rows,
+    })
+}
+
+/// Every architecture, predictor and sampler of `a` on one device.
+fn rows_on(
+    a: &BenchArgs,
+    batch: &Batch,
+    solve: &SolveTime,
+    name: &str,
+    device: &Device,
+) -> Result<Vec<PredictRow>> {
     let mut architectures = vec![Architecture::Default];
     if a.reference {
         architectures.push(Architecture::Reference);
@@ -138,16 +180,21 @@ pub(super) fn run(a: &BenchArgs, device: &Device) -> Result<PredictSection> {
                     .with_spacing(TimestepSpacing::Trailing),
                 guidance: 0.0,
             };
-            let result = bench_predict(m, &batch, &options, a.repeats(), a.seed, device);
-            rows.push(predict_row(arch, cfg.predictor, sampler, result, &solve)?);
+            let result = bench_predict(m, batch, &options, a.repeats(), a.seed, device);
+            let row = predict_row(arch, cfg.predictor, sampler, result, solve, name)?;
+            rows.push(row);
         }
     }
-    Ok(PredictSection {
-        sample: grid,
-        precision: a.precision.into(),
-        solve,
-        rows,
-    })
+    Ok(rows)
+}
+
+fn sampler_name(sampler: Option<SamplerKind>) -> &'static str {
+    match sampler {
+        Some(SamplerKind::DpmSolver) => "dpm-solver++",
+        Some(SamplerKind::Ddim) => "ddim",
+        Some(SamplerKind::Ddpm) => "ddpm",
+        None => "direct",
+    }
 }
 
 /// A measured row with its speed-ups, or a reference architecture that does not fit.
@@ -157,14 +204,11 @@ fn predict_row(
     sampler: Option<SamplerKind>,
     result: Result<PredictBench, ModelError>,
     solve: &SolveTime,
+    device: &str,
 ) -> Result<PredictRow> {
-    let name = match sampler {
-        Some(SamplerKind::DpmSolver) => "dpm-solver++",
-        Some(SamplerKind::Ddim) => "ddim",
-        Some(SamplerKind::Ddpm) => "ddpm",
-        None => "direct",
-    };
+    let name = sampler_name(sampler);
     let mut row = PredictRow {
+        device: device.to_string(),
         architecture,
         predictor,
         sampler,
@@ -180,7 +224,7 @@ fn predict_row(
                 with_2d_solves: (solve.wall_2d_s + solve.wall_3d_s) / (solve.wall_2d_s + t),
             };
             println!(
-                "predict {architecture:9?} {name:12} {:3} NFE: {:8.3} s/sample (min {:.3} s), {:6.1}x faster than the 3D solve, {:5.1}x with the 2D solves{}",
+                "predict {device:9} {architecture:9?} {name:12} {:3} NFE: {:8.3} s/sample (min {:.3} s), {:6.1}x faster than the 3D solve, {:5.1}x with the 2D solves{}",
                 m.nfe,
                 t,
                 m.timing.min_s,
@@ -192,7 +236,7 @@ fn predict_row(
             row.speedup = Some(speedup);
         }
         Err(ModelError::Input(why)) if architecture == Architecture::Reference => {
-            println!("predict {architecture:9?} {name:12}: skipped, {why}");
+            println!("predict {device:9} {architecture:9?} {name:12}: skipped, {why}");
             row.skipped = Some(why);
         }
         Err(e) => return Err(e.into()),

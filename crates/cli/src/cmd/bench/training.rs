@@ -43,6 +43,10 @@ impl Architecture {
 /// training step.
 #[derive(Serialize)]
 pub struct StepRow {
+    /// `vae` or `denoiser`.
+    network: &'static str,
+    /// The `--device` name it ran on.
+    device: String,
     architecture: Architecture,
     /// The flow volume `[S, H, W]`; the denoiser works on its latent.
     sample: [usize; 3],
@@ -52,16 +56,34 @@ pub struct StepRow {
     skipped: Option<String>,
 }
 
-/// The rows to measure: both architectures at --size, and with --reference the reference
-/// one at the reference resolution.
+impl super::Measured for StepRow {
+    fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn what(&self) -> String {
+        let [s, h, w] = self.sample;
+        format!(
+            "{} {:?} {s}x{h}x{w} batch {} (training step)",
+            self.network, self.architecture, self.batch
+        )
+    }
+
+    fn seconds(&self) -> Option<f64> {
+        self.measured.as_ref().map(|m| m.seconds_per_sample)
+    }
+}
+
+/// The rows to measure: the default architecture at --size, and unless --default-only the
+/// reference one at --size and, with --reference, at the reference resolution.
 fn plan(a: &BenchArgs) -> Vec<(Architecture, [usize; 3])> {
-    let mut rows = vec![
-        (Architecture::Default, [a.slices, a.size, a.size]),
-        (Architecture::Reference, [a.slices, a.size, a.size]),
-    ];
-    if a.reference {
-        let r = SliceGrid::default();
-        rows.push((Architecture::Reference, [r.slices, r.size, r.size]));
+    let mut rows = vec![(Architecture::Default, [a.slices, a.size, a.size])];
+    if !a.default_only {
+        rows.push((Architecture::Reference, [a.slices, a.size, a.size]));
+        if a.reference {
+            let r = SliceGrid::default();
+            rows.push((Architecture::Reference, [r.slices, r.size, r.size]));
+        }
     }
     rows
 }
@@ -69,7 +91,8 @@ fn plan(a: &BenchArgs) -> Vec<(Architecture, [usize; 3])> {
 /// Keeps a measurement, or records why a reference architecture cannot take the size;
 /// anything else is an error.
 fn row(
-    what: &str,
+    what: &'static str,
+    device: &str,
     architecture: Architecture,
     sample: [usize; 3],
     batch: usize,
@@ -78,7 +101,7 @@ fn row(
     let (measured, skipped) = match result {
         Ok(m) => {
             println!(
-                "{what:9} {architecture:9?} {:>12} batch {batch}: {:8.3} s/sample (step median {:.3} s, min {:.3} s), {} parameters{}",
+                "{what:9} {device:9} {architecture:9?} {:>12} batch {batch}: {:8.3} s/sample (step median {:.3} s, min {:.3} s), {} parameters{}",
                 format!("{}x{}x{}", sample[0], sample[1], sample[2]),
                 m.seconds_per_sample,
                 m.timing.median_s,
@@ -89,12 +112,14 @@ fn row(
             (Some(m), None)
         }
         Err(ModelError::Input(why)) if architecture == Architecture::Reference => {
-            println!("{what:9} {architecture:9?} {sample:?}: skipped, {why}");
+            println!("{what:9} {device:9} {architecture:9?} {sample:?}: skipped, {why}");
             (None, Some(why))
         }
         Err(e) => return Err(e.into()),
     };
     Ok(StepRow {
+        network: what,
+        device: device.to_string(),
         architecture,
         sample,
         batch,
@@ -104,7 +129,7 @@ fn row(
 }
 
 /// VAE stage-1 steps.
-pub(super) fn vae(a: &BenchArgs, device: &Device) -> Result<Vec<StepRow>> {
+pub(super) fn vae(a: &BenchArgs, name: &str, device: &Device) -> Result<Vec<StepRow>> {
     plan(a)
         .into_iter()
         .map(|(arch, sample)| {
@@ -115,13 +140,13 @@ pub(super) fn vae(a: &BenchArgs, device: &Device) -> Result<Vec<StepRow>> {
             };
             let batch = a.batch.unwrap_or(cfg.batch_size);
             let result = bench_training(|| VaeStep::new(&cfg, sample, batch, device), a.repeats());
-            row("vae", arch, sample, batch, result)
+            row("vae", name, arch, sample, batch, result)
         })
         .collect()
 }
 
 /// Latent denoiser steps on the latent of each architecture's VAE.
-pub(super) fn diffusion(a: &BenchArgs, device: &Device) -> Result<Vec<StepRow>> {
+pub(super) fn diffusion(a: &BenchArgs, name: &str, device: &Device) -> Result<Vec<StepRow>> {
     plan(a)
         .into_iter()
         .map(|(arch, sample @ [s, h, w])| {
@@ -138,7 +163,7 @@ pub(super) fn diffusion(a: &BenchArgs, device: &Device) -> Result<Vec<StepRow>> 
                 || DenoiserStep::new(&cfg, latent, batch, device),
                 a.repeats(),
             );
-            row("denoiser", arch, sample, batch, result)
+            row("denoiser", name, arch, sample, batch, result)
         })
         .collect()
 }
