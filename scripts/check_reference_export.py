@@ -12,6 +12,7 @@ Usage (needs the `torch` package, e.g. the venv of scripts/setup-libtorch.sh):
 Prints "ok" and exits 0, or raises.
 """
 
+import ast
 import json
 import random
 import struct
@@ -25,9 +26,9 @@ import torch
 def npy(path):
     """A float32/float64/uint64 .npy file as a torch tensor (no NumPy needed)."""
     raw = path.read_bytes()
-    assert raw[:6] == b"\x93NUMPY", path
+    assert raw[:6] == b"\x93NUMPY" and raw[6] == 1, f"{path}: not a version-1 .npy file"
     header_len = struct.unpack("<H", raw[8:10])[0]
-    header = eval(raw[10 : 10 + header_len].decode("latin1"))  # a dict literal, per the format
+    header = ast.literal_eval(raw[10 : 10 + header_len].decode("latin1"))
     dtype = {"<f4": torch.float32, "<f8": torch.float64, "<u8": torch.int64}[header["descr"]]
     assert not header["fortran_order"]
     body = bytearray(raw[10 + header_len :])

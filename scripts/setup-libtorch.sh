@@ -32,10 +32,11 @@ fi
 venv=$(cd "$venv" && pwd)
 # (Output captured, not sent to /dev/null: on some CI runners that is a regular file, and
 # what lands there breaks cargo's next rustc probe.)
+# The version is the last line printed; a warning torch prints on import comes before it.
 if ! found=$("$venv/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>&1) ||
-    [ "$found" != "$torch_version" ]; then
+    [ "$(printf '%s\n' "$found" | tail -n 1)" != "$torch_version" ]; then
     echo "installing torch==$torch_version into $venv (a few minutes)"
-    "$venv/bin/pip" install --disable-pip-version-check --quiet "torch==$torch_version"
+    "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir --quiet "torch==$torch_version"
 fi
 
 # torch-sys asks `python` (found through VIRTUAL_ENV/PATH) where torch's headers and

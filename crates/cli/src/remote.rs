@@ -4,7 +4,7 @@
 
 use crate::progress::Bar;
 use anyhow::{Result, bail};
-use fiberflow_data::fetch::{Remote, resolve};
+use fiberflow_data::fetch::{is_url, resolve};
 use std::path::PathBuf;
 
 /// Replaces every URL among `paths` by its local copy. `sha256` (`--sha256`) is the
@@ -15,12 +15,14 @@ pub fn localise(paths: &mut [&mut PathBuf], sha256: Option<&str>) -> Result<()> 
         .iter()
         .filter(|p| {
             let s = p.to_string_lossy();
-            Remote::parse(&s, Some(&"0".repeat(64))).is_ok_and(|r| r.is_some())
-                && !s.contains("#sha256=")
+            is_url(&s) && !s.contains("#sha256=")
         })
         .count();
     if bare > 1 {
         bail!("several URLs and one --sha256: give each its checksum as URL#sha256=HEX");
+    }
+    if sha256.is_some() && bare == 0 {
+        bail!("--sha256 is for a --dataset or --model given as a URL without #sha256=; none is");
     }
     for path in paths.iter_mut() {
         let local = resolve(path, sha256, &mut Bar::default())?;

@@ -190,6 +190,28 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         ],
         &["--sanity-mode", "--baseline"],
     );
+    // A checksum without a URL to check, and two URLs sharing one checksum.
+    let sha = "ab".repeat(32);
+    let eval_json = tmp.path().join("e.json").display().to_string();
+    let evaluate = |dataset: &str, model: &str| {
+        let args = [
+            "evaluate",
+            "--model",
+            model,
+            "--dataset",
+            dataset,
+            "--sha256",
+            &sha,
+            "--json",
+            &eval_json,
+        ];
+        args.map(String::from)
+    };
+    fails(evaluate(&data, &diff), &["--sha256 is for", "URL"]);
+    fails(
+        evaluate("https://127.0.0.1:9/d.tar", "https://127.0.0.1:9/m.tar"),
+        &["URL#sha256=HEX"],
+    );
     let mask = tmp.path().join("mask.npy");
     // Fluid with one square fibre through every slice.
     ndarray::Array3::<u8>::from_shape_fn((3, 16, 16), |(_, y, x)| {

@@ -6,12 +6,15 @@
 //! before use, and is unpacked into a temporary folder renamed into place, so a failure at
 //! any point leaves nothing half-unpacked: the next run starts over or resumes.
 //!
-//! Layout: `CACHE/downloads/<sha256>.part` while downloading; `CACHE/<sha256>/` when
-//! verified and unpacked (an archive holding one top folder resolves to that folder).
+//! Layout: `CACHE/downloads/<sha256>.part` while downloading, beside its empty lock file
+//! `<sha256>.lock` (kept: deleting a lock file races with a process waiting on it);
+//! `CACHE/<sha256>/` when verified and unpacked (an archive holding one top folder resolves
+//! to that folder).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -28,11 +31,16 @@ pub struct Remote {
     pub sha256: String,
 }
 
+/// Whether `spec` names a download rather than a local path.
+pub fn is_url(spec: &str) -> bool {
+    spec.starts_with("https://") || spec.starts_with("http://")
+}
+
 impl Remote {
     /// `Some` when `spec` is a URL: its checksum comes from a `#sha256=HEX` fragment or, if
     /// it has none, from `sha256`; a URL without either is an error.
     pub fn parse(spec: &str, sha256: Option<&str>) -> Result<Option<Self>> {
-        if !(spec.starts_with("https://") || spec.starts_with("http://")) {
+        if !is_url(spec) {
             return Ok(None);
         }
         let (url, fragment) = match spec.split_once("#sha256=") {
@@ -83,7 +91,8 @@ pub fn resolve(spec: &Path, sha256: Option<&str>, progress: &mut dyn Progress) -
     }
 }
 
-/// Downloads (or resumes), verifies and unpacks `remote` under `cache`.
+/// Downloads (or resumes), verifies and unpacks `remote` under `cache`. Processes fetching
+/// the same content take turns (a lock file per checksum), so the second finds it done.
 pub fn fetch(remote: &Remote, cache: &Path, progress: &mut dyn Progress) -> Result<PathBuf> {
     let done = cache.join(&remote.sha256);
     if done.is_dir() {
@@ -91,6 +100,12 @@ pub fn fetch(remote: &Remote, cache: &Path, progress: &mut dyn Progress) -> Resu
     }
     let downloads = cache.join("downloads");
     fs::create_dir_all(&downloads).map_err(DataError::io(&downloads, "create directory"))?;
+    let lock_path = downloads.join(format!("{}.lock", remote.sha256));
+    let lock = File::create(&lock_path).map_err(DataError::io(&lock_path, "create"))?;
+    lock.lock().map_err(DataError::io(&lock_path, "lock"))?;
+    if done.is_dir() {
+        return content_of(&done);
+    }
     let part = downloads.join(format!("{}.part", remote.sha256));
     download(remote, &part, progress)?;
 
@@ -142,11 +157,15 @@ fn file_name(url: &str) -> &str {
 fn download(remote: &Remote, part: &Path, progress: &mut dyn Progress) -> Result<()> {
     let err = |what: String| DataError::invalid(Path::new(&remote.url), what);
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    // A stalled server is an error, not a hang; a slow one is fine (per read, not per call).
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_per_read(Some(Duration::from_secs(120)))
         .build()
         .new_agent();
-    let mut request = agent.get(&remote.url);
+    // The bytes as stored: a transparently decompressed body could not be resumed by range.
+    let mut request = agent.get(&remote.url).header("Accept-Encoding", "identity");
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
     }
@@ -155,7 +174,19 @@ fn download(remote: &Remote, part: &Path, progress: &mut dyn Progress) -> Result
         .map_err(|e| err(format!("download failed: {e}")))?;
     let status = response.status().as_u16();
     let resume = match status {
-        206 => true,
+        206 => {
+            let range = response
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !range.starts_with(&format!("bytes {have}-")) {
+                return Err(err(format!(
+                    "the server resumed at `{range}`, not at byte {have}"
+                )));
+            }
+            true
+        }
         200 => false,
         // The part on disk is already complete.
         416 if have > 0 => return Ok(()),
@@ -174,29 +205,31 @@ fn download(remote: &Remote, part: &Path, progress: &mut dyn Progress) -> Result
         .map_err(DataError::io(part, "open"))?;
     let mut body = response.into_body().into_reader();
     progress.start("download", expected.map_or(0, |n| n.div_ceil(STEP_BYTES)));
+    let start = if resume { have } else { 0 };
     let (mut received, mut reported) = (0u64, 0u64);
     let mut buf = vec![0u8; 1 << 16];
-    loop {
+    let copied = loop {
         let n = match body.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => break Ok(()),
             Ok(n) => n,
             Err(e) => {
-                progress.finish();
-                return Err(err(format!(
+                break Err(err(format!(
                     "download interrupted after {} bytes ({e}); rerun to resume",
-                    have + received
+                    start + received
                 )));
             }
         };
-        file.write_all(&buf[..n])
-            .map_err(DataError::io(part, "write"))?;
+        if let Err(e) = file.write_all(&buf[..n]) {
+            break Err(DataError::io(part, "write")(e));
+        }
         received += n as u64;
         while received >= (reported + 1) * STEP_BYTES {
             reported += 1;
             progress.step();
         }
-    }
+    };
     progress.finish();
+    copied?;
     file.sync_all().map_err(DataError::io(part, "sync"))?;
     if let Some(n) = expected
         && received < n
@@ -224,9 +257,23 @@ fn unpack(archive: &Path, dir: &Path, name: &str) -> Result<()> {
     };
     let file = File::open(archive).map_err(DataError::io(archive, "open"))?;
     if name.ends_with(".tar") {
-        tar::Archive::new(file)
-            .unpack(dir)
-            .map_err(|e| corrupt(format!("not a readable tar archive ({e})")))
+        let unreadable = |e: std::io::Error| corrupt(format!("not a readable tar archive ({e})"));
+        let mut archive = tar::Archive::new(file);
+        for entry in archive.entries().map_err(unreadable)? {
+            let mut entry = entry.map_err(unreadable)?;
+            // Links could point outside the cache, where later commands would write.
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind.is_dir()) {
+                return Err(corrupt(format!(
+                    "{} is a link or special file; only files and folders are unpacked",
+                    entry
+                        .path()
+                        .map_or("an entry".into(), |p| p.display().to_string())
+                )));
+            }
+            entry.unpack_in(dir).map_err(unreadable)?;
+        }
+        Ok(())
     } else if name.ends_with(".zip") {
         zip::ZipArchive::new(file)
             .and_then(|mut z| z.extract(dir))

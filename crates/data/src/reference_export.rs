@@ -48,7 +48,21 @@ pub fn export_reference(
 ) -> Result<ReferenceExport> {
     let n = dataset.len();
     let ours = Splits::load(&dataset.dir, n)?;
-    let order = reference_order(&ours);
+    let theirs = Splits::with_seed(n, SplitMode::Reference, SPLIT_SEED);
+    for subset in [Subset::Train, Subset::Val, Subset::Test] {
+        let (a, b) = (ours.indices(subset).len(), theirs.indices(subset).len());
+        if a != b {
+            return Err(DataError::invalid(
+                &dataset.dir,
+                format!(
+                    "its {subset:?} split has {a} samples where the reference's 70/15/15 split \
+                     of {n} has {b}, so no order makes the reference see this split; rewrite \
+                     it with `fiberflow dataset split`"
+                ),
+            ));
+        }
+    }
+    let order = reference_order(&ours, &theirs);
     let stats = Statistics::load(dataset)?;
     let x = out.join("x");
     std::fs::create_dir_all(&x).map_err(DataError::io(&x, "create directory"))?;
@@ -119,8 +133,7 @@ pub fn export_reference(
 
 /// The dataset index to store at each position so the reference's split of positions
 /// selects `ours`' samples: its k-th position of each subset gets our k-th sample.
-fn reference_order(ours: &Splits) -> Vec<usize> {
-    let theirs = Splits::with_seed(ours.n, SplitMode::Reference, SPLIT_SEED);
+fn reference_order(ours: &Splits, theirs: &Splits) -> Vec<usize> {
     let mut order = vec![0; ours.n];
     for subset in [Subset::Train, Subset::Val, Subset::Test] {
         for (&position, &index) in theirs.indices(subset).iter().zip(ours.indices(subset)) {
@@ -272,18 +285,18 @@ mod tests {
     fn the_reference_split_of_the_export_is_ours() {
         for n in [1, 7, 20, 100] {
             let ours = Splits::new(n, SplitMode::Fiberflow);
-            let order = reference_order(&ours);
+            let theirs = Splits::new(n, SplitMode::Reference);
+            let order = reference_order(&ours, &theirs);
             let mut sorted = order.clone();
             sorted.sort_unstable();
             assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
             // What the reference does with the positions, mapped through the order.
-            let theirs = Splits::new(n, SplitMode::Reference);
             for subset in [Subset::Train, Subset::Val, Subset::Test] {
                 let seen: Vec<usize> = theirs.indices(subset).iter().map(|&p| order[p]).collect();
                 assert_eq!(seen, ours.indices(subset), "{n} samples, {subset:?}");
             }
             // A dataset split the reference's way keeps its order.
-            let reference = reference_order(&Splits::new(n, SplitMode::Reference));
+            let reference = reference_order(&theirs, &theirs);
             assert_eq!(reference, (0..n).collect::<Vec<_>>());
         }
     }

@@ -62,11 +62,15 @@ pub struct TorchWriter<W: Write + Seek> {
 impl<W: Write + Seek> TorchWriter<W> {
     /// Starts `file` (whose name `path` is only for messages) as a tensor of `shape`.
     pub fn new(file: W, path: &Path, dtype: TorchDType, shape: &[usize]) -> Result<Self> {
+        let overflow = || DataError::invalid(path, format!("shape {shape:?} overflows"));
         let numel = shape
             .iter()
             .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-            .ok_or_else(|| DataError::invalid(path, format!("shape {shape:?} overflows")))?;
-        let bytes = numel * dtype.size() as u64;
+            .ok_or_else(overflow)?;
+        let bytes = numel
+            .checked_mul(dtype.size() as u64)
+            .filter(|&b| b < 1 << 62)
+            .ok_or_else(overflow)?;
         let io = |e: zip::result::ZipError| DataError::invalid(path, format!("zip: {e}"));
         let mut zip = ZipWriter::new(file);
         let small = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);

@@ -50,6 +50,10 @@ pub struct FlowReport {
     pub planes_3d: Option<usize>,
     pub solve_3d: Option<SolveStats>,
     pub solve_2d: Vec<SolveStats>,
+    /// Wall time of all 2D solves together, s (they run side by side, so it is not the
+    /// sum of theirs). Not serialised, like every wall time.
+    #[serde(skip)]
+    pub wall_2d_s: f64,
     /// Superficial velocity ⟨u⟩ of the 3D volume, m/s.
     pub mean_velocity_3d_m_s: Option<[f64; 3]>,
 }
@@ -138,6 +142,7 @@ pub fn solve_sample(
     let scales = Scales::new(cfg, voxel.dx_m);
 
     // 2D: slices are independent, so they run side by side.
+    let started_2d = Instant::now();
     let flows_2d: Vec<(LatticeFlow, f64)> = slices
         .axis_iter(Axis(0))
         .into_par_iter()
@@ -147,6 +152,7 @@ pub fn solve_sample(
             Ok((flow, t.elapsed().as_secs_f64()))
         })
         .collect::<Result<_, SolverError>>()?;
+    let wall_2d_s = started_2d.elapsed().as_secs_f64();
     let mut u2d = Array4::<f32>::zeros((ns, 3, h, w));
     let mut p2d = Array4::<f32>::zeros((ns, 1, h, w));
     for (k, (flow, _)) in flows_2d.iter().enumerate() {
@@ -170,6 +176,7 @@ pub fn solve_sample(
         planes_3d: None,
         solve_3d: None,
         solve_2d: flows_2d.iter().map(|(f, t)| stats(f, *t)).collect(),
+        wall_2d_s,
         mean_velocity_3d_m_s: None,
     };
     let Some(planes) = planes else {

@@ -106,15 +106,18 @@ struct Report<'a> {
 }
 
 pub fn run(mut a: EvaluateArgs) -> Result<()> {
-    let mut paths = vec![&mut a.dataset];
-    paths.extend(a.model.as_mut());
-    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     if a.sanity_mode && a.baseline.is_some() {
         bail!("--sanity-mode and --baseline each choose what is scored; give one");
     }
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }
+    // Only what is used is fetched: a baseline needs no model.
+    let mut paths = vec![&mut a.dataset];
+    if a.baseline.is_none() {
+        paths.extend(a.model.as_mut());
+    }
+    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     let dataset = Dataset::open(&a.dataset)?;
     let device = a
         .sampler
@@ -127,7 +130,10 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
         (None, None) => bail!("--model RUN is needed unless a --baseline is scored"),
     };
     let header = &dataset.manifest.header;
-    let flow = flow_config_of(&header.generator)?;
+    let flow = match a.baseline {
+        Some(BaselineArg::Solve3d) => flow_config_of(&header.generator)?,
+        _ => FlowConfig::default(),
+    };
     let stats = Statistics::load(&dataset)?;
     let max = [stats.u.vx.max_abs, stats.u.vy.max_abs, stats.u.vz.max_abs];
     let physics = physics_of(&header.generator);
@@ -165,10 +171,7 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
                     .mapv(|v| u8::from(v > 0.5));
                 let solved = solve_stack(slices.view(), header.voxel_size, &flow, None)
                     .with_context(|| format!("sample {index}: the 3D solve of its slices"))?;
-                // The 2D solves run side by side, so their share is what the 3D solve
-                // did not take.
-                let wall_3d = solved.report.solve_3d.as_ref().map_or(0.0, |s| s.wall_s);
-                seconds_2d += started.elapsed().as_secs_f64() - wall_3d;
+                seconds_2d += solved.report.wall_2d_s;
                 if !solved.report.converged() {
                     eprintln!(
                         "warning: sample {index}: the 3D solve of its slices did not converge"

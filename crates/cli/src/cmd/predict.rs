@@ -95,15 +95,15 @@ struct Summary<'a> {
 }
 
 pub fn run(mut a: PredictArgs) -> Result<()> {
-    let mut paths = vec![&mut a.model];
-    paths.extend(a.dataset.as_mut());
-    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }
     if !a.sampler.known_slices.is_empty() && a.dataset.is_none() {
         bail!("--known-slices takes the true flow of a dataset sample: use --dataset and --index");
     }
+    let mut paths = vec![&mut a.model];
+    paths.extend(a.dataset.as_mut());
+    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     let device = a
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);

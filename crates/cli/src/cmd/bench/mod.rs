@@ -188,23 +188,28 @@ trait Measured {
     fn seconds(&self) -> Option<f64>;
 }
 
-/// Each measurement of a later device against the same one on the first device.
+/// Each measurement of a later device against the same one on the first device: every
+/// device runs the same plan, so the k-th row of each is paired with the k-th of the first.
 fn speedups<'a, M: Measured + 'a>(rows: impl IntoIterator<Item = &'a M>) -> Vec<Speedup> {
-    let rows: Vec<&M> = rows.into_iter().collect();
-    let Some(first) = rows.first().map(|r| r.device().to_string()) else {
+    let mut devices: Vec<(&str, Vec<&M>)> = Vec::new();
+    for row in rows {
+        match devices.iter_mut().find(|(d, _)| *d == row.device()) {
+            Some((_, list)) => list.push(row),
+            None => devices.push((row.device(), vec![row])),
+        }
+    }
+    let Some(((first, base), others)) = devices.split_first() else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for base in rows.iter().filter(|r| r.device() == first) {
-        for other in rows.iter().filter(|r| r.device() != first) {
-            if let (true, Some(b), Some(o)) =
-                (other.what() == base.what(), base.seconds(), other.seconds())
-            {
+    for (device, list) in others {
+        for (b, o) in base.iter().zip(list) {
+            if let (true, Some(tb), Some(to)) = (b.what() == o.what(), b.seconds(), o.seconds()) {
                 out.push(Speedup {
-                    what: base.what(),
-                    baseline: first.clone(),
-                    device: other.device().to_string(),
-                    ratio: b / o,
+                    what: b.what(),
+                    baseline: first.to_string(),
+                    device: device.to_string(),
+                    ratio: tb / to,
                 });
             }
         }
@@ -367,11 +372,20 @@ mod tests {
             got,
             [
                 ("vae", "libtorch", 4.0),
-                ("vae", "libtorch-cuda:0", 8.0),
-                ("denoiser", "libtorch", 2.0)
+                ("denoiser", "libtorch", 2.0),
+                ("vae", "libtorch-cuda:0", 8.0)
             ]
         );
         assert!(s.iter().all(|s| s.baseline == "cpu"));
         assert!(speedups(&rows[..3]).is_empty());
+        // Rows measured twice (the same sampler steps listed twice) pair one to one.
+        let twice = [
+            Row("cpu", "ddim 10", Some(2.0)),
+            Row("cpu", "ddim 10", Some(2.0)),
+            Row("libtorch", "ddim 10", Some(1.0)),
+            Row("libtorch", "ddim 10", Some(0.5)),
+        ];
+        let ratios: Vec<f64> = speedups(&twice).iter().map(|s| s.ratio).collect();
+        assert_eq!(ratios, [2.0, 4.0]);
     }
 }

@@ -100,7 +100,7 @@ pub(super) fn run(a: &BenchArgs, devices: &[(String, Device)]) -> Result<Predict
         .clone()
         .context("the solver skipped the 3D solve")?;
     let solve = SolveTime {
-        wall_2d_s: flow.report.solve_2d.iter().map(|s| s.wall_s).sum(),
+        wall_2d_s: flow.report.wall_2d_s,
         wall_3d_s: s3.wall_s,
         iterations_3d: s3.iterations,
         converged: flow.report.converged(),
