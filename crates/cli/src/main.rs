@@ -18,6 +18,10 @@ struct Cli {
     /// Worker threads of the solver and of every network backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Memory budget in GiB that every allocation sized by the arguments or the inputs is
+    /// checked against before it is made (default: $FIBERFLOW_MAX_MEMORY_GIB, else 16).
+    #[arg(long, global = true)]
+    max_memory_gib: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +66,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         fiberflow_model::device::set_threads(n);
+    }
+    use fiberflow_geometry::budget;
+    let budget = match cli.max_memory_gib {
+        Some(gib) => budget::set_gib(gib),
+        None => budget::set_from_env(),
+    };
+    if let Err(e) = budget {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Geometry(a) => cmd::geometry::run(a),

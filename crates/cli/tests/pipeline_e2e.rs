@@ -124,6 +124,9 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     let before = json(&out.join("diffusion/log.json"))["history"].clone();
     ok(argv(["2", "1", "2"]));
     assert_eq!(json(&out.join("diffusion/log.json"))["history"], before);
+    // ... and its report counts the first run's work, not the seconds of the second.
+    let report = fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("over more than one run"), "{report}");
 
     // Refusals with clear messages.
     let diff = out.join("diffusion").display().to_string();
@@ -274,6 +277,62 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     ]);
     let u2d = solved.join("U_2d.npy");
     ok(user_predict(&u2d, Some(&solved.join("p_2d.npy"))));
+    // A voxel size far from the training data's, and an all-zero 2D flow, are warned about
+    // (predicted into another folder: `user/` is compared below).
+    let elsewhere = |mut argv: Vec<String>| {
+        let at = argv.iter().position(|a| a == "--out").unwrap() + 1;
+        argv[at] = tmp.path().join("warned").display().to_string();
+        argv
+    };
+    let mut argv = elsewhere(user_predict(&u2d, Some(&solved.join("p_2d.npy"))));
+    let at = argv.iter().position(|a| a == "0.75").unwrap();
+    argv[at] = "7.5".into();
+    let r = ok(argv);
+    assert!(
+        r.stderr
+            .contains("the voxel size 7.5000 µm is 10.00× the 0.7500 µm"),
+        "{}",
+        r.stderr
+    );
+    let r = ok(elsewhere(user_predict(
+        &flow,
+        Some(&solved.join("p_2d.npy")),
+    )));
+    assert!(
+        r.stderr.contains("the 2D flow is zero everywhere"),
+        "{}",
+        r.stderr
+    );
+    // A VAE run where a diffusion run belongs is named as such.
+    fails(
+        [
+            "predict",
+            "--model",
+            &out.join("vae-stage1").display().to_string(),
+            "--dataset",
+            &data,
+            "--index",
+            "0",
+            "--out",
+            &tmp.path().join("vae-as-model").display().to_string(),
+        ],
+        &["is a VAE run (stage 1)", "train diffusion --vae"],
+    );
+    // An 11×1024×1024 stack (which aborted on allocation) is estimated and refused first.
+    let big = tmp.path().join("big.npy");
+    ndarray::Array3::<u8>::from_shape_fn((11, 1024, 1024), |(_, y, x)| u8::from(x + y > 8))
+        .write_npy(fs::File::create(&big).unwrap())
+        .unwrap();
+    let mut argv = user_predict(&u2d, None);
+    let at = argv
+        .iter()
+        .position(|a| a == &mask.display().to_string())
+        .unwrap();
+    argv[at] = big.display().to_string();
+    fails(
+        argv,
+        &["draws of a 11×1024×1024 stack needs", "memory budget"],
+    );
     let u = Array4::<f32>::read_npy(fs::File::open(tmp.path().join("user/U_pred.npy")).unwrap())
         .unwrap();
     assert_eq!(u.dim(), (3, 3, 16, 16));

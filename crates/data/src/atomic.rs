@@ -148,7 +148,7 @@ pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// Deletes the temporary files a killed writer left in `dir`; returns how many.
-pub(crate) fn remove_temp_files(dir: &Path) -> Result<usize> {
+pub fn remove_temp_files(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in fs::read_dir(dir).map_err(DataError::io(dir, "list directory"))? {
         let path = entry.map_err(DataError::io(dir, "list directory"))?.path();

@@ -15,6 +15,10 @@ pub struct Dataset {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub splits: Splits,
+    /// Samples used per subset (train, val, test: the first N of each list), for
+    /// learning curves; the split and everything fingerprinted from it (statistics) stay
+    /// whole.
+    limits: [Option<usize>; 3],
 }
 
 impl Dataset {
@@ -24,11 +28,17 @@ impl Dataset {
         let manifest = Manifest::load(&dir)?;
         manifest.check_files(&dir)?;
         let splits = Splits::load(&dir, manifest.len())?;
-        Ok(Self {
+        Ok(Self::new(dir, manifest, splits))
+    }
+
+    /// A dataset of these parts, with no training limit.
+    pub(crate) fn new(dir: PathBuf, manifest: Manifest, splits: Splits) -> Self {
+        Self {
             dir,
             manifest,
             splits,
-        })
+            limits: [None; 3],
+        }
     }
 
     /// Number of samples.
@@ -44,9 +54,40 @@ impl Dataset {
     /// The indices of `subset` in split order, or every index for `None`.
     pub fn indices(&self, subset: Option<Subset>) -> Vec<usize> {
         match subset {
-            Some(s) => self.splits.indices(s).to_vec(),
+            Some(s) => {
+                let all = self.splits.indices(s);
+                all[..self.limits[s as usize].unwrap_or(all.len())].to_vec()
+            }
             None => (0..self.len()).collect(),
         }
+    }
+
+    /// Keeps only the first `n` samples of `subset` in split order, leaving the others
+    /// untouched: the subsets for n₁ < n₂ are nested, so a learning curve measures more
+    /// data and nothing else. Statistics stay those of the whole training split.
+    pub fn limit(&mut self, subset: Subset, n: usize) -> Result<()> {
+        let available = self.splits.indices(subset).len();
+        if n == 0 || n > available {
+            return Err(DataError::invalid(
+                &self.dir,
+                format!(
+                    "{n} {subset} samples asked for: it must lie in 1..={available}, the {subset} split's size"
+                ),
+            ));
+        }
+        self.limits[subset as usize] = Some(n);
+        Ok(())
+    }
+
+    /// The dataset with at most `train` training and `val` validation samples (see
+    /// [`Dataset::limit`]); `None` keeps a subset whole.
+    pub fn with_limits(mut self, train: Option<usize>, val: Option<usize>) -> Result<Self> {
+        for (subset, n) in [(Subset::Train, train), (Subset::Val, val)] {
+            if let Some(n) = n {
+                self.limit(subset, n)?;
+            }
+        }
+        Ok(self)
     }
 
     /// Opens the file of sample `index`.

@@ -63,6 +63,10 @@ pub enum DataError {
     /// A file would be overwritten although it is written once.
     #[error("{}: already exists; {fix}", path.display())]
     Exists { path: PathBuf, fix: String },
+    /// An allocation sized by an input (a file's declared shape) exceeds the memory
+    /// budget; refused before it is made.
+    #[error(transparent)]
+    Budget(#[from] fiberflow_geometry::budget::OverBudget),
     /// A JSON file cannot be read into the expected structure.
     #[error("{}: invalid JSON: {error}", path.display())]
     Json {

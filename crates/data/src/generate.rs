@@ -8,10 +8,12 @@
 
 use crate::manifest::{DatasetHeader, SampleRecord};
 use crate::sample::{Sample, Shape};
+use fiberflow_geometry::budget::array_bytes;
 use fiberflow_geometry::layout::SliceGrid;
+use fiberflow_geometry::percolation::percolates_x;
 use fiberflow_geometry::{GeometryError, Microstructure, PackingConfig};
 use fiberflow_solver::sample::solve_sample;
-use fiberflow_solver::{FlowConfig, SolverError};
+use fiberflow_solver::{FlowConfig, LbmConfig, SolverError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -100,9 +102,41 @@ impl GeneratorConfig {
                 width: grid.size,
             },
             voxel_size: grid.voxel(self.packing.window_um),
-            generator: json!({ "config": self, "grid": grid, "seed": base_seed }),
+            generator: json!({
+                "config": self,
+                "grid": grid,
+                "seed": base_seed,
+                "sampling": SAMPLING_VERSION,
+            }),
             solver: serde_json::to_value(&self.flow).unwrap_or_default(),
         }
+    }
+}
+
+/// Version of the sampling rules, recorded in the header so that a dataset is never
+/// resumed or merged across rules that draw different samples for one (seed, index):
+/// 2 lowers Vf on each redraw after a jam (1, unrecorded, kept it).
+pub const SAMPLING_VERSION: u32 = 2;
+
+/// Bytes held per sample of the manifest while a dataset is finalised (a record with its
+/// fibre paths and reports is ≈ 20 KiB of JSON; parsed, a little more).
+pub const MANIFEST_BYTES_PER_SAMPLE: u128 = 32 << 10;
+
+impl GeneratorConfig {
+    /// Peak bytes of making one sample on `grid`: its arrays and, by far the largest part,
+    /// the 3D solve's lattice (isotropic voxels, so the slice pitch sets its planes).
+    /// `None` when the estimate overflows.
+    pub fn sample_bytes(&self, grid: &SliceGrid) -> Option<u128> {
+        let pixel_um = self.packing.window_um / grid.size as f64;
+        let planes = (grid.z_period_um() / pixel_um).ceil();
+        if !(planes.is_finite() && planes < 1e15) {
+            return None;
+        }
+        let cell = LbmConfig::solve_bytes(1, 19).ceil() as usize;
+        // domain (u8 and f32), U_2d, U, p, p_2d: 1 + 4 · 9 bytes per voxel.
+        let arrays = array_bytes(&[grid.slices, grid.size, grid.size], 37)?;
+        let lattice = array_bytes(&[planes as usize, grid.size, grid.size], cell)?;
+        arrays.checked_add(lattice)
     }
 }
 
@@ -123,7 +157,7 @@ pub fn generate_sample(
     let seed = sample_seed(base_seed, index);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let draw = |rng: &mut ChaCha8Rng, [lo, hi]: [f64; 2]| lo + (hi - lo) * rng.random::<f64>();
-    let packing = PackingConfig {
+    let mut packing = PackingConfig {
         vf: draw(&mut rng, cfg.vf),
         tilt_std_deg: draw(&mut rng, cfg.tilt_std_deg),
         wave_amplitude_um: draw(&mut rng, cfg.wave_amplitude_um),
@@ -133,6 +167,10 @@ pub fn generate_sample(
     let voxel = grid.voxel(packing.window_um);
     // A packing can jam, or rasterise with fibres touching diagonally so the fluid no
     // longer connects along x; both are redrawn with the next seed of the sample's stream.
+    // A jam also redraws Vf from a range whose top falls to the config's lowest Vf by the
+    // last attempt: on a coarse raster the minimum gap (in pixels) makes the upper part
+    // of the range unreachable, and one such sample must not abort a whole dataset. The
+    // record keeps the Vf and the attempt actually used.
     let mut attempt = 0;
     let (ms, report, slices, flow) = loop {
         let packing_seed = rng.random::<u64>();
@@ -142,11 +180,23 @@ pub fn generate_sample(
                 Ok(done) => done,
                 Err(GeometryError::Jammed { .. }) if retry => {
                     attempt += 1;
+                    let [lo, hi] = cfg.vf;
+                    let top = hi - (hi - lo) * attempt as f64 / (cfg.packing_attempts - 1) as f64;
+                    packing.vf = draw(&mut rng, [lo, top]);
                     continue;
                 }
                 Err(error) => return Err(GenerateError::Geometry { index, error }),
             };
         let (slices, planes) = ms.sample_masks(grid);
+        // The solver accepts slices blocked on their own (zero 2D flow); the datasets keep
+        // drawing samples whose every slice carries a 2D flow, as they always have.
+        let blocked = slices
+            .axis_iter(ndarray::Axis(0))
+            .any(|slice| !percolates_x(slice.insert_axis(ndarray::Axis(0))));
+        if blocked && retry {
+            attempt += 1;
+            continue;
+        }
         match solve_sample(slices.view(), Some(planes.view()), voxel, &cfg.flow, None) {
             Ok(flow) => break (ms, report, slices, flow),
             Err(SolverError::NotPercolating { .. }) if retry => attempt += 1,
@@ -224,6 +274,26 @@ mod tests {
                 .all(|&v| v == 0.0)
         );
         assert!(ra.k_3d_m2 > 0.0 && ra.converged);
+    }
+
+    #[test]
+    fn a_jammed_draw_is_redrawn_at_a_lower_vf_instead_of_failing() {
+        // 2.5 µm gaps (3 px) cannot hold Vf ≥ 0.62 of 3–5 µm fibres; pick the first index
+        // whose first draw is that dense.
+        let (mut cfg, grid) = small();
+        cfg.vf = [0.3, 0.7];
+        cfg.packing.min_gap_px = 3.0;
+        let first_vf = |i: usize| {
+            let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(7, i));
+            0.3 + 0.4 * rng.random::<f64>()
+        };
+        let index = (0..100).find(|&i| first_vf(i) >= 0.62).unwrap();
+        let (sample, record) = generate_sample(&cfg, &grid, 7, index).unwrap();
+        sample.validate().unwrap();
+        let attempts = record.extra["packing_attempts"].as_u64().unwrap();
+        let vf = record.extra["packing"]["vf"].as_f64().unwrap();
+        assert!(attempts > 1, "the first draw packed: {vf}");
+        assert!(vf < first_vf(index) && vf >= 0.3, "{vf}");
     }
 
     #[test]

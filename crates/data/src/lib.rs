@@ -16,6 +16,7 @@ pub mod generate;
 pub mod info;
 pub mod json;
 pub mod loader;
+pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod python_random;
@@ -30,6 +31,8 @@ pub mod writer;
 pub use dataset::Dataset;
 pub use error::{DataError, Result};
 pub use export::export_npy;
+/// The process-wide memory budget, for crates above this one.
+pub use fiberflow_geometry::budget;
 pub use info::DatasetInfo;
 pub use loader::{Batch, Loader, LoaderConfig, Mirror};
 pub use manifest::{DatasetHeader, Manifest, SampleRecord};

@@ -15,6 +15,8 @@ use ndarray::Array4;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use fiberflow_geometry::budget;
+
 use crate::atomic::write_atomic;
 use crate::error::{DataError, Result};
 
@@ -232,17 +234,41 @@ fn check_values(origin: &Path, field: Field, array: &Array4<f32>) -> Result<()> 
     let non_binary = (field == Field::Domain)
         .then(|| array.indexed_iter().find(|(_, v)| **v != 0.0 && **v != 1.0))
         .flatten();
-    match non_binary {
-        Some((i, v)) => Err(DataError::invalid(
+    if let Some((i, v)) = non_binary {
+        return Err(DataError::invalid(
             origin,
             format!(
                 "`domain` must be 0 (fibre) or 1 (fluid), found {v} at index {:?}",
+                [i.0, i.1, i.2, i.3]
+            ),
+        ));
+    }
+    // Finite but absurd values (a corrupt file, or a field not in SI units) would pass
+    // every later check and turn metrics into 1e33s; no Stokes flow comes near these.
+    let (limit, unit) = match field {
+        Field::Domain => return Ok(()),
+        Field::U | Field::U2d => (MAX_SPEED_M_S, "m/s"),
+        Field::P | Field::P2d => (MAX_PRESSURE_PA, "Pa"),
+    };
+    match array.indexed_iter().find(|(_, v)| v.abs() > limit) {
+        Some((i, v)) => Err(DataError::invalid(
+            origin,
+            format!(
+                "`{}` holds {v:e} {unit} at index {:?}, beyond any Stokes flow (|·| ≤ {limit:e} {unit}); the file is corrupt or not in SI units",
+                field.name(),
                 [i.0, i.1, i.2, i.3]
             ),
         )),
         None => Ok(()),
     }
 }
+
+/// Largest speed a sample may hold, m/s: resin flow in fibre beds runs at µm/s to mm/s,
+/// and Stokes flow ends far below the speed of sound; the bound is that with a wide margin
+/// (synthetic test fields use values in the thousands).
+pub const MAX_SPEED_M_S: f32 = 1e6;
+/// Largest pressure a sample may hold, Pa (a million times any process pressure).
+pub const MAX_PRESSURE_PA: f32 = 1e15;
 
 /// Checks that every voxel size is finite and positive.
 pub(crate) fn check_dxyz(origin: &Path, dxyz: &[f64; 3]) -> Result<()> {
@@ -271,7 +297,10 @@ pub struct SampleFile {
 
 impl SampleFile {
     /// Maps `path` and checks that it holds the five tensors with the right dtypes and
-    /// consistent shapes, and a valid `dxyz`.
+    /// consistent shapes, and a valid `dxyz`. The safetensors parser bounds the header's
+    /// length by the file's and checks that the declared offsets cover the file exactly,
+    /// so a truncated body or a lying header is a `Corrupt` error here, before any field
+    /// is decoded; [`SampleFile::read`] and [`SampleFile::load`] check the memory budget.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|source| match source.kind() {
@@ -315,7 +344,7 @@ impl SampleFile {
 
         let (domain_dims, _) = tensor(Field::Domain.name(), Dtype::F32)?;
         let shape = match domain_dims[..] {
-            [s, 1, h, w] if s * h * w > 0 => Shape {
+            [s, 1, h, w] if s > 0 && h > 0 && w > 0 => Shape {
                 slices: s,
                 height: h,
                 width: w,
@@ -389,6 +418,7 @@ impl SampleFile {
 
     /// Decodes one field and checks its values (finite; binary for the mask).
     pub fn read(&self, field: Field) -> Result<Array4<f32>> {
+        self.check_budget(format_args!("`{}`", field.name()), field.channels())?;
         let array = self.decode(field)?;
         check_values(&self.path, field, &array)?;
         Ok(array)
@@ -396,6 +426,12 @@ impl SampleFile {
 
     /// Decodes the whole sample and validates it.
     pub fn load(&self) -> Result<Sample> {
+        let channels = Field::EVERY
+            .into_iter()
+            .filter(|&f| self.has(f))
+            .map(Field::channels)
+            .sum();
+        self.check_budget("the whole sample", channels)?;
         let sample = Sample {
             domain: self.decode(Field::Domain)?,
             u2d: self.decode(Field::U2d)?,
@@ -414,6 +450,25 @@ impl SampleFile {
     /// Whether the file holds `field` (always true for [`Field::ALL`]).
     pub fn has(&self, field: Field) -> bool {
         self.ranges[field.index()].is_some()
+    }
+
+    /// Checks that decoding `channels` f32 channels of this file's shape, called `what`,
+    /// fits the memory budget. Mapping the file costs no heap, but each decoded field is a
+    /// copy, so a large file is refused here with its size instead of exhausting memory.
+    /// Runs on every [`SampleFile::read`], so the message is built only when refusing.
+    fn check_budget(&self, what: impl fmt::Display, channels: usize) -> Result<()> {
+        let Shape {
+            slices,
+            height,
+            width,
+        } = self.shape;
+        let dims = [slices, channels, height, width];
+        let element = size_of::<f32>();
+        if budget::array_bytes(&dims, element).is_some_and(|n| n <= u128::from(budget::bytes())) {
+            return Ok(());
+        }
+        budget::check_array(&format!("{}: {what}", self.path.display()), &dims, element)?;
+        Ok(())
     }
 
     fn decode(&self, field: Field) -> Result<Array4<f32>> {

@@ -116,6 +116,14 @@ impl Splits {
         Self::with_seed(n, mode, SPLIT_SEED)
     }
 
+    /// Sizes of the train, validation and test subsets of `n` samples.
+    pub fn counts(n: usize) -> [usize; 3] {
+        // Python's int(0.7 * N): the same f64 product, truncated.
+        let n_train = (FRACTIONS[0] * n as f64) as usize;
+        let n_val = (FRACTIONS[1] * n as f64) as usize;
+        [n_train, n_val, n - n_train - n_val]
+    }
+
     /// The split of `n` samples with `seed`.
     pub fn with_seed(n: usize, mode: SplitMode, seed: u64) -> Self {
         let mut idx: Vec<usize> = (0..n).collect();
@@ -123,9 +131,7 @@ impl Splits {
             SplitMode::Fiberflow => idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed)),
             SplitMode::Reference => PythonRandom::new(seed).shuffle(&mut idx),
         }
-        // Python's int(0.7 * N): the same f64 product, truncated.
-        let n_train = (FRACTIONS[0] * n as f64) as usize;
-        let n_val = (FRACTIONS[1] * n as f64) as usize;
+        let [n_train, n_val, _] = Self::counts(n);
         let test = idx.split_off(n_train + n_val);
         let val = idx.split_off(n_train);
         let mut splits = Self {

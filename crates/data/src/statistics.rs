@@ -109,7 +109,9 @@ impl Statistics {
     /// Computes the statistics of the training split, two streaming passes over its files.
     pub fn compute(dataset: &Dataset, progress: &mut dyn Progress) -> Result<Self> {
         let fingerprint = Fingerprint::of(dataset)?;
-        let train = dataset.indices(Some(Subset::Train));
+        // The whole split, whatever limit a learning-curve run set: the fingerprint is
+        // the whole split's.
+        let train = dataset.splits.indices(Subset::Train).to_vec();
         if train.is_empty() {
             return Err(DataError::invalid(
                 &dataset.dir,

@@ -201,9 +201,12 @@ mod tests {
     use super::*;
     use pytorch_reader::PytorchReader;
     use std::fs::File;
+    use std::io::{BufReader, Read};
+    use zip::ZipArchive;
 
-    /// Writes a tensor and reads it back with `pytorch-reader` (the reader the import
-    /// uses, written independently after PyTorch's own loader).
+    /// Writes a tensor and reads it back with `pytorch-reader`, a reader written
+    /// independently after PyTorch's own loader (the import uses the crate's own reader,
+    /// `crate::reference`, so this checks the writer against a second one).
     fn round_trip(dtype: TorchDType, shape: &[usize], bytes: &[u8]) -> (Vec<usize>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.pt");
@@ -214,12 +217,70 @@ mod tests {
         w.write(&bytes[..half]).unwrap();
         w.write(&bytes[half..]).unwrap();
         w.finish().unwrap();
-        // pytorch-reader wants a dictionary root, as the import does: wrap the tensor.
+        // pytorch-reader reads only dictionary roots: wrap the tensor in one.
         let wrapped = dir.path().join("w.pt");
-        crate::reference::wrap_root(&path, &File::create(&wrapped).unwrap()).unwrap();
+        wrap_root(&path, &File::create(&wrapped).unwrap()).unwrap();
         let reader = PytorchReader::new(&wrapped).unwrap();
         let t = reader.into_tensors().into_values().next().unwrap();
         (t.shape().to_vec(), t.read().unwrap())
+    }
+
+    /// Copies the `torch.save` archive `src` into `dst` with its pickle root wrapped in a
+    /// one-entry dictionary, which `pytorch-reader` (reading only dictionary roots) can read.
+    fn wrap_root(src: &Path, dst: &File) -> Result<()> {
+        let corrupt = |reason: String| DataError::Corrupt {
+            path: src.to_path_buf(),
+            reason,
+        };
+        let file = File::open(src).map_err(DataError::io(src, "open"))?;
+        let zip_error =
+            |e: zip::result::ZipError| corrupt(format!("not a PyTorch zip archive ({e})"));
+        let mut archive = ZipArchive::new(BufReader::new(file)).map_err(zip_error)?;
+        let mut out = ZipWriter::new(dst);
+        for i in 0..archive.len() {
+            let entry = archive.by_index(i).map_err(zip_error)?;
+            let name = entry.name().map_err(zip_error)?.into_owned();
+            if !name.ends_with("data.pkl") {
+                drop(entry);
+                out.raw_copy_file(archive.by_index_raw(i).map_err(zip_error)?)
+                    .map_err(zip_error)?;
+                continue;
+            }
+            let mut pickle = Vec::new();
+            entry
+                .take(1 << 20)
+                .read_to_end(&mut pickle)
+                .map_err(|e| corrupt(format!("data.pkl unreadable ({e})")))?;
+            let pickle = wrap_pickle(&pickle)
+                .ok_or_else(|| corrupt("data.pkl is not a complete pickle".into()))?;
+            let options =
+                SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+            out.start_file(name, options).map_err(zip_error)?;
+            out.write_all(&pickle).map_err(|e| corrupt(e.to_string()))?;
+        }
+        out.finish().map_err(zip_error)?;
+        Ok(())
+    }
+
+    /// `PROTO n, <root>, STOP` → `PROTO n, EMPTY_DICT, "tensor", <root>, SETITEM, STOP`.
+    fn wrap_pickle(pickle: &[u8]) -> Option<Vec<u8>> {
+        const PROTO: u8 = 0x80;
+        let (proto, rest) = pickle.split_at_checked(2)?;
+        let body = rest.strip_suffix(b".")?;
+        if proto[0] != PROTO || body.is_empty() {
+            return None;
+        }
+        let key = b"tensor";
+        let mut out = Vec::with_capacity(pickle.len() + 16);
+        out.extend_from_slice(proto);
+        out.push(b'}'); // EMPTY_DICT
+        out.push(b'X'); // BINUNICODE
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(body);
+        out.push(b's'); // SETITEM
+        out.push(b'.'); // STOP
+        Some(out)
     }
 
     #[test]
@@ -268,5 +329,15 @@ mod tests {
         );
         let e = w(&[1]).write(&[0; 8]).unwrap_err();
         assert!(e.to_string().contains("more tensor data"), "{e}");
+    }
+
+    #[test]
+    fn pickle_root_is_wrapped_in_a_dict() {
+        assert_eq!(
+            wrap_pickle(b"\x80\x02K\x07.").unwrap(),
+            b"\x80\x02}X\x06\x00\x00\x00tensorK\x07s."
+        );
+        assert!(wrap_pickle(b"\x80\x02K\x07").is_none(), "truncated pickle");
+        assert!(wrap_pickle(b"K\x07.").is_none(), "no protocol marker");
     }
 }

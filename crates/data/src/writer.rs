@@ -201,11 +201,7 @@ impl DatasetWriter {
         Manifest::new(self.header.clone(), records).save(&self.dir)?;
         let manifest = Manifest::load(&self.dir)?;
         let splits = Splits::load_or_create(&self.dir, manifest.len(), mode)?;
-        let dataset = Dataset {
-            dir: self.dir.clone(),
-            manifest,
-            splits,
-        };
+        let dataset = Dataset::new(self.dir.clone(), manifest, splits);
         Statistics::load_or_compute(&dataset, progress)?;
         Ok(dataset)
     }

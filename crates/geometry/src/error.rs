@@ -22,6 +22,9 @@ pub enum GeometryError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// An input whose declared size exceeds the memory budget, refused before allocating.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::OverBudget),
 }
 
 impl GeometryError {

@@ -2,6 +2,7 @@
 //! lean and wave slightly along z, their rasterisation to per-slice fluid masks, and
 //! import of user images. No ML dependencies, so it builds and tests in seconds.
 
+pub mod budget;
 pub mod distance;
 pub mod error;
 pub mod layout;

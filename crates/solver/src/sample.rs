@@ -56,6 +56,11 @@ pub struct FlowReport {
     pub wall_2d_s: f64,
     /// Superficial velocity ⟨u⟩ of the 3D volume, m/s.
     pub mean_velocity_3d_m_s: Option<[f64; 3]>,
+    /// Slices whose fluid does not connect along x on its own: their 2D flow is zero (the
+    /// exact 2D answer: no flow crosses a blocked slice with vz = 0), and the 3D solve
+    /// starts from rest there. Omitted when empty, so ordinary records are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_slices: Vec<usize>,
 }
 
 impl FlowReport {
@@ -93,6 +98,15 @@ pub fn solve_stack(
     progress: Option<Progress>,
 ) -> Result<FlowSample, SolverError> {
     let (ns, h, w) = slices.dim();
+    // Cubic lattice cells: a pitch below the pixel leaves fewer planes than slices, and the
+    // 3D flow would silently skip slices (usually a pitch given in the wrong unit).
+    if ns > 1 && voxel.dz_m < voxel.dx_m {
+        return Err(SolverError::Geometry(format!(
+            "the slice pitch {:.4} µm is smaller than the pixel {:.4} µm, so the 3D lattice cannot hold one plane per slice; check the units of the pitch and the voxel size",
+            voxel.dz_m * 1e6,
+            voxel.dx_m * 1e6
+        )));
+    }
     let nz = lattice_planes(ns, voxel.dz_m, voxel.dx_m);
     check_memory((nz, h, w), Dim::Three, &cfg.lbm)?;
     let planes = interpolate_planes(slices, nz);
@@ -125,12 +139,18 @@ pub fn solve_sample(
             "the lattice needs square pixels (dx = dy)".into(),
         ));
     }
-    for (k, slice) in slices.axis_iter(Axis(0)).enumerate() {
-        if !percolates_x(slice.insert_axis(Axis(0))) {
-            return Err(SolverError::NotPercolating {
-                what: format!("slice {k}"),
-            });
-        }
+    // A slice that does not percolate alone may still carry flow in 3D, through z (a
+    // slot inclined in x–z): only the volume must connect when there is a 3D solve.
+    let blocked: Vec<usize> = slices
+        .axis_iter(Axis(0))
+        .enumerate()
+        .filter(|(_, slice)| !percolates_x(slice.insert_axis(Axis(0))))
+        .map(|(k, _)| k)
+        .collect();
+    if planes.is_none() && blocked.len() == ns {
+        return Err(SolverError::NotPercolating {
+            what: "every slice".into(),
+        });
     }
     if let Some(p) = &planes
         && !percolates_x(p.view())
@@ -143,21 +163,27 @@ pub fn solve_sample(
 
     // 2D: slices are independent, so they run side by side.
     let started_2d = Instant::now();
-    let flows_2d: Vec<(LatticeFlow, f64)> = slices
+    let flows_2d: Vec<Option<(LatticeFlow, f64)>> = slices
         .axis_iter(Axis(0))
         .into_par_iter()
-        .map(|slice| {
+        .enumerate()
+        .map(|(k, slice)| {
+            if blocked.contains(&k) {
+                return Ok(None);
+            }
             let t = Instant::now();
             let flow = solve_lattice(slice.insert_axis(Axis(0)), Dim::Two, &cfg.lbm, None, None)?;
-            Ok((flow, t.elapsed().as_secs_f64()))
+            Ok(Some((flow, t.elapsed().as_secs_f64())))
         })
         .collect::<Result<_, SolverError>>()?;
     let wall_2d_s = started_2d.elapsed().as_secs_f64();
     let mut u2d = Array4::<f32>::zeros((ns, 3, h, w));
     let mut p2d = Array4::<f32>::zeros((ns, 1, h, w));
-    for (k, (flow, _)) in flows_2d.iter().enumerate() {
-        let fluid = slices.index_axis(Axis(0), k);
-        write_slice(flow, (0, 0, 0.0), fluid, &scales, &mut u2d, &mut p2d, k);
+    for (k, solved) in flows_2d.iter().enumerate() {
+        if let Some((flow, _)) = solved {
+            let fluid = slices.index_axis(Axis(0), k);
+            write_slice(flow, (0, 0, 0.0), fluid, &scales, &mut u2d, &mut p2d, k);
+        }
     }
     let stats = |flow: &LatticeFlow, wall_s: f64| SolveStats {
         iterations: flow.iterations,
@@ -170,14 +196,31 @@ pub fn solve_sample(
         k_3d_m2: None,
         k_2d_m2: flows_2d
             .iter()
-            .map(|(f, _)| f.permeability * scales.permeability)
+            .map(|f| {
+                f.as_ref()
+                    .map_or(0.0, |(f, _)| f.permeability * scales.permeability)
+            })
             .collect(),
         porosity: slices.iter().filter(|&&v| v != 0).count() as f64 / slices.len() as f64,
         planes_3d: None,
         solve_3d: None,
-        solve_2d: flows_2d.iter().map(|(f, t)| stats(f, *t)).collect(),
+        solve_2d: flows_2d
+            .iter()
+            .map(|f| match f {
+                Some((f, t)) => stats(f, *t),
+                // Nothing to solve: the zero flow is exact.
+                None => SolveStats {
+                    iterations: 0,
+                    converged: true,
+                    residual: 0.0,
+                    field_residual: 0.0,
+                    wall_s: 0.0,
+                },
+            })
+            .collect(),
         wall_2d_s,
         mean_velocity_3d_m_s: None,
+        blocked_slices: blocked,
     };
     let Some(planes) = planes else {
         return Ok(FlowSample {
@@ -197,7 +240,12 @@ pub fn solve_sample(
             let (k0, k1, t) = bracket(j as f64 * ns as f64 / nz as f64, ns);
             for c in 0..h * w {
                 if planes[[j, c / w, c % w]] != 0 {
-                    let (a, b) = (flows_2d[k0].0.velocity[c], flows_2d[k1].0.velocity[c]);
+                    let at = |k: usize| {
+                        flows_2d[k]
+                            .as_ref()
+                            .map_or([0.0; 3], |(f, _)| f.velocity[c])
+                    };
+                    let (a, b) = (at(k0), at(k1));
                     init[j * h * w + c] = [
                         (1.0 - t) * a[0] + t * b[0],
                         (1.0 - t) * a[1] + t * b[1],
@@ -296,6 +344,18 @@ mod tests {
     }
 
     #[test]
+    fn a_pitch_below_the_pixel_is_refused_before_any_solve() {
+        // 5 µm slices given as 5 nm (a unit slip): 3 slices would share one plane.
+        let voxel = VoxelSize::from_um(0.5, 0.005);
+        let e = solve_stack(slit(3, 6).view(), voxel, &cfg(), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("slice pitch 0.0050 µm is smaller than the pixel 0.5000 µm"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn slit_flow_in_si_units_matches_the_analytic_profile_and_permeability() {
         let (n, dx) = (10, 0.5e-6);
         let masks = slit(2, n);
@@ -336,6 +396,29 @@ mod tests {
             .map(|v| v.abs())
             .fold(0.0, f32::max);
         assert!(vz < 1e-6 * vx, "vz {vz}");
+    }
+
+    #[test]
+    fn an_inclined_slot_whose_slices_are_blocked_flows_in_3d() {
+        // Fluid where (x − z) mod 64 < 32: a slab inclined at 45° in x–z. No slice connects
+        // along x, the volume does, and Stokes flow runs along the slab, so ⟨vz⟩ = ⟨vx⟩.
+        // Plane Poiseuille in a gap h = 32 dx/√2 driven by g/√2, half the volume fluid:
+        // ⟨vx⟩ = ½ (g/√2) h²/(12 μ) /√2, so K = μ⟨vx⟩/g = h²/48 = 32²/96 dx².
+        let n = 64;
+        let mask = Array3::from_shape_fn((n, 4, n), |(z, _, x)| u8::from((x + n - z) % n < 32));
+        let dx = 0.5e-6;
+        let voxel = VoxelSize::from_um(0.5, 0.5);
+        let out = solve_sample(mask.view(), Some(mask.view()), voxel, &cfg(), None).unwrap();
+        assert_eq!(out.report.blocked_slices, (0..n).collect::<Vec<_>>());
+        assert!(out.u2d.iter().all(|&v| v == 0.0));
+        assert!(out.report.k_2d_m2.iter().all(|&k| k == 0.0));
+        let k = out.report.k_3d_m2.unwrap();
+        let exact = 32.0 * 32.0 / 96.0 * dx * dx;
+        assert!((k / exact - 1.0).abs() < 0.05, "K {k:e} vs {exact:e}");
+        let [vx, vy, vz] = out.report.mean_velocity_3d_m_s.unwrap();
+        assert!((vz / vx - 1.0).abs() < 0.02, "vz/vx {}", vz / vx);
+        assert!(vy.abs() < 1e-6 * vx, "vy {vy}");
+        assert!(out.report.converged());
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     let mut bar = Bar::default();
     match args.command {
         DatasetCommand::ImportReference { src, out } => {
+            let _lock = crate::output::lock(&out, "dataset import-reference")?;
             let dataset = import_reference(&src, &out, &mut bar)?;
             println!("imported {} samples into {}", dataset.len(), out.display());
         }
@@ -92,6 +93,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
             split,
         } => {
             let dataset = Dataset::open(&dir)?;
+            let _lock = crate::output::lock(&out, "dataset export")?;
             if format == "reference" {
                 if split.is_some() {
                     bail!(
@@ -134,6 +136,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
             out,
             samples,
         } => {
+            let _lock = crate::output::lock(&out, "dataset merge")?;
             let dataset = merge(&shards, &out, samples, &mut bar)?;
             println!(
                 "merged {} shards into {} ({} samples)",
@@ -151,6 +154,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
                     dir.join(STATISTICS_FILE).display()
                 );
             } else {
+                let _lock = crate::output::lock(&dir, "dataset stats")?;
                 let stats = Statistics::compute(&dataset, &mut bar)?;
                 stats.save(&dir, force)?;
                 println!(
@@ -162,6 +166,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
         }
         DatasetCommand::Split { dir, mode, force } => {
             let manifest = Manifest::load(&dir)?;
+            let _lock = crate::output::lock(&dir, "dataset split")?;
             let splits = Splits::new(manifest.len(), mode);
             let unchanged = Splits::load(&dir, manifest.len()).is_ok_and(|old| old == splits);
             splits.save(&dir, force)?;

@@ -118,6 +118,9 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
         paths.extend(a.model.as_mut());
     }
     crate::remote::localise(&mut paths, a.sha256.as_deref())?;
+    for file in std::iter::once(&a.json).chain(&a.csv) {
+        output::prepare_file(file)?;
+    }
     let dataset = Dataset::open(&a.dataset)?;
     let device = a
         .sampler
@@ -130,6 +133,13 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
         (None, None) => bail!("--model RUN is needed unless a --baseline is scored"),
     };
     let header = &dataset.manifest.header;
+    if model.is_some() {
+        let shape = header.shape;
+        fiberflow_model::predict::check_memory(
+            a.samples,
+            [shape.slices, shape.height, shape.width],
+        )?;
+    }
     let flow = match a.baseline {
         Some(BaselineArg::Solve3d) => flow_config_of(&header.generator)?,
         _ => FlowConfig::default(),

@@ -6,8 +6,9 @@ use crate::config_file;
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args;
-use fiberflow_data::generate::{GeneratorConfig, generate_sample};
-use fiberflow_data::{DatasetInfo, DatasetWriter, Shard, SplitMode};
+use fiberflow_data::generate::{GeneratorConfig, MANIFEST_BYTES_PER_SAMPLE, generate_sample};
+use fiberflow_data::{DatasetInfo, DatasetWriter, Shard, SplitMode, Splits};
+use fiberflow_geometry::budget;
 use fiberflow_geometry::layout::SliceGrid;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -69,7 +70,26 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         slices: a.slices,
         pitch_um: a.pitch_um,
     };
+    let workers = rayon::current_num_threads().min(a.samples) as u128;
+    budget::check(
+        format!(
+            "making {workers} samples of {}×{}×{} at a time (each with its 3D lattice)",
+            a.slices, a.size, a.size
+        ),
+        cfg.sample_bytes(&grid).and_then(|b| b.checked_mul(workers)),
+    )?;
+    budget::check(
+        format!("the manifest of {} samples", a.samples),
+        (a.samples as u128).checked_mul(MANIFEST_BYTES_PER_SAMPLE),
+    )?;
+    if Splits::counts(a.samples)[1] == 0 {
+        eprintln!(
+            "warning: {} samples leave the validation split (15 %) empty, and training needs one; generate at least 7",
+            a.samples
+        );
+    }
     let shard = a.shard.unwrap_or(Shard::ALL);
+    let _lock = crate::output::lock(&a.out, "generate")?;
     let writer = DatasetWriter::create_or_resume(&a.out, cfg.header(&grid, a.seed))
         .with_context(|| format!("{}: cannot open the dataset", a.out.display()))?;
     let mine: Vec<usize> = (0..a.samples).filter(|&i| shard.contains(i)).collect();
@@ -87,6 +107,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let done = mine.len() - pending.len();
         bar.suspend(|| eprintln!("resuming: {done} of {} samples already done", mine.len()));
     }
+    let lines = crate::progress::LogLines::new("generate", mine.len(), mine.len() - pending.len());
     let unconverged = AtomicUsize::new(0);
     pending.par_iter().try_for_each(|&i| -> Result<()> {
         let (sample, record) = generate_sample(&cfg, &grid, a.seed, i)?;
@@ -96,9 +117,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 eprintln!("warning: sample {i} did not converge (kept, marked converged=false)")
             });
         }
+        let blocked = &record.extra["solve"]["blocked_slices"];
+        if blocked.is_array() {
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: sample {i}: slice(s) {blocked} do not connect along x on their own (its last packing attempt); their 2D flow is zero, the 3D flow crosses them through z"
+                )
+            });
+        }
         bar.set_message(format!("last K₃D {:.3e} m²", record.k_3d_m2));
         writer.write(i, &sample, record)?;
         bar.inc(1);
+        lines.done_one();
         Ok(())
     })?;
     bar.finish_and_clear();

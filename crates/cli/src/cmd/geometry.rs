@@ -4,7 +4,7 @@ use crate::{config_file, output};
 use anyhow::{Context, Result};
 use clap::Args;
 use fiberflow_geometry::layout::SliceGrid;
-use fiberflow_geometry::mask_io::save_png_stack;
+use fiberflow_geometry::mask_io::png_slices;
 use fiberflow_geometry::raster::solid_fraction;
 use fiberflow_geometry::{Microstructure, PackingConfig, PackingReport};
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,13 @@ pub fn run(a: GeometryArgs) -> Result<()> {
         }
     }
     let grid = a.grid.grid()?;
+    // The masks, their encoded .npy and the PNGs (at most a byte per pixel each).
+    fiberflow_geometry::budget::check_array(
+        "the slice masks",
+        &[grid.slices + 1, grid.size, grid.size],
+        3,
+    )?;
+    let _lock = output::lock(&a.out, "geometry")?;
     let (ms, report) = Microstructure::generate(
         &cfg,
         grid.z_period_um(),
@@ -97,10 +104,12 @@ pub fn run(a: GeometryArgs) -> Result<()> {
         a.seed,
     )?;
     let slices = ms.rasterise_slices(grid.slices, grid.pitch_um, grid.size);
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
     output::npy(&a.out.join("domain.npy"), &slices)?;
-    save_png_stack(&slices, &a.out.join("slices"))?;
+    let dir = a.out.join("slices");
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    for (name, png) in png_slices(&slices)? {
+        fiberflow_data::atomic::write_atomic(&dir.join(name), &png)?;
+    }
     let vf_voxel = solid_fraction(&slices);
     println!(
         "{} fibres, Vf {:.4} (voxelised {:.4}), min gap {:.3} µm -> {}",

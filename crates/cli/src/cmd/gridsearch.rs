@@ -105,11 +105,14 @@ pub fn run(mut a: GridsearchArgs) -> Result<()> {
     for run in todo {
         bar.run = run.id.clone();
         let dir = a.out.join(RUNS_DIR).join(&run.id);
+        // Per run, not per search: shards of one search share --out, never a run.
+        let _lock = output::lock(&dir, "gridsearch")?;
         let resumed = checkpoint::existing_dir(&dir.join(checkpoint::CHECKPOINT_DIR)).is_some();
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let cfg = run.config.clone();
-            train_diffusion(&devices, &a.dataset, &a.vae, &dir, cfg, resumed, &mut bar)
+            // Always resumable: a run killed before its first checkpoint starts again.
+            train_diffusion(&devices, &a.dataset, &a.vae, &dir, cfg, true, &mut bar)
         }));
         let row = result_row(run, resumed, started.elapsed().as_secs_f64(), outcome);
         let outcome = match row.status {

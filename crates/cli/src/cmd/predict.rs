@@ -19,7 +19,6 @@ use fiberflow_model::predict::TrainedModel;
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_viz::{ComparisonFigure, VtiVolume, magnitude};
 use ndarray::{Array4, Axis};
-use ndarray_npy::ReadNpyExt;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -108,6 +107,8 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
     let model = TrainedModel::load(&a.model, &device)?.with_precision(a.sampler.precision.into());
+    // Before any work, so a folder another command writes is refused up front.
+    let _lock = output::lock(&a.out, "predict")?;
     if a.pressure2d.is_some() && !model.log.config.pressure_condition {
         eprintln!(
             "warning: --pressure2d is not read: {} was trained without pressure_condition",
@@ -121,6 +122,7 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         truth,
         physics: (mu, g),
     } = input_sample(&a)?;
+    warn_resolution(model.log.dxyz, &sample.dxyz);
     let slices = sample.domain.dim().0;
     let slice = a.slice.unwrap_or(slices / 2);
     if slice >= slices {
@@ -155,9 +157,11 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     let stacked = ndarray::stack(Axis(0), &views)?;
     let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
     let std = stacked.std_axis(Axis(0), 0.0);
-
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    if let Some(bad) = mean.iter().chain(&std).find(|v| !v.is_finite()) {
+        bail!(
+            "the prediction holds a non-finite value ({bad}); nothing was written (check the inputs' scale against the model's training data)"
+        );
+    }
     output::npy(&a.out.join("U_pred.npy"), &mean)?;
     output::npy(&a.out.join("U_std.npy"), &std)?;
     let speed = magnitude(mean.view())?;
@@ -244,6 +248,25 @@ struct Input {
     physics: (f64, f64),
 }
 
+/// Warns when the voxel size or slice pitch is far (beyond ×1.25) from the training data's:
+/// the networks learned flows at one resolution and are not scale-free.
+fn warn_resolution(trained: Option<[f64; 3]>, dxyz: &[f64; 3]) {
+    let Some(t) = trained else { return };
+    for (what, used, at) in [
+        ("voxel size", dxyz[0], t[0]),
+        ("slice pitch", dxyz[2], t[2]),
+    ] {
+        let ratio = used / at;
+        if !(0.8..=1.25).contains(&ratio) {
+            eprintln!(
+                "warning: the {what} {:.4} µm is {ratio:.2}× the {:.4} µm of the model's training data; expect larger errors",
+                used * 1e6,
+                at * 1e6
+            );
+        }
+    }
+}
+
 fn input_sample(a: &PredictArgs) -> Result<Input> {
     if let (Some(dir), Some(index)) = (&a.dataset, a.index) {
         let dataset = Dataset::open(dir)?;
@@ -270,6 +293,8 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
         SolidArg::High => SolidValue::High,
     };
     let slices = load_mask(path, solid)?;
+    let (s, h, w) = slices.dim();
+    fiberflow_model::predict::check_memory(a.samples, [s, h, w])?;
     let positive = |v: Option<f64>, flag: &str| match v {
         Some(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => bail!("{flag} (a positive number) is required with --microstructure"),
@@ -278,7 +303,6 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
         positive(a.voxel_size_um, "--voxel-size-um")?,
         positive(a.slice_pitch_um, "--slice-pitch-um")?,
     );
-    let (s, h, w) = slices.dim();
     let domain = slices
         .mapv(f32::from)
         .into_shape_with_order((s, 1, h, w))
@@ -301,6 +325,11 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
         }
     };
     let solve_s = started.elapsed().as_secs_f64();
+    if u2d.iter().all(|&v| v == 0.0) {
+        eprintln!(
+            "warning: the 2D flow is zero everywhere, so the prediction has no flow to start from; check --flow2d"
+        );
+    }
     let sample = Sample {
         u: Array4::zeros((s, 3, h, w)),
         p: Array4::zeros((s, 1, h, w)),
@@ -321,12 +350,12 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
     })
 }
 
-/// A float32 `.npy` of `shape`, finite.
+/// A float32 `.npy` of `shape`, finite. Read through the geometry crate's reader, which
+/// checks the header's shape against the file's length and the memory budget before
+/// allocating, so a corrupt or hostile header is an error naming the file, not an abort.
 fn read_field(path: &Path, shape: (usize, usize, usize, usize)) -> Result<Array4<f32>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let a = Array4::<f32>::read_npy(file)
-        .with_context(|| format!("{}: not a 4-D float32 .npy", path.display()))?;
+    let a: Array4<f32> =
+        fiberflow_geometry::mask_io::read_npy(path, "a float32 (S, C, H, W) field")?;
     if a.dim() != shape {
         bail!(
             "{}: shape {:?}, expected {shape:?} (S, C, H, W) to match the microstructure",

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use fiberflow_data::json::read_json;
 use fiberflow_viz::{LinePlot, Series};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -55,10 +55,11 @@ pub struct QuickstartArgs {
     device: String,
 }
 
-/// One step of the pipeline: its command line and wall time.
-#[derive(Serialize)]
+/// One step of the pipeline: its command line and wall time, summed over the runs that
+/// worked on it (a resumed quickstart skips finished work in seconds).
+#[derive(Serialize, Deserialize)]
 struct Step {
-    name: &'static str,
+    name: String,
     command: String,
     seconds: f64,
 }
@@ -69,7 +70,7 @@ const DRAWS: &str = "4";
 pub fn run(a: QuickstartArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the fiberflow binary")?;
     let out = &a.out;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let _lock = output::lock(out, "quickstart")?;
     let p = |name: &str| out.join(name).display().to_string();
     let (data, v1, v2, diff, eval, pred) = (
         p("data"),
@@ -236,6 +237,8 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         ),
         ("predict", vec![]),
     ];
+    // Earlier runs' times, so a resumed run reports the whole work, not its own seconds.
+    let earlier: Vec<Step> = read_json(&out.join("timings.json"), "").unwrap_or_default();
     let mut steps = Vec::new();
     let started = Instant::now();
     for (name, argv) in plan {
@@ -276,14 +279,26 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
                 "quickstart step `{name}` failed ({status}); fix the cause and rerun: finished steps are kept"
             );
         }
+        let before: f64 = earlier
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.seconds)
+            .sum();
         steps.push(Step {
-            name,
+            name: name.to_string(),
             command: format!("fiberflow --threads {threads} {}", argv.join(" ")),
-            seconds: t.elapsed().as_secs_f64(),
+            seconds: before + t.elapsed().as_secs_f64(),
         });
+        // After every step, so a run killed midway still counts what it did; steps this
+        // run has not reached keep their earlier times.
+        let pending = earlier
+            .iter()
+            .filter(|e| steps.iter().all(|s| s.name != e.name));
+        let so_far: Vec<&Step> = steps.iter().chain(pending).collect();
+        output::json(&out.join("timings.json"), &so_far)?;
     }
     let total = started.elapsed().as_secs_f64();
-    write_report(out, &steps, total)?;
+    write_report(out, &steps, (!earlier.is_empty()).then_some(total))?;
     println!(
         "quickstart done in {:.1} min: {}",
         total / 60.0,
@@ -303,20 +318,67 @@ fn first_test_index(data: &str) -> Option<String> {
 }
 
 /// The quickstart report in Markdown and HTML, with loss curves.
-fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
+/// `resumed`: this run's own wall time when earlier runs did part of the work.
+fn write_report(out: &Path, steps: &[Step], resumed: Option<f64>) -> Result<()> {
     let load = |p: &str| -> Result<Value> { Ok(read_json(&out.join(p), "")?) };
     for dir in ["vae-stage1", "vae-stage2", "diffusion"] {
         plot_run(&out.join(dir), &out.join(dir))?;
     }
     let mut md = String::new();
     writeln!(md, "# fiberflow quickstart report\n")?;
+    let work: f64 = steps.iter().map(|s| s.seconds).sum();
+    let runs = match resumed {
+        Some(own) => format!(
+            " over more than one run (the last, resumed, took {:.1} minutes)",
+            own / 60.0
+        ),
+        None => ", from nothing".into(),
+    };
     writeln!(
         md,
-        "Everything below was produced by `fiberflow quickstart --out {}` in {:.1} minutes on this machine ({} threads), from nothing: a generated dataset, three trained networks, an evaluation on the test split and one prediction.\n",
+        "Everything below was produced by `fiberflow quickstart --out {}` in {:.1} minutes of steps on this machine ({} threads){runs}: a generated dataset, three trained networks, an evaluation on the test split and one prediction.\n",
         out.display(),
-        total / 60.0,
+        work / 60.0,
         rayon::current_num_threads()
     )?;
+    accuracy_section(&mut md, out)?;
+    let summary = load("predict/summary.json")?;
+    writeln!(md, "## One test sample\n")?;
+    writeln!(
+        md,
+        "Permeability predicted {:.4e} m², true {:.4e} m². Mean of {DRAWS} draws (rows: truth, prediction, error, standard deviation of the draws); `predict/prediction.vti` opens in ParaView.\n",
+        number(&summary, "k_pred_m2")?,
+        number(&summary, "k_true_m2")?
+    )?;
+    writeln!(md, "![comparison](predict/comparison.png)\n")?;
+    writeln!(md, "## Training\n")?;
+    for (title, file) in [
+        ("VAE stage 1", "vae-stage1"),
+        ("VAE stage 2", "vae-stage2"),
+        ("diffusion", "diffusion"),
+    ] {
+        writeln!(md, "![{title}: losses]({file}/loss.png)\n")?;
+        writeln!(md, "![{title}: validation errors]({file}/errors.png)\n")?;
+    }
+    writeln!(md, "## Steps and timings\n")?;
+    writeln!(md, "| step | wall time | command |\n|---|---|---|")?;
+    for s in steps {
+        writeln!(md, "| {} | {:.1} s | `{}` |", s.name, s.seconds, s.command)?;
+    }
+    output::text(&out.join("report.md"), &md)?;
+    let mut html = String::from(
+        "<!doctype html><meta charset=\"utf-8\"><title>fiberflow quickstart</title><style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}img{max-width:100%}</style>\n",
+    );
+    let parser = pulldown_cmark::Parser::new_ext(&md, pulldown_cmark::Options::ENABLE_TABLES);
+    pulldown_cmark::html::push_html(&mut html, parser);
+    output::text(&out.join("report.html"), &html)?;
+    Ok(())
+}
+
+/// The report's table of every predictor's test errors and time per sample, with the
+/// error-against-time plot.
+fn accuracy_section(md: &mut String, out: &Path) -> Result<()> {
+    let load = |p: &str| -> Result<Value> { Ok(read_json(&out.join(p), "")?) };
     writeln!(md, "## Test-split accuracy\n")?;
     writeln!(
         md,
@@ -369,37 +431,7 @@ fn write_report(out: &Path, steps: &[Step], total: f64) -> Result<()> {
         md,
         "\nPer-sample values: `eval/model.csv`; everything, including the reference-exact `ref_` metrics: `eval/*.json`.\n\n![vz error against time per sample](eval/error_vs_time.png)\n"
     )?;
-    let summary = load("predict/summary.json")?;
-    writeln!(md, "## One test sample\n")?;
-    writeln!(
-        md,
-        "Permeability predicted {:.4e} m², true {:.4e} m². Mean of {DRAWS} draws (rows: truth, prediction, error, standard deviation of the draws); `predict/prediction.vti` opens in ParaView.\n",
-        number(&summary, "k_pred_m2")?,
-        number(&summary, "k_true_m2")?
-    )?;
-    writeln!(md, "![comparison](predict/comparison.png)\n")?;
-    writeln!(md, "## Training\n")?;
-    for (title, file) in [
-        ("VAE stage 1", "vae-stage1"),
-        ("VAE stage 2", "vae-stage2"),
-        ("diffusion", "diffusion"),
-    ] {
-        writeln!(md, "![{title}: losses]({file}/loss.png)\n")?;
-        writeln!(md, "![{title}: validation errors]({file}/errors.png)\n")?;
-    }
-    writeln!(md, "## Steps and timings\n")?;
-    writeln!(md, "| step | wall time | command |\n|---|---|---|")?;
-    for s in steps {
-        writeln!(md, "| {} | {:.1} s | `{}` |", s.name, s.seconds, s.command)?;
-    }
-    std::fs::write(out.join("report.md"), &md).context("cannot write report.md")?;
-    let mut html = String::from(
-        "<!doctype html><meta charset=\"utf-8\"><title>fiberflow quickstart</title><style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}img{max-width:100%}</style>\n",
-    );
-    let parser = pulldown_cmark::Parser::new_ext(&md, pulldown_cmark::Options::ENABLE_TABLES);
-    pulldown_cmark::html::push_html(&mut html, parser);
-    std::fs::write(out.join("report.html"), html).context("cannot write report.html")?;
-    output::json(&out.join("timings.json"), &steps)
+    Ok(())
 }
 
 /// How a report row's time per sample is counted.

@@ -140,6 +140,8 @@ pub fn run(a: SolveArgs) -> Result<()> {
         (_, Some(planes)) => planes.dim(),
         (_, None) => (lattice_planes(ns, voxel.dz_m, voxel.dx_m), h, w),
     };
+    // Before the solve, so an output folder another command writes is refused up front.
+    let _lock = output::lock(&a.out, "solve")?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {msg}",
@@ -165,8 +167,6 @@ pub fn run(a: SolveArgs) -> Result<()> {
     .with_context(|| a.microstructure.display().to_string())?;
     bar.finish_and_clear();
 
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
     if mode != Mode::ThreeD {
         output::npy(&a.out.join("U_2d.npy"), &sample.u2d)?;
         output::npy(&a.out.join("p_2d.npy"), &sample.p2d)?;

@@ -5,6 +5,7 @@ use crate::config_file;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use fiberflow_data::Progress;
+use fiberflow_data::lock::FolderLock;
 use fiberflow_model::metrics::FieldErrors;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionTrainConfig, train_diffusion,
@@ -15,7 +16,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// What a training run writes into its folder (`plot` adds the PNGs): the only entries
+/// `--force` deletes.
+const RUN_FILES: &[&str] = &[
+    "log.json",
+    "best_model.bpk",
+    "best_model.tmp.bpk",
+    "checkpoint",
+    "checkpoint.old",
+    "checkpoint.tmp",
+    "loss.png",
+    "errors.png",
+    "physics.png",
+];
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -56,8 +71,12 @@ struct RunArgs {
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     sets: Vec<String>,
     /// Continue the run in --out from its last checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace whatever --out holds, a finished run included (without it, a folder that
+    /// holds any file of a run is refused).
+    #[arg(long)]
+    force: bool,
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`); a list such as `libtorch-cuda:0,libtorch-cuda:1`
     /// trains data-parallel (needs accumulation ≥ the device count).
@@ -66,6 +85,36 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// Locks --out for this run and, with --force, empties it, but only when it holds
+    /// nothing but a run's files and none of the run's inputs: a mistyped --out must
+    /// not cost a dataset.
+    fn claim_out(&self, command: &str, inputs: &[&Path]) -> Result<FolderLock> {
+        let lock = crate::output::lock(&self.out, command)?;
+        if !self.force {
+            return Ok(lock);
+        }
+        let out = std::fs::canonicalize(&self.out)?;
+        if let Some(input) = inputs
+            .iter()
+            .filter_map(|i| std::fs::canonicalize(i).ok())
+            .find(|i| i.starts_with(&out))
+        {
+            bail!(
+                "--out {} holds the input {}; --force would delete it",
+                self.out.display(),
+                input.display()
+            );
+        }
+        if let Some(name) = crate::output::foreign_entry(&self.out, RUN_FILES) {
+            bail!(
+                "{} holds `{name}`, which no training run writes; --force only replaces a run folder",
+                self.out.display()
+            );
+        }
+        crate::output::clear(&lock)?;
+        Ok(lock)
+    }
+
     /// The config from the file (or the defaults) with every override applied.
     fn config<T: Serialize + DeserializeOwned + Default>(
         &self,
@@ -114,6 +163,10 @@ fn vae(mut a: VaeArgs) -> Result<()> {
     crate::remote::localise(&mut [&mut a.run.dataset], a.run.sha256.as_deref())?;
     let cfg: VaeTrainConfig = a.run.config(|c: &mut VaeTrainConfig, e| c.epochs = e)?;
     let stage = if a.stage == 1 { Stage::One } else { Stage::Two };
+    let inputs: Vec<&Path> = std::iter::once(a.run.dataset.as_path())
+        .chain(a.stage1.as_deref())
+        .collect();
+    let _lock = a.run.claim_out("train vae", &inputs)?;
     let mut bar = Bar(None);
     let devices = fiberflow_model::device::select_all(&a.run.device)?;
     let log = train_vae(
@@ -147,6 +200,9 @@ fn diffusion(mut a: DiffusionArgs) -> Result<()> {
         .run
         .config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;
     let devices = fiberflow_model::device::select_all(&a.run.device)?;
+    let _lock = a
+        .run
+        .claim_out("train diffusion", &[&a.run.dataset, &a.vae])?;
     let mut bar = Bar(None);
     let log = train_diffusion(
         &devices,

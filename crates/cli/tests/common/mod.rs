@@ -202,11 +202,18 @@ pub fn without(value: &Value, keys: &[&str]) -> Value {
     }
 }
 
-/// Paths (relative to `dir`, `/`-separated) of every file under `dir`, sorted.
+/// Paths (relative to `dir`, `/`-separated) of every file under `dir` but the writers'
+/// lock files, sorted.
 pub fn files_under(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .is_some_and(fiberflow_data::lock::is_lock_file)
+            {
+                continue;
+            }
             if path.is_dir() {
                 walk(root, &path, out);
             } else {

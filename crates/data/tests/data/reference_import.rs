@@ -3,6 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use fiberflow_data::reference::SOURCE_FILE;
+use fiberflow_data::torch_save::{TorchDType, TorchWriter};
 use fiberflow_data::{Dataset, Field, Silent, SplitMode, Statistics, import_reference};
 
 fn fixtures() -> PathBuf {
@@ -180,7 +182,14 @@ fn import_export_import_is_bit_identical() {
     assert!(export.identity);
     assert_eq!(export.order, [0, 1, 2, 3]);
     import_reference(&exported, &second, &mut Silent).unwrap();
-    let (a, b) = (tree(&first), tree(&second));
+    // The datasets are identical; only the record of the source files (their hashes)
+    // differs, since the exported files are not PyTorch's.
+    let without_source = |dir: &Path| {
+        let mut files = tree(dir);
+        files.retain(|(path, _)| path != Path::new(SOURCE_FILE));
+        files
+    };
+    let (a, b) = (without_source(&first), without_source(&second));
     assert_eq!(a.len(), b.len());
     for ((pa, da), (pb, db)) in a.iter().zip(&b) {
         assert_eq!(pa, pb);
@@ -196,4 +205,89 @@ fn import_export_import_is_bit_identical() {
     let s = Statistics::load(&ds).unwrap();
     assert_eq!(stats["U_per_component"]["max_w"], s.u.vz.max_abs);
     assert_eq!(stats["U_2d_per_component"]["mean_u"], s.u2d.vx.mean_abs);
+}
+
+/// A copy of the fixtures whose `p.pt` is PyTorch's plus `delta`, written by the
+/// export's own `torch.save` writer: another valid source of the same shapes.
+fn other_source(dir: &Path, delta: f32) -> PathBuf {
+    let x = dir.join("x");
+    fs::create_dir_all(&x).unwrap();
+    for name in ["U.pt", "U_2d.pt", "domain.pt", "dxyz.pt"] {
+        fs::copy(fixtures().join("x").join(name), x.join(name)).unwrap();
+    }
+    let path = x.join("p.pt");
+    let file = fs::File::create(&path).unwrap();
+    let mut writer = TorchWriter::new(file, &path, TorchDType::F32, &[4, 3, 1, 8, 8]).unwrap();
+    for n in 0..4 {
+        for s in 0..3 {
+            for h in 0..8 {
+                for w in 0..8 {
+                    let v = (n * 64 + s * 16 + h + w) as f32 * 0.5 + delta;
+                    writer.write(&v.to_le_bytes()).unwrap();
+                }
+            }
+        }
+    }
+    writer.finish().unwrap();
+    dir.to_path_buf()
+}
+
+/// p[n, 0, 0, 0, 0] of each sample of the dataset in `dir`.
+fn first_pressures(dir: &Path) -> Vec<f32> {
+    let ds = Dataset::open(dir).unwrap();
+    (0..ds.len())
+        .map(|i| ds.open_sample(i).unwrap().read(Field::P).unwrap()[[0, 0, 0, 0]])
+        .collect()
+}
+
+#[test]
+fn a_resume_with_another_source_is_refused_and_never_mixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = other_source(&tmp.path().join("b"), 1000.0);
+    // B on its own is a valid source.
+    let alone = tmp.path().join("alone");
+    import_reference(&b, &alone, &mut Silent).unwrap();
+    assert_eq!(first_pressures(&alone), [1000.0, 1032.0, 1064.0, 1096.0]);
+
+    // An import of A interrupted after two samples: what a kill leaves.
+    let out = tmp.path().join("out");
+    import_reference(&fixtures(), &out, &mut Silent).unwrap();
+    for file in ["dataset.json", "splits.json", "statistics.json"] {
+        fs::remove_file(out.join(file)).unwrap();
+    }
+    for i in [2, 3] {
+        fs::remove_file(out.join(format!("samples/{i:06}.json"))).unwrap();
+        fs::remove_file(out.join(format!("samples/{i:06}.safetensors"))).unwrap();
+    }
+    let before = tree(&out);
+    let err = import_reference(&b, &out, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds an interrupted import of another source")
+            && err.contains("(p.pt not as recorded")
+            && err.contains(SOURCE_FILE)
+            && err.contains("use a new --out"),
+        "{err}"
+    );
+    assert_eq!(tree(&out), before, "a refused resume changes nothing");
+
+    // The original source resumes, and the dataset is A's throughout.
+    import_reference(&fixtures(), &out, &mut Silent).unwrap();
+    assert_eq!(first_pressures(&out), [0.0, 32.0, 64.0, 96.0]);
+    let err = import_reference(&b, &out, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds an import of another source"), "{err}");
+
+    // A dataset without the record (another generator, an older import) cannot be
+    // told apart from another source.
+    fs::remove_file(out.join(SOURCE_FILE)).unwrap();
+    let err = import_reference(&fixtures(), &out, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("holds a dataset without {SOURCE_FILE}")),
+        "{err}"
+    );
 }

@@ -169,6 +169,25 @@ fn missing_tensor_wrong_dtype_and_wrong_shape() {
 }
 
 #[test]
+fn finite_but_absurd_values_are_refused_by_the_reader() {
+    // The probe's case: 1e33 m/s in U made every metric ≈ 1e33 without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absurd.safetensors");
+    craft(
+        &path,
+        &tensors_with(|t| t[2].3[6 * 4..7 * 4].copy_from_slice(&1e33f32.to_le_bytes())),
+    );
+    let file = SampleFile::open(&path).unwrap();
+    let err = file.read(Field::U).unwrap_err().to_string();
+    assert!(
+        err.contains("`U` holds 1e33 m/s at index [0, 1, 1, 0], beyond any Stokes flow"),
+        "{err}"
+    );
+    assert!(file.load().is_err());
+    assert!(file.read(Field::P).is_ok(), "other fields stay readable");
+}
+
+#[test]
 fn non_finite_values_name_field_and_first_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nan.safetensors");

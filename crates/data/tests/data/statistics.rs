@@ -175,3 +175,28 @@ fn an_empty_training_split_is_an_error() {
         .to_string();
     assert!(err.contains("training split is empty"), "{err}");
 }
+
+#[test]
+fn a_train_limit_takes_nested_prefixes_and_keeps_the_statistics() {
+    use fiberflow_data::Subset;
+    let dir = tempfile::tempdir().unwrap();
+    let full = Statistics::load(&seven(dir.path())).unwrap();
+    let mut ds = Dataset::open(dir.path()).unwrap();
+    ds.limit(Subset::Train, 2).unwrap();
+    assert_eq!(ds.indices(Some(Subset::Train)), [6, 5]);
+    assert_eq!(ds.indices(Some(Subset::Val)), [4]);
+    assert_eq!(ds.indices(Some(Subset::Test)), [1, 3]);
+    // The statistics of the whole training split still apply (and still load).
+    assert_eq!(Statistics::load(&ds).unwrap(), full);
+    ds.limit(Subset::Train, 3).unwrap();
+    assert_eq!(ds.indices(Some(Subset::Train)), [6, 5, 0]);
+    for bad in [0, 5] {
+        let e = ds.limit(Subset::Train, bad).unwrap_err().to_string();
+        assert!(
+            e.contains("must lie in 1..=4, the train split's size"),
+            "{e}"
+        );
+    }
+    ds.limit(Subset::Test, 1).unwrap();
+    assert_eq!(ds.indices(Some(Subset::Test)), [1]);
+}

@@ -51,6 +51,7 @@ pub fn untrained_model(
         vae_key: String::new(),
         dataset: PathBuf::new(),
         dataset_manifest_sha256: String::new(),
+        dxyz: None,
         scales: LatentScales {
             residual: cfg.residual,
             target: 1.0,

@@ -43,6 +43,26 @@ fn slice_mask(slices: &[usize], s: usize, device: &Device) -> Tensor<5> {
     Tensor::from_data(TensorData::new(v, [1, 1, s, 1, 1]), device)
 }
 
+/// Peak bytes of predicting `draws` draws of an `(S, H, W)` stack: the draws, their mean
+/// and spread and the inputs (2·draws + 8 fields of `(S, 3, H, W)` f32) and the networks'
+/// full-resolution activations (≈ 1 KiB per voxel measured at 256², doubled for margin).
+/// `None` on overflow. Checked against the memory budget before any input is solved.
+fn memory_estimate(draws: usize, [s, h, w]: [usize; 3]) -> Option<u128> {
+    use fiberflow_data::budget::array_bytes;
+    let fields = array_bytes(&[draws.checked_mul(2)?.checked_add(8)?, s, 3, h, w], 4)?;
+    fields.checked_add(array_bytes(&[s, h, w], 2048)?)
+}
+
+/// Refuses, with the estimate, a prediction of `draws` draws of an `(S, H, W)` stack that
+/// exceeds the memory budget.
+pub fn check_memory(draws: usize, [s, h, w]: [usize; 3]) -> Result<(), ModelError> {
+    fiberflow_data::budget::check(
+        format!("predicting {draws} draws of a {s}×{h}×{w} stack"),
+        memory_estimate(draws, [s, h, w]),
+    )
+    .map_err(|e| ModelError::Input(e.to_string()))
+}
+
 /// A trained run, loaded for inference.
 pub struct TrainedModel {
     pub unet: UNet,
@@ -57,10 +77,23 @@ impl TrainedModel {
     /// Loads the best (EMA) weights of a diffusion run and the VAE it names; refuses a VAE
     /// whose weights changed since (its key differs).
     pub fn load(run_dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let mut log: DiffusionRunLog = read_json(
-            &run_dir.join(LOG_FILE),
-            "pass the folder of a diffusion run (fiberflow train diffusion)",
-        )?;
+        let fix = "pass the folder of a diffusion run (fiberflow train diffusion)";
+        let raw: serde_json::Value = read_json(&run_dir.join(LOG_FILE), fix)?;
+        // A VAE run's log parses as JSON but not as a diffusion log; name the mix-up.
+        if let Some(stage) = raw.get("stage").and_then(|s| s.as_str()) {
+            let stage = if stage == "One" { 1 } else { 2 };
+            return Err(ModelError::Input(format!(
+                "{} is a VAE run (stage {stage}), not a diffusion or direct run; train one on it with `fiberflow train diffusion --vae {}` and pass that run",
+                run_dir.display(),
+                run_dir.display()
+            )));
+        }
+        let mut log: DiffusionRunLog = serde_json::from_value(raw).map_err(|e| {
+            ModelError::Input(format!(
+                "{}: not a diffusion run's log ({e}); {fix}",
+                run_dir.join(LOG_FILE).display()
+            ))
+        })?;
         log.config.reconcile_pressure_condition();
         let vae = DualVae::load(&log.vae, device)?;
         if vae.key != log.vae_key {
@@ -241,5 +274,26 @@ impl TrainedModel {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    #[test]
+    fn the_memory_estimate_is_the_hand_computed_one_and_never_overflows() {
+        // 1 draw of 11×1024×1024: 10 fields of 11·3·2²⁰ f32 and 2 KiB per voxel.
+        let voxels = 11u128 << 20;
+        assert_eq!(
+            super::memory_estimate(1, [11, 1024, 1024]),
+            Some(10 * 3 * voxels * 4 + voxels * 2048)
+        );
+        assert_eq!(super::memory_estimate(usize::MAX, [11, 64, 64]), None);
+        let e = super::check_memory(1, [11, 1024, 1024])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("predicting 1 draws of a 11×1024×1024 stack needs 23.29 GiB"),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! optimizer state is keyed on, so a resumed run continues with its Adam moments.
 
 use crate::error::ModelError;
+use crate::train::vae::BEST_FILE;
 use burn::module::Module;
 use fiberflow_data::json::{read_json, write_json};
 use serde::Serialize;
@@ -20,23 +21,103 @@ const STATE_FILE: &str = "state.json";
 pub const LOG_FILE: &str = "log.json";
 
 /// The checkpoint of run folder `out` to resume from, with its saved run log: `None` for
-/// a fresh run; an error when `out` already holds a run and `resume` is off, so a
-/// finished run is never overwritten by accident.
+/// a folder with no run in it (absent, empty, or holding only what a killed writer
+/// leaves); an error when `out` holds a run and `resume` is off, or holds one without a
+/// checkpoint, so finished work is never overwritten by accident. Leftovers are removed
+/// only once the run goes ahead.
 pub fn resume_from<L: DeserializeOwned>(
     out: &Path,
     resume: bool,
 ) -> Result<Option<(PathBuf, L)>, ModelError> {
     match (resume, existing_dir(&out.join(CHECKPOINT_DIR))) {
         (true, Some(dir)) => {
-            let log = read_json(&dir.join(STATE_FILE), "")?;
+            let state: serde_json::Value = read_json(&dir.join(STATE_FILE), "")?;
+            check_same_run(out, &dir, &state)?;
+            let log = serde_json::from_value(state).map_err(|e| {
+                ModelError::Config(format!("{}: {e}", dir.join(STATE_FILE).display()))
+            })?;
+            remove_leftovers(out)?;
             Ok(Some((dir, log)))
         }
         (false, Some(_)) => Err(ModelError::Config(format!(
-            "{} already holds a run; pass --resume to continue it, or choose a new --out",
+            "{} already holds a run; continue it with --resume, or choose a new --out (`train --force` replaces it)",
             out.display()
         ))),
-        (_, None) => Ok(None),
+        (_, None) => match run_entry(out, resume) {
+            // A run whose checkpoint was deleted (to save space, say) is finished work:
+            // neither restarted from epoch 0 under --resume nor overwritten without it.
+            Some(name) => Err(ModelError::Config(format!(
+                "{} holds a run (`{name}`) but no checkpoint to resume from; choose a new --out (`train --force` replaces it)",
+                out.display()
+            ))),
+            None => {
+                remove_leftovers(out)?;
+                Ok(None)
+            }
+        },
     }
+}
+
+/// Deletes what a killed run leaves and no reader wants: temporary files of atomic writes
+/// and a half-written `checkpoint.tmp` folder.
+fn remove_leftovers(out: &Path) -> Result<(), ModelError> {
+    if !out.is_dir() {
+        return Ok(());
+    }
+    fiberflow_data::atomic::remove_temp_files(out)?;
+    for entry in std::fs::read_dir(out).map_err(|e| ModelError::checkpoint(out, e))? {
+        let path = entry.map_err(|e| ModelError::checkpoint(out, e))?.path();
+        if path.to_string_lossy().ends_with(TEMP_WEIGHTS) && path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| ModelError::checkpoint(&path, e))?;
+        }
+    }
+    let tmp = with_suffix(&out.join(CHECKPOINT_DIR), ".tmp");
+    if tmp.is_dir() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::checkpoint(&tmp, e))?;
+    }
+    Ok(())
+}
+
+/// Suffix of [`save_atomic`]'s temporary weights.
+const TEMP_WEIGHTS: &str = ".tmp.bpk";
+
+/// The name of an entry of `out` that shows a run's work, so a run folder is recognised by
+/// any of its files, not by one. Writers' leftovers never count (the lock, temporary
+/// files, a half-written checkpoint); under `resume`, neither do the best weights alone: a
+/// run writes them just before its first checkpoint, so alone they are what a kill in
+/// that window leaves, and resuming there starts the run again.
+pub fn run_entry(out: &Path, resume: bool) -> Option<String> {
+    let leftover =
+        |n: &str| n.ends_with(".tmp") || n.ends_with(TEMP_WEIGHTS) || (resume && n == BEST_FILE);
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| !fiberflow_data::lock::is_lock_file(n))
+        .map(|n| n.to_string_lossy().into_owned())
+        .find(|n| !leftover(n))
+}
+
+/// Refuses a checkpoint that is not this run's: the run folder's `log.json` is written
+/// after each checkpoint, so its epochs must be the checkpoint's, or all but its last
+/// (a kill between the two writes). A checkpoint copied in from another run differs.
+fn check_same_run(out: &Path, dir: &Path, state: &serde_json::Value) -> Result<(), ModelError> {
+    let Ok(log) = read_json::<serde_json::Value>(&out.join(LOG_FILE), "") else {
+        return Ok(());
+    };
+    let epochs = |v: &serde_json::Value| v["history"].as_array().cloned().unwrap_or_default();
+    let (logged, saved) = (epochs(&log), epochs(state));
+    let same = logged.len() <= saved.len()
+        && logged.len() + 1 >= saved.len()
+        && logged.iter().zip(&saved).all(|(a, b)| a == b);
+    if same {
+        return Ok(());
+    }
+    Err(ModelError::Config(format!(
+        "{} does not belong to the run in {}: their epochs differ (a checkpoint copied from another run?); restore the run's own checkpoint, or start a new --out",
+        dir.display(),
+        out.display()
+    )))
 }
 
 /// Ends an epoch of the run in `out`: the checkpoint folder (weights written by `save`,
@@ -118,6 +199,11 @@ pub fn save_atomic<M: Module>(module: &M, path: &Path) -> Result<(), ModelError>
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
     let ext = path.extension().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!("{stem}.tmp.{ext}"));
+    // Burn writes through whatever is at the path: a link planted there goes first (its
+    // target is untouched), and a leftover of a killed run with it.
+    if tmp.symlink_metadata().is_ok() {
+        std::fs::remove_file(&tmp).map_err(|e| ModelError::checkpoint(&tmp, e))?;
+    }
     save(module, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| ModelError::checkpoint(path, e))
 }
@@ -181,5 +267,96 @@ mod tests {
             "4"
         );
         assert!(!with_suffix(&dir, ".old").exists());
+    }
+}
+
+#[cfg(test)]
+mod run_folder_tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// A run folder after `epochs` committed epochs of a run whose losses start at `first`.
+    fn run(out: &Path, epochs: usize, first: f64) {
+        for e in 1..=epochs {
+            let history: Vec<Value> = (0..e)
+                .map(|k| json!({ "loss": first + k as f64 }))
+                .collect();
+            commit_epoch(out, &json!({ "history": history }), |_| Ok(())).unwrap();
+        }
+    }
+
+    fn message(r: Result<Option<(PathBuf, Value)>, ModelError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_run_is_recognised_by_any_of_its_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        run(&out, 2, 1.0);
+        assert!(message(resume_from(&out, false)).contains("already holds a run"));
+        // The checkpoint deleted to save space: neither overwritten nor restarted.
+        std::fs::remove_dir_all(out.join(CHECKPOINT_DIR)).unwrap();
+        for resume in [false, true] {
+            let e = message(resume_from(&out, resume));
+            assert!(
+                e.contains("holds a run (`log.json`) but no checkpoint"),
+                "{e}"
+            );
+        }
+        // Best weights alone are what a kill before the first checkpoint leaves: refused
+        // without --resume, started again with it.
+        let killed = tmp.path().join("killed");
+        std::fs::create_dir_all(&killed).unwrap();
+        std::fs::write(killed.join(BEST_FILE), "weights").unwrap();
+        let e = message(resume_from(&killed, false));
+        assert!(e.contains("holds a run (`best_model.bpk`)"), "{e}");
+        assert!(resume_from::<Value>(&killed, true).unwrap().is_none());
+        // The folder's lock file alone is not a run.
+        let fresh = tmp.path().join("fresh");
+        let _lock = fiberflow_data::lock::FolderLock::acquire(&fresh, "train").unwrap();
+        assert!(resume_from::<Value>(&fresh, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_checkpoint_from_another_run_is_refused_and_leftovers_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        run(&a, 2, 1.0);
+        run(&b, 2, 5.0);
+        // A kill leaves a half-written checkpoint and a temporary file: both go.
+        std::fs::create_dir_all(out_tmp(&a)).unwrap();
+        std::fs::write(a.join(".log.json.77.tmp"), "{").unwrap();
+        std::fs::write(a.join("best_model.tmp.bpk"), "half").unwrap();
+        let (_, log) = resume_from::<Value>(&a, true).unwrap().unwrap();
+        assert_eq!(log["history"].as_array().unwrap().len(), 2);
+        for left in [
+            out_tmp(&a),
+            a.join(".log.json.77.tmp"),
+            a.join("best_model.tmp.bpk"),
+        ] {
+            assert!(!left.exists(), "{}", left.display());
+        }
+        // log.json one epoch behind its checkpoint (a kill between the writes) resumes.
+        let behind = json!({ "history": [{ "loss": 1.0 }] });
+        write_json(&a.join(LOG_FILE), &behind).unwrap();
+        assert!(resume_from::<Value>(&a, true).unwrap().is_some());
+        // b's checkpoint copied into a is not a's.
+        std::fs::remove_dir_all(a.join(CHECKPOINT_DIR)).unwrap();
+        copy_dir(&b.join(CHECKPOINT_DIR), &a.join(CHECKPOINT_DIR));
+        let e = message(resume_from(&a, true));
+        assert!(e.contains("does not belong to the run"), "{e}");
+    }
+
+    fn out_tmp(out: &Path) -> PathBuf {
+        with_suffix(&out.join(CHECKPOINT_DIR), ".tmp")
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
 }

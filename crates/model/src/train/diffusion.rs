@@ -75,6 +75,12 @@ pub struct DiffusionTrainConfig {
     pub physics: PhysicsLossConfig,
     /// Sampler of the per-epoch decoded-velocity validation (few steps: it runs every epoch).
     pub val_sampler: SamplerConfig,
+    /// Train on the first N samples of the training split only (nested subsets of one
+    /// split, for learning curves); all of it when absent.
+    pub train_samples: Option<usize>,
+    /// Validate on the first N samples of the validation split only (each epoch's
+    /// validation costs a pass over it); all of it when absent.
+    pub val_samples: Option<usize>,
     pub seed: u64,
 }
 
@@ -108,6 +114,8 @@ impl Default for DiffusionTrainConfig {
                 .with_kind(SamplerKind::DpmSolver)
                 .with_steps(10)
                 .with_spacing(TimestepSpacing::Trailing),
+            train_samples: None,
+            val_samples: None,
             seed: 0,
         }
     }
@@ -238,6 +246,10 @@ pub struct DiffusionRunLog {
     pub vae_key: String,
     pub dataset: PathBuf,
     pub dataset_manifest_sha256: String,
+    /// Voxel size (dx, dy, dz = slice pitch, m) of the training data, so a prediction at
+    /// another resolution is warned about (absent in runs written before it was recorded).
+    #[serde(default)]
+    pub dxyz: Option<[f64; 3]>,
     pub scales: LatentScales,
     pub history: Vec<DiffusionEpoch>,
     pub best_epoch: Option<usize>,
@@ -333,7 +345,7 @@ pub fn train_diffusion(
     let cz = vae.config.latent_channels;
     cfg.fit_to_latent(cz);
     cfg.validate()?;
-    let dataset = Dataset::open(dataset_dir)?;
+    let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
     let shape = dataset.manifest.header.shape;
     let f = vae.config.downsample_factor();
     cfg.unet.check_input([
@@ -410,6 +422,7 @@ pub fn train_diffusion(
         vae_key: vae.key.clone(),
         dataset: dataset.dir.clone(),
         dataset_manifest_sha256: vae.dataset_manifest_sha256.clone(),
+        dxyz: Some(dataset.manifest.header.voxel_size.as_array()),
         scales,
         history: Vec::new(),
         best_epoch: None,
