@@ -9,7 +9,7 @@
 # DATA: a finished dataset (e.g. `fiberflow generate --out DATA --samples 1000 --seed 2026`);
 # SIZES: training-set sizes, default "48 250 700"; TRAIN_DEVICE: `cpu` (default) or
 # `libtorch` (a build by scripts/setup-libtorch.sh, ~3.5× faster training on CPUs).
-# Every size gets the same number of sample passes per stage (SAMPLE_PASSES_*: about 3×
+# Every size gets the same number of sample passes per stage (SAMPLE_PASSES_*: about 6×
 # the quickstart's), so the curve compares data at equal compute; validation uses the
 # first VAL_SAMPLES of the validation split (it runs every epoch). Everything resumes:
 # rerun the same command after a kill. Evaluations run on the default CPU backend.
@@ -21,9 +21,9 @@ sizes=${3:-48 250 700}
 device=${4:-cpu}
 bin=${FIBERFLOW:-target/release/fiberflow}
 [ "$device" = cpu ] || bin=${FIBERFLOW:-target/libtorch/release/fiberflow}
-passes_vae1=${SAMPLE_PASSES_VAE1:-1600}
-passes_vae2=${SAMPLE_PASSES_VAE2:-480}
-passes_latent=${SAMPLE_PASSES_LATENT:-1920}
+passes_vae1=${SAMPLE_PASSES_VAE1:-3200}
+passes_vae2=${SAMPLE_PASSES_VAE2:-960}
+passes_latent=${SAMPLE_PASSES_LATENT:-3840}
 val=${VAL_SAMPLES:-48}
 draws=4
 mkdir -p "$out"

@@ -67,10 +67,11 @@ fn bench_all_writes_every_section() {
     assert_eq!(solver["kernels"].as_array().unwrap().len(), 2);
     assert_eq!(solver["convergence"].as_array().unwrap().len(), 2);
 
-    // Training steps: both architectures, batch 1, one timed step each.
+    // Training steps: the default, the full-resolution VAE it replaced and the reference
+    // architecture, batch 1, one timed step each.
     let vae = j["vae"].as_array().unwrap();
-    assert_eq!(vae.len(), 2);
-    for (row, arch) in vae.iter().zip(["default", "reference"]) {
+    assert_eq!(vae.len(), 3);
+    for (row, arch) in vae.iter().zip(["default", "full_resolution", "reference"]) {
         assert_eq!(row["architecture"], arch);
         assert_eq!(row["input"], serde_json::json!([1, 3, 1, 32, 32]));
         assert_eq!(row["timing"]["seconds"].as_array().unwrap().len(), 1);
@@ -81,11 +82,13 @@ fn bench_all_writes_every_section() {
         assert!(f(&row["seconds_per_sample"]) > 0.0);
         assert!(row["skipped"].is_null());
     }
-    // The reference PyTorch VAE: 35,354,768 (encoder) + 41,715,459 (decoder) parameters.
-    assert_eq!(vae[1]["parameters"], 77_070_227);
+    // The earlier default's parameter count, and the reference PyTorch VAE's:
+    // 35,354,768 (encoder) + 41,715,459 (decoder).
+    assert_eq!(vae[1]["parameters"], 179_267);
+    assert_eq!(vae[2]["parameters"], 77_070_227);
     if cfg!(target_os = "linux") {
         // The reference VAE's weights alone are 308 MB, with AdamW's moments 3× that.
-        let m = &vae[1]["memory"];
+        let m = &vae[2]["memory"];
         assert!(
             f(&m["peak_rss_mib"]) - f(&m["rss_before_mib"]) > 800.0,
             "{m}"

@@ -32,6 +32,33 @@ pub fn avg_pool_hw(x: Tensor<5>, factor: usize) -> Tensor<5> {
         .reshape([b, c, s, ho, wo])
 }
 
+/// Folds each `p`×`p` block of H and W into channels: `(B, C, S, H, W)` →
+/// `(B, C·p², S, H/p, W/p)`, channel `c·p² + i·p + j` holding pixel `(i, j)` of the block
+/// (the inverse of the sub-pixel shuffle of Shi et al., "Real-Time Single Image and Video
+/// Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR
+/// 2016). Lossless, so a network can start at a coarser grid without discarding detail.
+pub fn space_to_depth(x: Tensor<5>, p: usize) -> Tensor<5> {
+    if p == 1 {
+        return x;
+    }
+    let [b, c, s, h, w] = x.dims();
+    x.reshape([b, c, s, h / p, p, w / p, p])
+        .permute([0, 1, 4, 6, 2, 3, 5])
+        .reshape([b, c * p * p, s, h / p, w / p])
+}
+
+/// The inverse of [`space_to_depth`]: `(B, C·p², S, H, W)` → `(B, C, S, H·p, W·p)`.
+pub fn depth_to_space(x: Tensor<5>, p: usize) -> Tensor<5> {
+    if p == 1 {
+        return x;
+    }
+    let [b, cp, s, h, w] = x.dims();
+    let c = cp / (p * p);
+    x.reshape([b, c, p, p, s, h, w])
+        .permute([0, 1, 4, 5, 2, 6, 3])
+        .reshape([b, c, s, h * p, w * p])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +86,34 @@ mod tests {
             .unwrap();
         let x: Vec<f32> = x.into_data().try_into_vec().unwrap();
         assert_eq!(back, x);
+    }
+
+    #[test]
+    fn space_to_depth_moves_each_block_pixel_to_its_channel_and_back() {
+        let dev = Device::flex();
+        // One channel, one slice, 4×4 holding 0..16 row-major.
+        let x = Tensor::<5>::from_data(
+            TensorData::new(
+                (0..16).map(|v| v as f32).collect::<Vec<_>>(),
+                [1, 1, 1, 4, 4],
+            ),
+            &dev,
+        );
+        let y = space_to_depth(x.clone(), 2);
+        assert_eq!(y.dims(), [1, 4, 1, 2, 2]);
+        let v: Vec<f32> = y.clone().into_data().try_into_vec().unwrap();
+        // Channel i·2 + j holds pixel (i, j) of each block: blocks start at 0, 2, 8, 10.
+        assert_eq!(
+            v,
+            vec![
+                0., 2., 8., 10., 1., 3., 9., 11., 4., 6., 12., 14., 5., 7., 13., 15.
+            ]
+        );
+        let back: Vec<f32> = depth_to_space(y, 2).into_data().try_into_vec().unwrap();
+        let x5 = Tensor::<5>::random([2, 3, 2, 6, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let round = depth_to_space(space_to_depth(x5.clone(), 2), 2);
+        assert_eq!(back, (0..16).map(|v| v as f32).collect::<Vec<_>>());
+        assert_eq!(round.into_data(), x5.into_data());
     }
 
     #[test]

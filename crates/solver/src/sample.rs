@@ -64,6 +64,21 @@ pub struct FlowReport {
 }
 
 impl FlowReport {
+    /// What a user must hear about slices blocked on their own, if there are any.
+    pub fn blocked_warning(&self) -> Option<String> {
+        let through_z = if self.k_3d_m2.is_some() {
+            "; the 3D flow crosses them through z"
+        } else {
+            ""
+        };
+        (!self.blocked_slices.is_empty()).then(|| {
+            format!(
+                "slices {:?} do not connect along x on their own: their 2D flow is zero{through_z}",
+                self.blocked_slices
+            )
+        })
+    }
+
     /// True when every solve met its stopping rule.
     pub fn converged(&self) -> bool {
         self.solve_2d.iter().all(|s| s.converged)
@@ -410,13 +425,17 @@ mod tests {
         let voxel = VoxelSize::from_um(0.5, 0.5);
         let out = solve_sample(mask.view(), Some(mask.view()), voxel, &cfg(), None).unwrap();
         assert_eq!(out.report.blocked_slices, (0..n).collect::<Vec<_>>());
+        let warning = out.report.blocked_warning().unwrap();
+        assert!(warning.ends_with("their 2D flow is zero; the 3D flow crosses them through z"));
         assert!(out.u2d.iter().all(|&v| v == 0.0));
         assert!(out.report.k_2d_m2.iter().all(|&k| k == 0.0));
         let k = out.report.k_3d_m2.unwrap();
         let exact = 32.0 * 32.0 / 96.0 * dx * dx;
-        assert!((k / exact - 1.0).abs() < 0.05, "K {k:e} vs {exact:e}");
+        // Measured: K 0.04 % below, vz/vx = 1 + 4e-6 (the 45° staircase walls of the
+        // bounce-back lattice cost almost nothing at this width).
+        assert!((k / exact - 1.0).abs() < 0.01, "K {k:e} vs {exact:e}");
         let [vx, vy, vz] = out.report.mean_velocity_3d_m_s.unwrap();
-        assert!((vz / vx - 1.0).abs() < 0.02, "vz/vx {}", vz / vx);
+        assert!((vz / vx - 1.0).abs() < 1e-3, "vz/vx {}", vz / vx);
         assert!(vy.abs() < 1e-6 * vx, "vy {vy}");
         assert!(out.report.converged());
     }

@@ -321,6 +321,9 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
             eprintln!("solving the 2D flow of {s} slices…");
             let solved = solve_sample(slices.view(), None, voxel, &flow, None)
                 .with_context(|| path.display().to_string())?;
+            if let Some(w) = solved.report.blocked_warning() {
+                eprintln!("warning: {w}");
+            }
             (solved.u2d, Some(solved.p2d))
         }
     };

@@ -166,6 +166,9 @@ pub fn run(a: SolveArgs) -> Result<()> {
     }
     .with_context(|| a.microstructure.display().to_string())?;
     bar.finish_and_clear();
+    if let Some(w) = sample.report.blocked_warning() {
+        eprintln!("warning: {w}");
+    }
 
     if mode != Mode::ThreeD {
         output::npy(&a.out.join("U_2d.npy"), &sample.u2d)?;

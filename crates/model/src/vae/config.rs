@@ -24,6 +24,14 @@ pub struct VaeConfig {
     /// latent is downsampled by f = 2^(levels − 1).
     #[config(default = "vec![8, 16, 32]")]
     pub channels: Vec<usize>,
+    /// Patch embedding: the encoder folds each `patch`×`patch` block of H and W (field and
+    /// microstructure) into channels before its first convolution, and the decoder unfolds
+    /// its last convolution's output the same way, so no convolution runs at full
+    /// resolution (see [`crate::ops::space_to_depth`]); the geometry reaches each decoder
+    /// level folded the same way, so the finest level still sees every pixel of it. 1 (the
+    /// value runs written before the field existed read) has a full-resolution level.
+    #[config(default = 1)]
+    pub patch: usize,
     /// Residual blocks per level.
     #[config(default = 1)]
     pub blocks_per_level: usize,
@@ -52,9 +60,9 @@ impl VaeConfig {
             .with_geometry_channels(0)
     }
 
-    /// Downsampling factor f of H and W.
+    /// Downsampling factor f of H and W: the patch times 2 per level after the first.
     pub fn downsample_factor(&self) -> usize {
-        1 << self.channels.len().saturating_sub(1)
+        self.patch << self.channels.len().saturating_sub(1)
     }
 
     /// Shape of the latent of an input `[B, C, S, H, W]`: `[B, Cz, S, H/f, W/f]`.
@@ -86,6 +94,9 @@ impl VaeConfig {
         }
         if self.blocks_per_level == 0 {
             return bad("blocks_per_level must be ≥ 1".into());
+        }
+        if !(1..=8).contains(&self.patch) {
+            return bad(format!("patch = {} must lie in 1..=8", self.patch));
         }
         let features = fiberflow_data::features::GEOMETRY_CHANNELS;
         if ![0, features].contains(&self.geometry_channels) {
@@ -158,6 +169,10 @@ mod tests {
             "{e}"
         );
         assert!(VaeConfig::new().check_input(64, 32).is_ok());
+        assert!(VaeConfig::new().with_patch(0).validate().is_err());
+        let patched = VaeConfig::new().with_patch(2).with_channels(vec![16, 32]);
+        assert_eq!(patched.downsample_factor(), 4);
+        assert_eq!(patched.latent_shape([1, 3, 11, 64, 64]), [1, 8, 11, 16, 16]);
     }
 
     #[test]

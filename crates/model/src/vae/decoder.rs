@@ -2,7 +2,7 @@
 
 use super::blocks::{ResBlock, conv3, upsample, with_geometry};
 use super::config::VaeConfig;
-use crate::ops::avg_pool_hw;
+use crate::ops::{avg_pool_hw, depth_to_space, space_to_depth};
 use crate::precision::like;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig};
@@ -26,6 +26,7 @@ pub struct Decoder {
     norm_out: GroupNorm,
     conv_out: Conv3d,
     geometry_channels: usize,
+    patch: usize,
 }
 
 impl Decoder {
@@ -36,7 +37,8 @@ impl Decoder {
             .enumerate()
             .map(|(i, &c)| DecoderLevel {
                 inject: (cfg.geometry_channels > 0).then(|| {
-                    Conv3dConfig::new([c + cfg.geometry_channels, c], [1, 1, 1]).init(device)
+                    let g = cfg.geometry_channels * cfg.patch * cfg.patch;
+                    Conv3dConfig::new([c + g, c], [1, 1, 1]).init(device)
                 }),
                 blocks: (0..cfg.blocks_per_level)
                     .map(|_| ResBlock::new(c, c, cfg.groups, device))
@@ -49,8 +51,9 @@ impl Decoder {
             conv_in: conv3(cfg.latent_channels, rev[0], device),
             levels,
             norm_out: GroupNormConfig::new(cfg.groups, first).init(device),
-            conv_out: conv3(first, cfg.in_channels, device),
+            conv_out: conv3(first, cfg.in_channels * cfg.patch * cfg.patch, device),
             geometry_channels: cfg.geometry_channels,
+            patch: cfg.patch,
         }
     }
 
@@ -64,10 +67,15 @@ impl Decoder {
         let geometry = geometry.map(|g| like(g, weights));
         let mut h = self.conv_in.forward(like(z, weights));
         let levels = self.levels.len();
+        let p = self.patch;
         for (i, level) in self.levels.iter().enumerate() {
+            // Averaged to p× the level's resolution, then folded to it: the finest level
+            // sees every pixel of the microstructure.
             let factor = 1 << (levels - 1 - i);
-            let g = geometry.clone().map(|g| avg_pool_hw(g, factor));
-            h = with_geometry(h, g, self.geometry_channels);
+            let g = geometry
+                .clone()
+                .map(|g| space_to_depth(avg_pool_hw(g, factor), p));
+            h = with_geometry(h, g, self.geometry_channels * p * p);
             if let Some(conv) = &level.inject {
                 h = conv.forward(h);
             }
@@ -78,9 +86,8 @@ impl Decoder {
                 h = upsample(conv, h);
             }
         }
-        self.conv_out
-            .forward(silu(self.norm_out.forward(h)))
-            .cast(dtype)
+        let out = self.conv_out.forward(silu(self.norm_out.forward(h)));
+        depth_to_space(out, p).cast(dtype)
     }
 }
 
@@ -109,6 +116,34 @@ mod tests {
         // The posterior starts narrow (logvar_init = −6).
         let mean = lv.iter().sum::<f32>() / lv.len() as f32;
         assert!((mean + 6.0).abs() < 1.5, "{mean}");
+    }
+
+    #[test]
+    fn a_patched_vae_keeps_the_shapes_and_sees_every_geometry_pixel() {
+        let dev = Device::flex();
+        dev.seed(4);
+        let cfg = VaeConfig::new().with_patch(2).with_channels(vec![8, 16]);
+        let vae = cfg.init(&dev).unwrap();
+        let x = Tensor::<5>::random([2, 3, 5, 16, 24], Distribution::Normal(0.0, 1.0), &dev);
+        let g = Tensor::<5>::random([2, 2, 5, 16, 24], Distribution::Uniform(0.0, 1.0), &dev);
+        let shape = cfg.latent_shape(x.dims());
+        assert_eq!(shape, [2, 8, 5, 4, 6]);
+        let out = vae.forward(x, Some(g.clone()), None);
+        assert_eq!(out.mu.dims(), shape);
+        assert_eq!(out.reconstruction.dims(), [2, 3, 5, 16, 24]);
+        // One geometry pixel changed (its 2×2 block mean kept by a swap with its
+        // neighbour) still changes the decoded field: the finest level sees it unfolded.
+        let z = Tensor::<5>::random([1, 8, 5, 4, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let g1 = g.clone().narrow(0, 0, 1);
+        let a = g1.clone().slice([0..1, 0..2, 0..5, 0..1, 0..1]);
+        let b = g1.clone().slice([0..1, 0..2, 0..5, 0..1, 1..2]);
+        let swapped = g1
+            .clone()
+            .slice_assign([0..1, 0..2, 0..5, 0..1, 0..1], b)
+            .slice_assign([0..1, 0..2, 0..5, 0..1, 1..2], a);
+        let d1 = vae.decoder.forward(z.clone(), Some(g1));
+        let d2 = vae.decoder.forward(z, Some(swapped));
+        assert!((d1 - d2).abs().max().into_scalar::<f32>() > 1e-6);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::blocks::{ResBlock, conv3, down_conv, downsample, with_geometry};
 use super::config::VaeConfig;
+use crate::ops::space_to_depth;
 use crate::precision::like;
 use burn::module::Param;
 use burn::nn::conv::Conv3d;
@@ -35,6 +36,7 @@ pub struct Encoder {
     conv_out: Conv3d,
     latent_channels: usize,
     geometry_channels: usize,
+    patch: usize,
     logvar_clamp: f64,
 }
 
@@ -56,7 +58,11 @@ impl Encoder {
             .collect();
         let last = *ch.last().expect("validated: channels non-empty");
         Self {
-            conv_in: conv3(cfg.in_channels + cfg.geometry_channels, ch[0], device),
+            conv_in: conv3(
+                (cfg.in_channels + cfg.geometry_channels) * cfg.patch * cfg.patch,
+                ch[0],
+                device,
+            ),
             levels,
             norm_out: GroupNormConfig::new(cfg.groups, last).init(device),
             conv_out: with_logvar_bias(
@@ -67,6 +73,7 @@ impl Encoder {
             ),
             latent_channels: cfg.latent_channels,
             geometry_channels: cfg.geometry_channels,
+            patch: cfg.patch,
             logvar_clamp: cfg.logvar_clamp,
         }
     }
@@ -80,9 +87,8 @@ impl Encoder {
         let dtype = x.dtype();
         let weights = &self.conv_in.weight;
         let (x, geometry) = (like(x, weights), geometry.map(|g| like(g, weights)));
-        let mut h = self
-            .conv_in
-            .forward(with_geometry(x, geometry, self.geometry_channels));
+        let x = with_geometry(x, geometry, self.geometry_channels);
+        let mut h = self.conv_in.forward(space_to_depth(x, self.patch));
         for level in &self.levels {
             for block in &level.blocks {
                 h = block.forward(h);
