@@ -93,6 +93,28 @@ impl GeneratorConfig {
             .map_err(|e| GenerateError::Config(e.to_string()))
     }
 
+    /// Refuses, before any sample is drawn, a grid too coarse to pack the range's lowest
+    /// Vf: fibres stay `min_gap_px` pixels apart, and the packer reaches about
+    /// [`PACKER_REACH`] of the hexagonal limit π/(2√3)·(r/(r + gap/2))² (measured: with the
+    /// defaults, 20 px packs Vf 0.40 and 16 px jams at it). Redraws lower Vf towards the
+    /// range's low end, so only that end must fit.
+    pub fn check_grid(&self, grid: &SliceGrid) -> Result<(), GenerateError> {
+        let pixel_um = self.packing.window_um / grid.size as f64;
+        let (r, gap) = (
+            self.packing.radius_mean_um,
+            self.packing.min_gap_px * pixel_um,
+        );
+        let hexagonal = std::f64::consts::PI / (2.0 * 3f64.sqrt()) * (r / (r + gap / 2.0)).powi(2);
+        let reach = PACKER_REACH * hexagonal;
+        if self.vf[0] > reach {
+            return Err(GenerateError::Config(format!(
+                "--size {} gives {pixel_um:.2} µm pixels, so fibres of {r} µm radius kept {} px apart pack to Vf ≈ {reach:.2} at most, below the lowest Vf asked for ({}); use a larger --size or a lower vf range",
+                grid.size, self.packing.min_gap_px, self.vf[0]
+            )));
+        }
+        Ok(())
+    }
+
     /// The manifest header of a dataset made with this config on `grid`.
     pub fn header(&self, grid: &SliceGrid, base_seed: u64) -> DatasetHeader {
         DatasetHeader {
@@ -112,6 +134,10 @@ impl GeneratorConfig {
         }
     }
 }
+
+/// Fraction of the hexagonal packing limit the packer reaches (with its gap), measured on
+/// the default fibres: a random packing jams well below the crystal.
+pub const PACKER_REACH: f64 = 0.82;
 
 /// Version of the sampling rules, recorded in the header so that a dataset is never
 /// resumed or merged across rules that draw different samples for one (seed, index):
@@ -294,6 +320,25 @@ mod tests {
         let vf = record.extra["packing"]["vf"].as_f64().unwrap();
         assert!(attempts > 1, "the first draw packed: {vf}");
         assert!(vf < first_vf(index) && vf >= 0.3, "{vf}");
+    }
+
+    #[test]
+    fn grids_too_coarse_for_the_lowest_vf_are_refused_up_front() {
+        let cfg = GeneratorConfig::default();
+        let grid = |size| SliceGrid {
+            size,
+            slices: 11,
+            pitch_um: 5.0,
+        };
+        // 16 px: 3.125 µm gaps, π/(2√3)·(3.5/5.0625)² · 0.82 = 0.355 < 0.40.
+        let e = cfg.check_grid(&grid(16)).unwrap_err().to_string();
+        assert!(
+            e.contains("--size 16 gives 3.12 µm pixels") && e.contains("Vf ≈ 0.36"),
+            "{e}"
+        );
+        for size in [20, 32, 64, 256] {
+            cfg.check_grid(&grid(size)).unwrap();
+        }
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         slices: a.slices,
         pitch_um: a.pitch_um,
     };
+    cfg.check_grid(&grid)?;
     let workers = rayon::current_num_threads().min(a.samples) as u128;
     budget::check(
         format!(
