@@ -303,6 +303,16 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         "{}",
         r.stderr
     );
+    // A 2D flow whose values overflow the networks ends in an error, and nothing is written.
+    let absurd = tmp.path().join("absurd.npy");
+    Array4::<f32>::from_elem((3, 3, 16, 16), 1e30)
+        .write_npy(fs::File::create(&absurd).unwrap())
+        .unwrap();
+    let argv = elsewhere(user_predict(&absurd, Some(&solved.join("p_2d.npy"))));
+    let inf_out = tmp.path().join("warned");
+    let _ = fs::remove_dir_all(&inf_out);
+    fails(argv, &["non-finite", "nothing was written"]);
+    assert!(!inf_out.join("U_pred.npy").exists());
     // A VAE run where a diffusion run belongs is named as such.
     fails(
         [

@@ -157,14 +157,20 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     let stacked = ndarray::stack(Axis(0), &views)?;
     let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
     let std = stacked.std_axis(Axis(0), 0.0);
-    if let Some(bad) = mean.iter().chain(&std).find(|v| !v.is_finite()) {
+    // |U| too: a field near f32's limit is finite while its magnitude is not.
+    let speed = magnitude(mean.view())?;
+    if let Some(bad) = mean
+        .iter()
+        .chain(&std)
+        .chain(&speed)
+        .find(|v| !v.is_finite())
+    {
         bail!(
             "the prediction holds a non-finite value ({bad}); nothing was written (check the inputs' scale against the model's training data)"
         );
     }
     output::npy(&a.out.join("U_pred.npy"), &mean)?;
     output::npy(&a.out.join("U_std.npy"), &std)?;
-    let speed = magnitude(mean.view())?;
     let error = truth.as_ref().map(|u| &mean - u);
     let mut volume = VtiVolume::new(voxel, sample.domain.view())?
         .with_vector("U_pred", mean.view())?
