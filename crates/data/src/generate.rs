@@ -214,8 +214,9 @@ pub fn generate_sample(
                 Err(error) => return Err(GenerateError::Geometry { index, error }),
             };
         let (slices, planes) = ms.sample_masks(grid);
-        // The solver accepts slices blocked on their own (zero 2D flow); the datasets keep
-        // drawing samples whose every slice carries a 2D flow, as they always have.
+        // The solver accepts slices blocked on their own (zero 2D flow); datasets redraw
+        // such samples while attempts remain, as they always have, and keep the last one
+        // (its volume connects) with `solve.blocked_slices` in the record.
         let blocked = slices
             .axis_iter(ndarray::Axis(0))
             .any(|slice| !percolates_x(slice.insert_axis(ndarray::Axis(0))));

@@ -47,7 +47,9 @@ pub struct GenerateArgs {
     split_mode: SplitMode,
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
+/// The generator config and grid of `a`, every argument and resource checked before any
+/// sample is drawn.
+fn checked_inputs(a: &GenerateArgs) -> Result<(GeneratorConfig, SliceGrid)> {
     let cfg: GeneratorConfig = config_file::load_or_default(a.config.as_deref())?;
     cfg.validate().with_context(|| match &a.config {
         Some(path) => format!("{}: invalid generator config", path.display()),
@@ -89,6 +91,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             a.samples
         );
     }
+    Ok((cfg, grid))
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let (cfg, grid) = checked_inputs(&a)?;
     let shard = a.shard.unwrap_or(Shard::ALL);
     let _lock = crate::output::lock(&a.out, "generate")?;
     let writer = DatasetWriter::create_or_resume(&a.out, cfg.header(&grid, a.seed))

@@ -157,12 +157,14 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     let stacked = ndarray::stack(Axis(0), &views)?;
     let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
     let std = stacked.std_axis(Axis(0), 0.0);
-    // |U| too: a field near f32's limit is finite while its magnitude is not.
+    // |U| and the error too: a field near f32's limit is finite while they are not.
     let speed = magnitude(mean.view())?;
+    let error = truth.as_ref().map(|u| &mean - u);
+    let derived = speed.iter().chain(error.iter().flatten());
     if let Some(bad) = mean
         .iter()
         .chain(&std)
-        .chain(&speed)
+        .chain(derived)
         .find(|v| !v.is_finite())
     {
         bail!(
@@ -171,7 +173,6 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     }
     output::npy(&a.out.join("U_pred.npy"), &mean)?;
     output::npy(&a.out.join("U_std.npy"), &std)?;
-    let error = truth.as_ref().map(|u| &mean - u);
     let mut volume = VtiVolume::new(voxel, sample.domain.view())?
         .with_vector("U_pred", mean.view())?
         .with_scalar("|U_pred|", speed.view())?
@@ -328,7 +329,9 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
             let solved = solve_sample(slices.view(), None, voxel, &flow, None)
                 .with_context(|| path.display().to_string())?;
             if let Some(w) = solved.report.blocked_warning() {
-                eprintln!("warning: {w}");
+                eprintln!(
+                    "warning: {w}; the networks were trained on slices that all carry a 2D flow, so expect larger errors"
+                );
             }
             (solved.u2d, Some(solved.p2d))
         }

@@ -67,7 +67,7 @@ struct RunArgs {
     /// Overrides the config's epoch count.
     #[arg(long)]
     epochs: Option<usize>,
-    /// Overrides any config field: `--set lr=3e-4 --set vae.channels=[32,64,128]`.
+    /// Overrides any config field: `--set lr=3e-4 --set vae.channels=[64]`.
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     sets: Vec<String>,
     /// Continue the run in --out from its last checkpoint.

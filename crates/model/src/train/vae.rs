@@ -133,9 +133,9 @@ impl Default for VaeTrainConfig {
         Self {
             // 4×4 patch embedding into the latent grid instead of three levels from full
             // resolution: no convolution runs on the full grid, where a step spent most of
-            // its time; a third of the time per step at lower validation errors on every
+            // its time; a quarter of the time per step at lower validation errors on every
             // component (BENCHMARKS.md, "Cheaper VAE training").
-            vae: VaeConfig::new().with_patch(4).with_channels(vec![32]),
+            vae: VaeConfig::new().with_patch(Some(4)).with_channels(vec![32]),
             epochs: 30,
             batch_size: 2,
             accumulation: 1,
@@ -165,40 +165,43 @@ impl Default for VaeTrainConfig {
     }
 }
 
-/// Refuses, before anything is loaded, a run whose batch activations (kept for the
-/// backward pass: ≈ 512 bytes per voxel per first-level channel, measured 207 MiB for the
-/// default at batch 2 and 4.8 GiB for the reference widths on 64×64×11) and preloaded
-/// samples exceed the memory budget.
+/// Peak bytes of a training run on `(S, H, W)` samples with `preloaded` samples held in
+/// memory: the batch's activations kept for the backward pass, ≈ 512 bytes per voxel of the
+/// first level per channel (measured 4.8 GiB for the reference widths, 220 MiB for the
+/// full-resolution 8/16/32 design and 90 MiB for the patch-4 default, at batch 2 on
+/// 64×64×11), that level having H·W/patch² pixels, plus 64 bytes per full-resolution voxel
+/// for the fields and their gradients; preloaded samples hold 9 f32 per voxel (domain,
+/// U_2d, U, p and p_2d). `None` on overflow.
+fn memory_bytes(cfg: &VaeTrainConfig, voxels: [usize; 3], preloaded: usize) -> Option<u128> {
+    use fiberflow_data::budget::array_bytes;
+    let p = cfg.vae.patch();
+    let per_voxel = (512 * cfg.vae.channels[0]).div_ceil(p * p) + 64;
+    let activations = array_bytes(&[&[cfg.batch_size][..], &voxels].concat(), per_voxel)?;
+    activations.checked_add(array_bytes(&[&[preloaded][..], &voxels].concat(), 36)?)
+}
+
+/// Refuses, before anything is loaded, a run whose [`memory_bytes`] exceed the budget.
 fn check_memory(cfg: &VaeTrainConfig, dataset: &Dataset) -> Result<(), ModelError> {
-    use fiberflow_data::budget;
     let shape = dataset.manifest.header.shape;
-    let voxels = [shape.slices, shape.height, shape.width];
-    let per_voxel = 512 * cfg.vae.channels[0];
-    let activations = budget::array_bytes(&[&[cfg.batch_size][..], &voxels].concat(), per_voxel);
-    let samples = if cfg.preload {
-        let n =
-            dataset.indices(Some(Subset::Train)).len() + dataset.indices(Some(Subset::Val)).len();
-        // domain, U_2d, U, p and p_2d as f32: 9 values per voxel.
-        budget::array_bytes(&[&[n][..], &voxels].concat(), 36)
+    let preloaded = if cfg.preload {
+        dataset.indices(Some(Subset::Train)).len() + dataset.indices(Some(Subset::Val)).len()
     } else {
-        Some(0)
+        0
     };
-    budget::check(
-        format!(
-            "training on batches of {} samples of {}×{}×{}{}",
-            cfg.batch_size,
-            shape.slices,
-            shape.height,
-            shape.width,
-            if cfg.preload {
-                " with every sample preloaded"
-            } else {
-                ""
-            }
-        ),
-        activations.zip(samples).and_then(|(a, s)| a.checked_add(s)),
-    )
-    .map_err(|e| ModelError::Config(e.to_string()))
+    let what = format!(
+        "training on batches of {} samples of {}×{}×{}{}",
+        cfg.batch_size,
+        shape.slices,
+        shape.height,
+        shape.width,
+        if cfg.preload {
+            " with every sample preloaded"
+        } else {
+            ""
+        }
+    );
+    let need = memory_bytes(cfg, [shape.slices, shape.height, shape.width], preloaded);
+    fiberflow_data::budget::check(what, need).map_err(|e| ModelError::Config(e.to_string()))
 }
 
 impl VaeTrainConfig {
@@ -870,5 +873,32 @@ impl Frozen {
             .map(|k| Tensor::from_data(self.mu3d[k].clone(), target))
             .collect();
         Ok(Tensor::cat(parts, 0))
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_fits_the_reference_resolution_and_the_reference_widths_do_not() {
+        let default = VaeTrainConfig::default();
+        let reference = VaeTrainConfig {
+            vae: VaeConfig::reference(),
+            ..Default::default()
+        };
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        let big = [11, 256, 256];
+        // Patch 4, width 32: (512·32/16 + 64) bytes × 2 × 11·256² = 1.46 GiB.
+        let need = gib(memory_bytes(&default, big, 0).unwrap());
+        assert!((need - 1.461).abs() < 0.01, "{need}");
+        // The reference widths at full resolution: 88 GiB, far over any laptop.
+        assert!(gib(memory_bytes(&reference, big, 0).unwrap()) > 80.0);
+        // 100 preloaded samples add 9 f32 per voxel each.
+        let more =
+            memory_bytes(&default, big, 100).unwrap() - memory_bytes(&default, big, 0).unwrap();
+        assert_eq!(more, 100 * 11 * 256 * 256 * 36);
+        let huge = [usize::MAX, usize::MAX, 2];
+        assert_eq!(memory_bytes(&default, huge, 0), None);
     }
 }

@@ -21,17 +21,19 @@ pub struct VaeConfig {
     #[config(default = 8)]
     pub latent_channels: usize,
     /// Channels per resolution level; each level after the first halves H and W, so the
-    /// latent is downsampled by f = 2^(levels − 1).
+    /// latent is downsampled by f = patch · 2^(levels − 1).
     #[config(default = "vec![8, 16, 32]")]
     pub channels: Vec<usize>,
     /// Patch embedding: the encoder folds each `patch`×`patch` block of H and W (field and
     /// microstructure) into channels before its first convolution, and the decoder unfolds
     /// its last convolution's output the same way, so no convolution runs at full
     /// resolution (see [`crate::ops::space_to_depth`]); the geometry reaches each decoder
-    /// level folded the same way, so the finest level still sees every pixel of it. 1 (the
-    /// value runs written before the field existed read) has a full-resolution level.
-    #[config(default = 1)]
-    pub patch: usize,
+    /// level folded the same way, so the finest level still sees every pixel of it. Read
+    /// through [`VaeConfig::patch`]: absent (`None`, as in runs written before the field
+    /// existed, since Burn's config derive gives missing fields no default) means 1, a
+    /// full-resolution first level.
+    #[config(default = "None")]
+    pub patch: Option<usize>,
     /// Residual blocks per level.
     #[config(default = 1)]
     pub blocks_per_level: usize,
@@ -60,9 +62,14 @@ impl VaeConfig {
             .with_geometry_channels(0)
     }
 
+    /// The patch size (1 when unset).
+    pub fn patch(&self) -> usize {
+        self.patch.unwrap_or(1)
+    }
+
     /// Downsampling factor f of H and W: the patch times 2 per level after the first.
     pub fn downsample_factor(&self) -> usize {
-        self.patch << self.channels.len().saturating_sub(1)
+        self.patch() << self.channels.len().saturating_sub(1)
     }
 
     /// Shape of the latent of an input `[B, C, S, H, W]`: `[B, Cz, S, H/f, W/f]`.
@@ -95,8 +102,8 @@ impl VaeConfig {
         if self.blocks_per_level == 0 {
             return bad("blocks_per_level must be ≥ 1".into());
         }
-        if !(1..=8).contains(&self.patch) {
-            return bad(format!("patch = {} must lie in 1..=8", self.patch));
+        if !(1..=8).contains(&self.patch()) {
+            return bad(format!("patch = {} must lie in 1..=8", self.patch()));
         }
         let features = fiberflow_data::features::GEOMETRY_CHANNELS;
         if ![0, features].contains(&self.geometry_channels) {
@@ -122,7 +129,8 @@ impl VaeConfig {
         let f = self.downsample_factor();
         if !height.is_multiple_of(f) || !width.is_multiple_of(f) {
             return Err(ModelError::Input(format!(
-                "H × W = {height} × {width} is not divisible by the downsampling factor {f} of channels = {:?}",
+                "H × W = {height} × {width} is not divisible by the downsampling factor {f} of patch = {} and channels = {:?}",
+                self.patch(),
                 self.channels
             )));
         }
@@ -169,10 +177,24 @@ mod tests {
             "{e}"
         );
         assert!(VaeConfig::new().check_input(64, 32).is_ok());
-        assert!(VaeConfig::new().with_patch(0).validate().is_err());
-        let patched = VaeConfig::new().with_patch(2).with_channels(vec![16, 32]);
+        assert!(VaeConfig::new().with_patch(Some(0)).validate().is_err());
+        let patched = VaeConfig::new()
+            .with_patch(Some(2))
+            .with_channels(vec![16, 32]);
         assert_eq!(patched.downsample_factor(), 4);
         assert_eq!(patched.latent_shape([1, 3, 11, 64, 64]), [1, 8, 11, 16, 16]);
+    }
+
+    #[test]
+    fn a_config_written_before_the_patch_field_reads_as_patch_1() {
+        let mut old =
+            serde_json::to_value(VaeConfig::new().with_channels(vec![8, 16, 32])).unwrap();
+        old.as_object_mut().unwrap().remove("patch");
+        let cfg: VaeConfig = serde_json::from_value(old).unwrap();
+        assert_eq!((cfg.patch(), cfg.downsample_factor()), (1, 4));
+        let new = VaeConfig::new().with_patch(Some(4)).with_channels(vec![32]);
+        let back: VaeConfig = serde_json::from_value(serde_json::to_value(&new).unwrap()).unwrap();
+        assert_eq!((back.patch(), back.downsample_factor()), (4, 4));
     }
 
     #[test]

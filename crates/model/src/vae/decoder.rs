@@ -37,7 +37,7 @@ impl Decoder {
             .enumerate()
             .map(|(i, &c)| DecoderLevel {
                 inject: (cfg.geometry_channels > 0).then(|| {
-                    let g = cfg.geometry_channels * cfg.patch * cfg.patch;
+                    let g = cfg.geometry_channels * cfg.patch() * cfg.patch();
                     Conv3dConfig::new([c + g, c], [1, 1, 1]).init(device)
                 }),
                 blocks: (0..cfg.blocks_per_level)
@@ -51,9 +51,9 @@ impl Decoder {
             conv_in: conv3(cfg.latent_channels, rev[0], device),
             levels,
             norm_out: GroupNormConfig::new(cfg.groups, first).init(device),
-            conv_out: conv3(first, cfg.in_channels * cfg.patch * cfg.patch, device),
+            conv_out: conv3(first, cfg.in_channels * cfg.patch() * cfg.patch(), device),
             geometry_channels: cfg.geometry_channels,
-            patch: cfg.patch,
+            patch: cfg.patch(),
         }
     }
 
@@ -122,7 +122,9 @@ mod tests {
     fn a_patched_vae_keeps_the_shapes_and_sees_every_geometry_pixel() {
         let dev = Device::flex();
         dev.seed(4);
-        let cfg = VaeConfig::new().with_patch(2).with_channels(vec![8, 16]);
+        let cfg = VaeConfig::new()
+            .with_patch(Some(2))
+            .with_channels(vec![8, 16]);
         let vae = cfg.init(&dev).unwrap();
         let x = Tensor::<5>::random([2, 3, 5, 16, 24], Distribution::Normal(0.0, 1.0), &dev);
         let g = Tensor::<5>::random([2, 2, 5, 16, 24], Distribution::Uniform(0.0, 1.0), &dev);

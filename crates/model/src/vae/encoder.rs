@@ -59,7 +59,7 @@ impl Encoder {
         let last = *ch.last().expect("validated: channels non-empty");
         Self {
             conv_in: conv3(
-                (cfg.in_channels + cfg.geometry_channels) * cfg.patch * cfg.patch,
+                (cfg.in_channels + cfg.geometry_channels) * cfg.patch() * cfg.patch(),
                 ch[0],
                 device,
             ),
@@ -73,7 +73,7 @@ impl Encoder {
             ),
             latent_channels: cfg.latent_channels,
             geometry_channels: cfg.geometry_channels,
-            patch: cfg.patch,
+            patch: cfg.patch(),
             logvar_clamp: cfg.logvar_clamp,
         }
     }

@@ -49,8 +49,8 @@ pub struct BenchArgs {
     /// with the reference architectures at --size.
     #[arg(long)]
     reference: bool,
-    /// Measure the networks at the default architectures only (the reference ones take
-    /// minutes per training step on a CPU).
+    /// Leave out the reference architectures (they take minutes per training step on a
+    /// CPU); `bench vae` still measures the full-resolution VAE the default replaced.
     #[arg(long, conflicts_with = "reference")]
     default_only: bool,
     /// Timed repetitions of every network measurement (training steps, predictions).
@@ -127,7 +127,8 @@ impl BenchArgs {
             );
         }
         if self.target != Target::Solver {
-            // The default VAE halves H twice, the default denoiser its latent twice.
+            // The default VAE divides H by its downsampling factor (a 4×4 patch), the
+            // default denoiser its latent by its own.
             let f = VaeTrainConfig::default().vae.downsample_factor()
                 * DiffusionTrainConfig::default().unet.downsample_factor();
             if !self.size.is_multiple_of(f) {

@@ -105,7 +105,7 @@ fn row(
     let (measured, skipped) = match result {
         Ok(m) => {
             println!(
-                "{what:9} {device:9} {architecture:9?} {:>12} batch {batch}: {:8.3} s/sample (step median {:.3} s, min {:.3} s), {} parameters{}",
+                "{what:9} {device:9} {architecture:14?} {:>12} batch {batch}: {:8.3} s/sample (step median {:.3} s, min {:.3} s), {} parameters{}",
                 format!("{}x{}x{}", sample[0], sample[1], sample[2]),
                 m.seconds_per_sample,
                 m.timing.median_s,
@@ -116,7 +116,7 @@ fn row(
             (Some(m), None)
         }
         Err(ModelError::Input(why)) if architecture == Architecture::Reference => {
-            println!("{what:9} {device:9} {architecture:9?} {sample:?}: skipped, {why}");
+            println!("{what:9} {device:9} {architecture:14?} {sample:?}: skipped, {why}");
             (None, Some(why))
         }
         Err(e) => return Err(e.into()),
