@@ -31,15 +31,11 @@ mkdir -p "$out"
 # Epochs giving at least `passes` sample passes over `n` samples.
 epochs() { echo $(( ($1 + $2 - 1) / $2 )); }
 
-# `evaluate` once per output file.
-score() {
-    local json=$1
-    shift
-    [ -s "$json" ] || "$bin" evaluate --dataset "$data" --json "$json" "$@"
-}
+# shellcheck source=scripts/score.sh
+source "$(dirname "$0")/score.sh"
 
-score "$out/copy2d.json" --baseline copy2d
-score "$out/solve3d.json" --baseline solve3d
+score "$out/copy2d.json" "$data" --baseline copy2d
+score "$out/solve3d.json" "$data" --baseline solve3d
 
 for n in $sizes; do
     d="$out/n$n"
@@ -57,9 +53,9 @@ for n in $sizes; do
         --epochs "$e3" "${limit[@]}"
     "$bin" train diffusion --dataset "$data" --vae "$d/vae2" --out "$d/direct" \
         --epochs "$e3" --set predictor=direct --set unet.time_conditioned=false "${limit[@]}"
-    score "$d/model.json" --model "$d/diffusion" --samples "$draws"
-    score "$d/direct.json" --model "$d/direct"
-    score "$d/vae_only.json" --model "$d/diffusion" --sanity-mode
+    score "$d/model.json" "$data" --model "$d/diffusion" --samples "$draws"
+    score "$d/direct.json" "$data" --model "$d/direct"
+    score "$d/vae_only.json" "$data" --model "$d/diffusion" --sanity-mode
 done
 
 # One table: relative L2 error over the fluid (test split) and training wall time.

@@ -3,6 +3,7 @@
 mod cmd;
 mod config_file;
 mod gridsearch;
+mod models;
 mod output;
 mod progress;
 mod remote;
@@ -49,6 +50,8 @@ enum Command {
     /// Predict the 3D flow of one microstructure (dataset sample or image stack), with
     /// uncertainty, as .npy, ParaView .vti, PNG and JSON.
     Predict(Box<cmd::predict::PredictArgs>),
+    /// Model bundles: export a trained run as one file, print a bundle's card.
+    Model(cmd::model::ModelArgs),
     /// Use a trained dual VAE: cache its latents, or draw what it reconstructs.
     Vae(cmd::vae::VaeArgs),
     /// Measure what the solver and the networks cost (throughput, training steps, prediction).
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Gridsearch(a) => cmd::gridsearch::run(a),
         Command::Vae(a) => cmd::vae::run(a),
+        Command::Model(a) => cmd::model::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
         Command::Predict(a) => cmd::predict::run(*a),
         Command::Quickstart(a) => cmd::quickstart::run(a),

@@ -129,9 +129,13 @@ fn bench_all_writes_every_section() {
         [
             ("direct", None, 1),
             ("diffusion", Some("dpm_solver"), 2),
-            ("diffusion", Some("ddim"), 2)
+            ("diffusion", Some("ddim"), 2),
+            // The built-in model, with its own sampler: what `predict` costs a user.
+            ("diffusion", Some("dpm_solver"), 10)
         ]
     );
+    assert_eq!(rows[3]["model"], "built-in");
+    assert!(rows[3]["architecture"].is_null());
     for r in rows {
         let t = f(&r["timing"]["median_s"]);
         assert!(close(f(&r["speedup"]["vs_3d_solve"]), t3 / t), "{r}");

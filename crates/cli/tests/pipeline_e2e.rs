@@ -17,33 +17,7 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     let generator = format!("{TINY_GENERATOR}\n[flow.physics]\nviscosity_pa_s = 0.3\n");
     let cfg = write_file(tmp.path(), "gen.toml", &generator);
     let out = tmp.path().join("qs");
-    let argv = |epochs: [&str; 3]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "quickstart",
-            "--samples",
-            "12",
-            "--size",
-            "16",
-            "--slices",
-            "3",
-            "--pitch-um",
-            "2",
-            "--seed",
-            SEED,
-            "--epochs",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(epochs.iter().map(|s| s.to_string()));
-        v.extend([
-            "--out".into(),
-            out.display().to_string(),
-            "--generator-config".into(),
-            cfg.display().to_string(),
-        ]);
-        v
-    };
+    let argv = |epochs: [&str; 3]| tiny_quickstart(&out, &cfg, epochs);
     ok(argv(["2", "1", "2"]));
 
     let report = fs::read_to_string(out.join("report.md")).unwrap();

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod bundle;
 pub mod device;
 pub mod diffusion;
 pub mod error;

@@ -19,7 +19,7 @@ use fiberflow_model::diffusion::{
 use fiberflow_model::latent::{DualVae, LatentCache};
 use fiberflow_model::physics::{PhysicsLossConfig, flow_rate_term};
 use fiberflow_model::precision::Precision;
-use fiberflow_model::predict::inputs::{ConditionInputs, LatentScales};
+use fiberflow_model::predict::inputs::{ConditionInputs, Conditioning, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
 use fiberflow_model::predict::{Steering, TrainedModel};
 use fiberflow_model::train::checkpoint;
@@ -174,6 +174,9 @@ fn config(predictor: PredictorKind, epochs: usize) -> DiffusionTrainConfig {
             .with_kind(SamplerKind::DpmSolver)
             .with_steps(4)
             .with_spacing(TimestepSpacing::Trailing),
+        // Averaged features, whose channel counts the tests below spell out (folded ones
+        // are tested in `predict::inputs` and end to end by the CLI's bundle test).
+        fold_features: Some(false),
         ..Default::default()
     }
 }
@@ -499,7 +502,11 @@ fn the_latent_networks_overfit_a_fixed_batch() {
         condition: std(&mu2d),
     };
     // Geometry (2 channels) and the pressure change (1) next to the 8 latent channels.
-    let inputs = ConditionInputs::new(&vae, &tb, &scales, true).unwrap();
+    let conditioning = Conditioning {
+        pressure: true,
+        fold: false,
+    };
+    let inputs = ConditionInputs::new(&vae, &tb, &scales, conditioning).unwrap();
     let x0 = residual.div_scalar(scales.target);
     let n = x0.dims()[0];
 

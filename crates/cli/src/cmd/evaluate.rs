@@ -5,6 +5,7 @@
 //! report can show what the model adds and how close it comes to the physics it replaces.
 
 use super::sampler_args::SamplerArgs;
+use crate::models::load_model;
 use crate::output;
 use crate::progress::Bar;
 use anyhow::{Context, Result, bail};
@@ -15,7 +16,6 @@ use fiberflow_eval::{
     write_csv,
 };
 use fiberflow_model::batch::{sample_array, to_tensors};
-use fiberflow_model::predict::TrainedModel;
 use fiberflow_solver::FlowConfig;
 use fiberflow_solver::sample::solve_stack;
 use ndarray::{Array4, Axis};
@@ -28,6 +28,20 @@ pub enum SplitArg {
     Train,
     Val,
     Test,
+    /// Every sample: for a dataset no model was trained on, e.g. another packing family.
+    All,
+}
+
+impl SplitArg {
+    /// The samples it names (`None`: all).
+    pub fn subset(self) -> Option<Subset> {
+        match self {
+            Self::Train => Some(Subset::Train),
+            Self::Val => Some(Subset::Val),
+            Self::Test => Some(Subset::Test),
+            Self::All => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -42,8 +56,9 @@ pub enum BaselineArg {
 
 #[derive(Args, Debug, Serialize)]
 pub struct EvaluateArgs {
-    /// A diffusion (or direct predictor) run folder or the URL of an archive of one (not
-    /// needed with --baseline).
+    /// A diffusion (or direct predictor) run folder, a model bundle (`fiberflow model
+    /// export`) or the URL of an archive of either; the built-in model when absent (not
+    /// used with --baseline).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Dataset folder, or the URL of an archive of one (with --sha256).
@@ -125,12 +140,11 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     let device = a
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
-    let model = match (a.baseline, &a.model) {
-        (Some(_), _) => None,
-        (None, Some(run)) => {
-            Some(TrainedModel::load(run, &device)?.with_precision(a.sampler.precision.into()))
-        }
-        (None, None) => bail!("--model RUN is needed unless a --baseline is scored"),
+    let model = match a.baseline {
+        Some(_) => None,
+        None => Some(
+            load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision.into()),
+        ),
     };
     let header = &dataset.manifest.header;
     if model.is_some() {
@@ -148,12 +162,7 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     let max = [stats.u.vx.max_abs, stats.u.vy.max_abs, stats.u.vz.max_abs];
     let physics = physics_of(&header.generator);
     let cfg = EvalConfig::new(header.voxel_size, max)?.with_flow(physics.0, physics.1)?;
-    let subset = match a.split {
-        SplitArg::Train => Subset::Train,
-        SplitArg::Val => Subset::Val,
-        SplitArg::Test => Subset::Test,
-    };
-    let loader = Loader::new(&dataset, Some(subset), LoaderConfig::sequential())?;
+    let loader = Loader::new(&dataset, a.split.subset(), LoaderConfig::sequential())?;
     let n = a.limit.unwrap_or(usize::MAX).min(loader.len());
     if n == 0 {
         bail!(

@@ -162,7 +162,7 @@ fn check_fit(runs: &[Run], grid: &Grid, vae: &DualVae, dataset: &Dataset) -> Res
     let shape = dataset.manifest.header.shape;
     for run in runs {
         let mut cfg = run.config.clone();
-        cfg.fit_to_latent(cz);
+        cfg.fit_to_latent(cz, f);
         cfg.validate()
             .and_then(|()| {
                 cfg.unet.check_input([

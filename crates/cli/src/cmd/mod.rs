@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod geometry;
 pub mod gridsearch;
+pub mod model;
 pub mod plot;
 pub mod predict;
 pub mod quickstart;

@@ -6,6 +6,7 @@
 use super::evaluate::physics_of;
 use super::sampler_args::SamplerArgs;
 use super::solve::{FlowArgs, SolidArg};
+use crate::models::load_model;
 use crate::output;
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -15,7 +16,6 @@ use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_model::batch::{sample_array, to_tensors};
-use fiberflow_model::predict::TrainedModel;
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_viz::{ComparisonFigure, VtiVolume, magnitude};
 use ndarray::{Array4, Axis};
@@ -25,9 +25,10 @@ use std::time::Instant;
 
 #[derive(Args, Debug, Serialize)]
 pub struct PredictArgs {
-    /// A diffusion (or direct predictor) run folder, or the URL of an archive of one.
+    /// A diffusion (or direct predictor) run folder, a model bundle (`fiberflow model
+    /// export`), or the URL of an archive of either; the built-in model when absent.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// SHA-256 of the one `--dataset` or `--model` given as an `https://` URL of a .tar, .zip
     /// or bundle (fetched into the user's cache, verified, unpacked); or write URL#sha256=HEX.
     #[arg(long)]
@@ -100,19 +101,18 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     if !a.sampler.known_slices.is_empty() && a.dataset.is_none() {
         bail!("--known-slices takes the true flow of a dataset sample: use --dataset and --index");
     }
-    let mut paths = vec![&mut a.model];
+    let mut paths: Vec<&mut PathBuf> = a.model.iter_mut().collect();
     paths.extend(a.dataset.as_mut());
     crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     let device = a
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
-    let model = TrainedModel::load(&a.model, &device)?.with_precision(a.sampler.precision.into());
+    let model = load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision.into());
     // Before any work, so a folder another command writes is refused up front.
     let _lock = output::lock(&a.out, "predict")?;
     if a.pressure2d.is_some() && !model.log.config.pressure_condition {
         eprintln!(
-            "warning: --pressure2d is not read: {} was trained without pressure_condition",
-            a.model.display()
+            "warning: --pressure2d is not read: the model was trained without pressure_condition"
         );
         a.pressure2d = None;
     }

@@ -6,7 +6,7 @@ use crate::progress::Bar;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use fiberflow_data::json::read_json;
-use fiberflow_data::{Batch, Dataset, Mirror, Subset};
+use fiberflow_data::{Batch, Dataset, Mirror};
 use fiberflow_model::batch::{Normalizer, TensorBatch, sample_array, to_tensors};
 use fiberflow_model::device::Device;
 use fiberflow_model::latent::{DualVae, encode_dataset};
@@ -183,12 +183,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         Some(i) => i,
         None => {
             let split = a.split.unwrap_or(SplitArg::Val);
-            let subset = match split {
-                SplitArg::Train => Subset::Train,
-                SplitArg::Val => Subset::Val,
-                SplitArg::Test => Subset::Test,
-            };
-            *dataset.indices(Some(subset)).first().with_context(|| {
+            *dataset.indices(split.subset()).first().with_context(|| {
                 format!("the {split:?} split of {} is empty", a.dataset.display())
             })?
         }

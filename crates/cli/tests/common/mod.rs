@@ -49,7 +49,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn context(&self) -> String {
+    pub fn context(&self) -> String {
         format!(
             "`{}` exited with {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.cmdline,
@@ -402,4 +402,33 @@ pub fn with_arg(args: &[String], flag: &str, value: &str) -> Vec<String> {
         None => out.extend([flag.to_string(), value.to_string()]),
     }
     out
+}
+
+/// `quickstart` on a tiny generator config: 12 seeded samples of 16×16×3 (2 µm pitch)
+/// and `epochs` of its three training stages, into `out`.
+pub fn tiny_quickstart(out: &Path, generator: &Path, epochs: [&str; 3]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "quickstart",
+        "--samples",
+        "12",
+        "--size",
+        "16",
+        "--slices",
+        "3",
+        "--pitch-um",
+        "2",
+        "--seed",
+        SEED,
+        "--epochs",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(epochs.map(String::from));
+    v.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--generator-config".into(),
+        generator.display().to_string(),
+    ]);
+    v
 }

@@ -41,7 +41,8 @@ impl DenoiserStep {
         device: &Device,
     ) -> Result<Self, ModelError> {
         let mut cfg = cfg.clone();
-        cfg.fit_to_latent(cz);
+        // The features are drawn at latent resolution here: no fold.
+        cfg.fit_to_latent(cz, 1);
         cfg.validate()?;
         cfg.unet
             .check_input([batch, cfg.unet.in_channels, s, h, w])?;
@@ -53,7 +54,7 @@ impl DenoiserStep {
         let x0 = standard_normal([batch, cz, s, h, w], &mut rng, &ad);
         let cond = standard_normal([batch, cz, s, h, w], &mut rng, &ad);
         let geometry = Tensor::<5>::random(
-            [batch, cfg.condition_channels(), s, h, w],
+            [batch, cfg.conditioning().channels(1), s, h, w],
             Distribution::Uniform(0.0, 1.0),
             &ad,
         );

@@ -40,7 +40,7 @@ pub fn untrained_model(
     device: &Device,
 ) -> Result<TrainedModel, ModelError> {
     let mut cfg = cfg.clone();
-    cfg.fit_to_latent(vae.latent_channels);
+    cfg.fit_to_latent(vae.latent_channels, vae.downsample_factor());
     cfg.validate()?;
     let schedule = cfg.diffusion.init()?;
     device.seed(cfg.seed);
@@ -204,8 +204,9 @@ mod tests {
         // Shape (B, 3, S, H, W), and zero in the fibre voxel: the masked VAE decode ran.
         let dev = Device::flex();
         let m = model(PredictorKind::Diffusion, &dev);
-        // Noisy latent (8) ⊕ condition (8) ⊕ geometry (2) ⊕ pressure change (1).
-        assert_eq!(m.unet.config().in_channels, 19);
+        // Noisy latent (8) ⊕ condition (8) ⊕ geometry (2) and pressure change (1), each
+        // folded 2×2 into the latent grid (12).
+        assert_eq!(m.unet.config().in_channels, 28);
         let batch = one_sample(3, 8);
         let tb = to_tensors(&batch, &m.vae.normalizer, &dev).unwrap();
         let u = m

@@ -33,6 +33,18 @@ pub struct DualVae {
 impl DualVae {
     /// Loads the pair from a finished stage-2 run folder (which names its stage-1 run).
     pub fn load(stage2_dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let log2 = Self::stage2_log(stage2_dir)?;
+        let stage1_dir = log2.stage1.clone().ok_or_else(|| {
+            ModelError::Config(format!(
+                "{}/log.json names no stage-1 run",
+                stage2_dir.display()
+            ))
+        })?;
+        Self::load_pair(stage2_dir, log2, stage1_dir, device)
+    }
+
+    /// The log of a stage-2 run folder; a stage-1 run is refused.
+    pub fn stage2_log(stage2_dir: &Path) -> Result<RunLog, ModelError> {
         let log2: RunLog = read_json(
             &stage2_dir.join(LOG_FILE),
             "pass the folder of a stage-2 VAE run (fiberflow train vae --stage 2)",
@@ -43,12 +55,18 @@ impl DualVae {
                 stage2_dir.display()
             )));
         }
-        let stage1_dir = log2.stage1.clone().ok_or_else(|| {
-            ModelError::Config(format!(
-                "{}/log.json names no stage-1 run",
-                stage2_dir.display()
-            ))
-        })?;
+        Ok(log2)
+    }
+
+    /// Loads the pair from a stage-2 run folder (its parsed log `log2`) and the stage-1
+    /// folder given explicitly: a model bundle keeps both in its own layout, away from the
+    /// path the stage-2 log recorded at training time.
+    pub fn load_pair(
+        stage2_dir: &Path,
+        log2: RunLog,
+        stage1_dir: PathBuf,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let log1: RunLog = read_json(&stage1_dir.join(LOG_FILE), "the stage-1 run has moved")?;
         if log1.config.vae != log2.config.vae
             || log1.normalizer != log2.normalizer

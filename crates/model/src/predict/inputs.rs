@@ -1,12 +1,15 @@
 //! What the denoiser sees besides the noisy latent: the scaled E2D latent (the condition)
-//! and the microstructure features averaged to latent resolution (fluid fraction and mean
-//! distance to fibres per latent pixel, in physical units), plus, for models trained with
-//! it, the slice-to-slice change of the 2D pressure.
+//! and the microstructure features at latent resolution (fluid fraction and distance to
+//! fibres, in physical units), plus, for models trained with it, the slice-to-slice change
+//! of the 2D pressure. The features are either averaged over each latent pixel's block or
+//! folded whole into channels (space-to-depth), which keeps where in the block a fibre
+//! edge sits: the shift of a fibre between slices, which drives vz, is often smaller than
+//! a block.
 
 use crate::batch::TensorBatch;
 use crate::error::ModelError;
 use crate::latent::DualVae;
-use crate::ops::avg_pool_hw;
+use crate::ops::{avg_pool_hw, space_to_depth};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +43,36 @@ impl LatentScales {
     }
 }
 
-/// Condition features `(B, C, S, H, W)` averaged to the latent grid.
-pub fn latent_geometry(geometry: Tensor<5>, factor: usize) -> Tensor<5> {
-    avg_pool_hw(geometry, factor)
+/// Which condition features the latent network sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conditioning {
+    /// The slice-to-slice change of the 2D pressure, next to the geometry.
+    pub pressure: bool,
+    /// Features folded into channels instead of averaged (see the module comment).
+    pub fold: bool,
+}
+
+impl Conditioning {
+    /// Feature channels on a latent grid `factor` times coarser than the input.
+    pub fn channels(&self, factor: usize) -> usize {
+        use fiberflow_data::features::{GEOMETRY_CHANNELS, PRESSURE_CHANNELS};
+        let full = GEOMETRY_CHANNELS + usize::from(self.pressure) * PRESSURE_CHANNELS;
+        if self.fold {
+            full * factor * factor
+        } else {
+            full
+        }
+    }
+
+    /// Full-resolution features `(B, C, S, H, W)` on the latent grid `factor` times
+    /// coarser.
+    pub fn to_latent_grid(&self, features: Tensor<5>, factor: usize) -> Tensor<5> {
+        if self.fold {
+            space_to_depth(features, factor)
+        } else {
+            avg_pool_hw(features, factor)
+        }
+    }
 }
 
 /// The full-resolution condition features `(B, C, S, H, W)` of a batch: geometry, then the
@@ -77,16 +107,55 @@ impl ConditionInputs {
         vae: &DualVae,
         tb: &TensorBatch,
         scales: &LatentScales,
-        pressure: bool,
+        conditioning: Conditioning,
     ) -> Result<Self, ModelError> {
-        let features = condition_features(tb, pressure)?;
+        let features = condition_features(tb, conditioning.pressure)?;
         // Detached: on an autodiff device (physics guidance) each guided step differentiates
         // its own graph, and a shared encoder graph would be consumed by the first.
         let mu2d = vae.encode_2d(tb).detach();
         Ok(Self {
             cond: mu2d.clone().div_scalar(scales.condition),
             mu2d,
-            geometry: latent_geometry(features, vae.config.downsample_factor()),
+            geometry: conditioning.to_latent_grid(features, vae.config.downsample_factor()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn folded_features_keep_what_averaging_keeps_and_more() {
+        let dev = Device::flex();
+        let x = Tensor::<5>::random([1, 3, 2, 8, 8], Distribution::Uniform(0.0, 1.0), &dev);
+        let pooled = Conditioning {
+            pressure: true,
+            fold: false,
+        };
+        let folded = Conditioning {
+            fold: true,
+            ..pooled
+        };
+        assert_eq!(pooled.channels(4), 3);
+        assert_eq!(folded.channels(4), 48);
+        let without_pressure = Conditioning {
+            pressure: false,
+            ..folded
+        };
+        assert_eq!(without_pressure.channels(2), 8);
+        let p = pooled.to_latent_grid(x.clone(), 4);
+        let f = folded.to_latent_grid(x, 4);
+        assert_eq!(p.dims(), [1, 3, 2, 2, 2]);
+        assert_eq!(f.dims(), [1, 48, 2, 2, 2]);
+        // The mean over each feature's 16 folded channels is its block average.
+        let mean = f
+            .reshape([1, 3, 16, 2, 2, 2])
+            .mean_dim(2)
+            .reshape([1, 3, 2, 2, 2]);
+        let diff: f32 = (mean - p).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
     }
 }

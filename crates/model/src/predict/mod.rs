@@ -76,7 +76,18 @@ pub struct TrainedModel {
 impl TrainedModel {
     /// Loads the best (EMA) weights of a diffusion run and the VAE it names; refuses a VAE
     /// whose weights changed since (its key differs).
-    pub fn load(run_dir: &Path, device: &Device) -> Result<Self, ModelError> {
+    /// `path` may also be a model bundle file (`fiberflow model export`).
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        if path.is_file() {
+            return crate::bundle::Bundle::open(path)?.load(device);
+        }
+        let log = Self::run_log(path)?;
+        let vae = DualVae::load(&log.vae, device)?;
+        Self::assemble(path, log, vae, device)
+    }
+
+    /// The log of a diffusion or direct run folder, with a VAE run named as such.
+    pub fn run_log(run_dir: &Path) -> Result<DiffusionRunLog, ModelError> {
         let fix = "pass the folder of a diffusion run (fiberflow train diffusion)";
         let raw: serde_json::Value = read_json(&run_dir.join(LOG_FILE), fix)?;
         // A VAE run's log parses as JSON but not as a diffusion log; name the mix-up.
@@ -95,7 +106,17 @@ impl TrainedModel {
             ))
         })?;
         log.config.reconcile_pressure_condition();
-        let vae = DualVae::load(&log.vae, device)?;
+        Ok(log)
+    }
+
+    /// The model of run folder `run_dir` (its parsed log `log`) with its VAE, checked
+    /// against each other.
+    pub fn assemble(
+        run_dir: &Path,
+        log: DiffusionRunLog,
+        vae: DualVae,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         if vae.key != log.vae_key {
             return Err(ModelError::Config(format!(
                 "the VAE {} changed since {} was trained (key {} ≠ {}); retrain the diffusion model",
@@ -106,7 +127,7 @@ impl TrainedModel {
             )));
         }
         let mut expected = log.config.clone();
-        expected.fit_to_latent(vae.config.latent_channels);
+        expected.fit_to_latent(vae.config.latent_channels, vae.config.downsample_factor());
         if expected.unet.in_channels != log.config.unet.in_channels {
             return Err(ModelError::Config(format!(
                 "{}: the network takes {} input channels, but its config implies {}; the run's \
@@ -218,8 +239,7 @@ impl TrainedModel {
             )));
         }
         let scales = &self.log.scales;
-        let inputs =
-            ConditionInputs::new(&self.vae, tb, scales, self.log.config.pressure_condition)?;
+        let inputs = ConditionInputs::new(&self.vae, tb, scales, self.log.config.conditioning())?;
         let known = (!steering.known_slices.is_empty()).then(|| {
             let m = slice_mask(&steering.known_slices, s, &tb.u.device());
             let u = tb.u.clone() * m.clone() + tb.u2d.clone() * (m.ones_like() - m.clone());

@@ -8,6 +8,7 @@
 use crate::error::ModelError;
 use crate::train::vae::BEST_FILE;
 use burn::module::Module;
+use burn::store::ModuleRecord;
 use fiberflow_data::json::{read_json, write_json};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -208,12 +209,17 @@ pub fn save_atomic<M: Module>(module: &M, path: &Path) -> Result<(), ModelError>
     std::fs::rename(&tmp, path).map_err(|e| ModelError::checkpoint(path, e))
 }
 
-/// Loads burnpack weights into `module`, which must have the same architecture.
+/// Loads burnpack weights into `module`, which must have the same architecture. The file
+/// is read whole first: Burn's file reader fetches tensor bytes lazily, so a file removed
+/// or replaced after loading (a bundle's temporary folder, a run still training) would
+/// otherwise be read later, or fail mid-prediction.
 pub fn load<M: Module>(module: M, path: &Path) -> Result<M, ModelError> {
     if !path.exists() {
         return Err(ModelError::checkpoint(path, "missing checkpoint file"));
     }
-    module.try_load_file(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::checkpoint(path, e))?;
+    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes));
+    record.and_then(|r| module.try_load_record(r)).map_err(|e| {
         ModelError::checkpoint(
             path,
             format!("cannot load (corrupt, or saved with another architecture): {e}"),

@@ -23,7 +23,7 @@ use crate::error::ModelError;
 use crate::latent::{DualVae, LatentCache, encode_dataset};
 use crate::metrics::{ErrorSums, FieldErrors};
 use crate::physics::{PhysicsLossConfig, PhysicsMetrics};
-use crate::predict::inputs::{ConditionInputs, LatentScales, condition_features, latent_geometry};
+use crate::predict::inputs::{ConditionInputs, Conditioning, LatentScales, condition_features};
 use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
 use crate::unet::{UNet, UNetConfig};
 use burn::module::Module;
@@ -70,6 +70,11 @@ pub struct DiffusionTrainConfig {
     /// tells where fluid moves along z. Needs `p_2d`, which generated datasets and
     /// `fiberflow solve` hold and reference imports lack.
     pub pressure_condition: bool,
+    /// Fold the full-resolution condition features into the latent grid's channels
+    /// instead of averaging them (see `predict::inputs`). On by default; absent (averaged)
+    /// in runs written before it existed, which must still read as they were trained.
+    #[serde(default)]
+    pub fold_features: Option<bool>,
     /// Optional physics losses on the decoded x̂0 of each training batch, at the same t
     /// as the prediction (all weights 0 by default).
     pub physics: PhysicsLossConfig,
@@ -109,6 +114,7 @@ impl Default for DiffusionTrainConfig {
             cond_dropout: 0.1,
             residual: true,
             pressure_condition: true,
+            fold_features: Some(true),
             physics: PhysicsLossConfig::default(),
             val_sampler: SamplerConfig::new()
                 .with_kind(SamplerKind::DpmSolver)
@@ -122,10 +128,12 @@ impl Default for DiffusionTrainConfig {
 }
 
 impl DiffusionTrainConfig {
-    /// Feature channels next to the latents: geometry, and the pressure change if used.
-    pub fn condition_channels(&self) -> usize {
-        use fiberflow_data::features::{GEOMETRY_CHANNELS, PRESSURE_CHANNELS};
-        GEOMETRY_CHANNELS + usize::from(self.pressure_condition) * PRESSURE_CHANNELS
+    /// Which condition features the network sees.
+    pub fn conditioning(&self) -> Conditioning {
+        Conditioning {
+            pressure: self.pressure_condition,
+            fold: self.fold_features.unwrap_or(false),
+        }
     }
 
     /// Runs written before `pressure_condition` existed read it as the default `true`;
@@ -135,7 +143,10 @@ impl DiffusionTrainConfig {
             self.unet.out_channels,
             fiberflow_data::features::GEOMETRY_CHANNELS,
         );
-        if self.pressure_condition && self.unet.in_channels == geometry_only {
+        if self.pressure_condition
+            && !self.conditioning().fold
+            && self.unet.in_channels == geometry_only
+        {
             self.pressure_condition = false;
         }
     }
@@ -163,8 +174,10 @@ impl DiffusionTrainConfig {
     }
 
     /// Sets the network's input and output channels for latents of `cz` channels.
-    pub fn fit_to_latent(&mut self, cz: usize) {
-        self.unet.in_channels = self.predictor.in_channels(cz, self.condition_channels());
+    /// `factor`: how much coarser the latent grid is than the input.
+    pub fn fit_to_latent(&mut self, cz: usize, factor: usize) {
+        let features = self.conditioning().channels(factor);
+        self.unet.in_channels = self.predictor.in_channels(cz, features);
         self.unet.out_channels = cz;
     }
 
@@ -343,7 +356,7 @@ pub fn train_diffusion(
     let device = &devices[0];
     let vae = DualVae::load(vae_dir, device)?;
     let cz = vae.config.latent_channels;
-    cfg.fit_to_latent(cz);
+    cfg.fit_to_latent(cz, vae.config.downsample_factor());
     cfg.validate()?;
     let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
     let shape = dataset.manifest.header.shape;
@@ -360,9 +373,9 @@ pub fn train_diffusion(
         Some(c) => c,
         None => encode_dataset(&vae, &dataset, device, observer)?,
     };
-    let pressure = cfg.pressure_condition;
-    let mut train = load_split(&dataset, &cache, &vae, Subset::Train, pressure, device)?;
-    let mut val = load_split(&dataset, &cache, &vae, Subset::Val, pressure, device)?;
+    let conditioning = cfg.conditioning();
+    let mut train = load_split(&dataset, &cache, &vae, Subset::Train, conditioning, device)?;
+    let mut val = load_split(&dataset, &cache, &vae, Subset::Val, conditioning, device)?;
     if train.indices.is_empty() || val.indices.is_empty() {
         return Err(ModelError::Input(
             "the train and validation splits must both hold samples; generate more".into(),
@@ -539,7 +552,7 @@ pub fn train_diffusion(
             &val_batches,
             &options,
             cfg.seed,
-            cfg.pressure_condition,
+            cfg.conditioning(),
             device,
         )?;
         let record = DiffusionEpoch {
@@ -700,14 +713,14 @@ pub fn decoded_scores(
     batches: &[Batch],
     options: &SampleOptions,
     seed: u64,
-    pressure: bool,
+    conditioning: Conditioning,
     device: &Device,
 ) -> Result<(FieldErrors, PhysicsMetrics), ModelError> {
     let mut sums = ErrorSums::default();
     let mut physics = Vec::new();
     for batch in batches {
         let tb = to_tensors(batch, &vae.normalizer, device)?;
-        let inputs = ConditionInputs::new(vae, &tb, scales, pressure)?;
+        let inputs = ConditionInputs::new(vae, &tb, scales, conditioning)?;
         let mut rng = seeded_rng(seed);
         rng.set_stream(batch.indices[0] as u64);
         let x0 = predictor.sample(inputs.cond, inputs.geometry, options, &mut rng)?;
@@ -743,13 +756,13 @@ fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
 }
 
 /// Latents and latent-resolution condition features (geometry, then the pressure change
-/// when `pressure`) of a split, unscaled.
+/// when asked) of a split, unscaled.
 fn load_split(
     dataset: &Dataset,
     cache: &LatentCache,
     vae: &DualVae,
     subset: Subset,
-    pressure: bool,
+    conditioning: Conditioning,
     device: &Device,
 ) -> Result<Split, ModelError> {
     let indices = dataset.indices(Some(subset));
@@ -771,8 +784,10 @@ fn load_split(
             mirrors: vec![Mirror::default()],
         };
         let tb = to_tensors(&batch, &vae.normalizer, device)?;
-        let features = condition_features(&tb, pressure)?;
-        let g = latent_geometry(features, vae.config.downsample_factor()).squeeze_dim::<4>(0);
+        let features = condition_features(&tb, conditioning.pressure)?;
+        let g = conditioning
+            .to_latent_grid(features, vae.config.downsample_factor())
+            .squeeze_dim::<4>(0);
         split.geometry.push(g.into_data());
     }
     Ok(split)

@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// `predict` and `all` only: training is timed in f32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// The trained model timed beside the untrained architectures (`predict` and `all`): a
+    /// run folder or a bundle; the built-in model when absent.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
     /// Seed of the network weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,

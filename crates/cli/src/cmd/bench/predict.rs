@@ -5,6 +5,7 @@
 
 use super::training::Architecture;
 use super::{BenchArgs, default_sample, memory_note};
+use crate::models::load_model;
 use anyhow::{Context, Result};
 use fiberflow_data::{Batch, Mirror, Sample};
 use fiberflow_geometry::layout::SliceGrid;
@@ -45,7 +46,10 @@ struct Speedup {
 pub(super) struct PredictRow {
     /// The `--device` name it ran on.
     device: String,
-    architecture: Architecture,
+    /// Untrained networks of this architecture; none for the trained model of `model`.
+    architecture: Option<Architecture>,
+    /// The trained model timed: `--model`, or `built-in`.
+    model: Option<String>,
     predictor: PredictorKind,
     /// `dpm_solver` or `ddim`; none for the direct predictor.
     sampler: Option<SamplerKind>,
@@ -62,11 +66,11 @@ impl super::Measured for PredictRow {
 
     fn what(&self) -> String {
         let nfe = self.measured.as_ref().map_or(0, |m| m.nfe);
-        format!(
-            "predict {:?} {} {nfe} NFE",
-            self.architecture,
-            sampler_name(self.sampler)
-        )
+        let what = match (&self.architecture, &self.model) {
+            (Some(a), _) => format!("{a:?}"),
+            (None, m) => m.clone().unwrap_or_default(),
+        };
+        format!("predict {what} {} {nfe} NFE", sampler_name(self.sampler))
     }
 
     fn seconds(&self) -> Option<f64> {
@@ -124,6 +128,7 @@ pub(super) fn run(a: &BenchArgs, devices: &[(String, Device)]) -> Result<Predict
     let mut rows = Vec::new();
     for (name, device) in devices {
         rows.extend(rows_on(a, &batch, &solve, name, device)?);
+        rows.push(trained_row(a, &batch, &solve, name, device)?);
     }
     Ok(PredictSection {
         sample: grid,
@@ -181,11 +186,37 @@ fn rows_on(
                 guidance: 0.0,
             };
             let result = bench_predict(m, batch, &options, a.repeats(), a.seed, device);
-            let row = predict_row(arch, cfg.predictor, sampler, result, solve, name)?;
+            let row = predict_row(Some(arch), cfg.predictor, sampler, result, solve, name)?;
             rows.push(row);
         }
     }
     Ok(rows)
+}
+
+/// The trained model of `--model` (the built-in one when absent) with its own validation
+/// sampler: what a user's `predict` costs per draw.
+fn trained_row(
+    a: &BenchArgs,
+    batch: &Batch,
+    solve: &SolveTime,
+    name: &str,
+    device: &Device,
+) -> Result<PredictRow> {
+    let model = load_model(a.model.as_deref(), device)?.with_precision(a.precision.into());
+    let label = a
+        .model
+        .as_ref()
+        .map_or("built-in".to_string(), |p| p.display().to_string());
+    let options = SampleOptions {
+        sampler: model.log.config.val_sampler.clone(),
+        guidance: 0.0,
+    };
+    let predictor = model.log.config.predictor;
+    let sampler = (predictor == PredictorKind::Diffusion).then_some(options.sampler.kind);
+    let result = bench_predict(&model, batch, &options, a.repeats(), a.seed, device);
+    let mut row = predict_row(None, predictor, sampler, result, solve, name)?;
+    row.model = Some(label);
+    Ok(row)
 }
 
 fn sampler_name(sampler: Option<SamplerKind>) -> &'static str {
@@ -199,7 +230,7 @@ fn sampler_name(sampler: Option<SamplerKind>) -> &'static str {
 
 /// A measured row with its speed-ups, or a reference architecture that does not fit.
 fn predict_row(
-    architecture: Architecture,
+    architecture: Option<Architecture>,
     predictor: PredictorKind,
     sampler: Option<SamplerKind>,
     result: Result<PredictBench, ModelError>,
@@ -210,6 +241,7 @@ fn predict_row(
     let mut row = PredictRow {
         device: device.to_string(),
         architecture,
+        model: None,
         predictor,
         sampler,
         measured: None,
@@ -223,8 +255,9 @@ fn predict_row(
                 vs_3d_solve: solve.wall_3d_s / t,
                 with_2d_solves: (solve.wall_2d_s + solve.wall_3d_s) / (solve.wall_2d_s + t),
             };
+            let what = architecture.map_or("trained".into(), |a| format!("{a:?}"));
             println!(
-                "predict {device:9} {architecture:9?} {name:12} {:3} NFE: {:8.3} s/sample (min {:.3} s), {:6.1}x faster than the 3D solve, {:5.1}x with the 2D solves{}",
+                "predict {device:9} {what:9} {name:12} {:3} NFE: {:8.3} s/sample (min {:.3} s), {:6.1}x faster than the 3D solve, {:5.1}x with the 2D solves{}",
                 m.nfe,
                 t,
                 m.timing.min_s,
@@ -235,8 +268,8 @@ fn predict_row(
             row.measured = Some(m);
             row.speedup = Some(speedup);
         }
-        Err(ModelError::Input(why)) if architecture == Architecture::Reference => {
-            println!("predict {device:9} {architecture:9?} {name:12}: skipped, {why}");
+        Err(ModelError::Input(why)) if architecture == Some(Architecture::Reference) => {
+            println!("predict {device:9} Reference {name:12}: skipped, {why}");
             row.skipped = Some(why);
         }
         Err(e) => return Err(e.into()),

@@ -1,0 +1,107 @@
+//! The built-in model bundle: it loads with this code, reproduces the errors its card
+//! recorded on the test samples it carries, and a damaged or foreign bundle is refused with
+//! a message naming what is wrong.
+
+use fiberflow_model::bundle::{Bundle, FORMAT};
+use fiberflow_model::device::Device;
+use std::io::Write;
+
+static BYTES: &[u8] = include_bytes!("../assets/default.ffmodel");
+
+fn message(result: Result<Bundle, fiberflow_model::ModelError>) -> String {
+    match result {
+        Ok(_) => panic!("a damaged bundle was read"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_builtin_model_reproduces_its_card() {
+    let bundle = Bundle::builtin().unwrap().expect("fiberflow ships a model");
+    let card = &bundle.card;
+    assert_eq!(card.format, FORMAT);
+    assert!(BYTES.len() <= 25_000_000, "{} bytes", BYTES.len());
+    // The card says what the model was trained on and how it scored beside the baselines.
+    assert!(
+        card.data.train_samples >= 700,
+        "{}",
+        card.data.train_samples
+    );
+    for label in ["model", "solve3d", "copy2d"] {
+        let e = card.evaluations.iter().find(|e| e.label == label);
+        let e = e.unwrap_or_else(|| panic!("no {label} score in the card"));
+        assert!(e.samples >= 150 && e.relative_l2.iter().all(|v| v.is_finite()));
+    }
+    assert!(!card.commands.is_empty() && card.training.len() == 3);
+    assert!(card.check.len() >= 2);
+    let device = Device::flex();
+    let model = bundle.load(&device).unwrap();
+    let measured = bundle.check(&model, &device).unwrap();
+    for (c, now) in card.check.iter().zip(measured) {
+        for k in 0..3 {
+            let rel = (now[k] - c.relative_l2[k]).abs() / c.relative_l2[k];
+            assert!(
+                rel < 0.02,
+                "sample {} component {k}: {now:?} vs {:?}",
+                c.dataset_index,
+                c.relative_l2
+            );
+        }
+        // The model beats copying the 2D flow on every check sample's in-plane components.
+        assert!(now[2] < 1.0, "{now:?}");
+    }
+}
+
+#[test]
+fn a_truncated_or_altered_bundle_is_a_clear_error() {
+    for cut in [0, 100, 4000, BYTES.len() / 2, BYTES.len() - 2000] {
+        let msg = message(Bundle::read(&BYTES[..cut], "cut.ffmodel"));
+        assert!(
+            msg.contains("cut.ffmodel: not a readable fiberflow model bundle"),
+            "{cut}: {msg}"
+        );
+    }
+    // One flipped byte in the predictor's weights (past the card and the logs).
+    let mut bytes = BYTES.to_vec();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x55;
+    let msg = message(Bundle::read(&bytes[..], "flipped.ffmodel"));
+    assert!(msg.contains("differs from its card's SHA-256"), "{msg}");
+    // Not a tar file at all.
+    let msg = message(Bundle::read(&b"{\"format\": 1}"[..], "card.json"));
+    assert!(
+        msg.contains("not a readable fiberflow model bundle"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_bundle_of_another_format_names_both_versions() {
+    let mut card: serde_json::Value = {
+        let bundle = Bundle::read(BYTES, "built-in").unwrap();
+        serde_json::to_value(&bundle.card).unwrap()
+    };
+    card["format"] = (FORMAT + 1).into();
+    card["fiberflow_version"] = "9.9.9".into();
+    let json = serde_json::to_vec(&card).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(json.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "card.json", &json[..])
+        .unwrap();
+    let bytes = builder.into_inner().unwrap();
+    let msg = message(Bundle::read(&bytes[..], "future.ffmodel"));
+    assert!(msg.contains(&format!("format {}", FORMAT + 1)), "{msg}");
+    assert!(
+        msg.contains("9.9.9") && msg.contains(&format!("reads format {FORMAT}")),
+        "{msg}"
+    );
+    // The same from a file.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&bytes).unwrap();
+    let msg = message(Bundle::open(file.path()));
+    assert!(msg.contains("9.9.9"), "{msg}");
+}

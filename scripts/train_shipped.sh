@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Trains the model fiberflow ships (both VAE stages, the latent diffusion model and the
+# direct predictor) on a finished dataset's whole training split, scores it on the test
+# split beside copy-2D and the 3D solve of the slices, and exports the diffusion run as a
+# model bundle.
+#
+#   scripts/train_shipped.sh DATA OUT [TRAIN_DEVICE]
+#
+# DATA: the dataset, made by
+#   fiberflow generate --out DATA --samples 1000 --seed 2026
+# OOD (optional, environment): a dataset of a packing family the model is not trained on,
+# scored whole (`evaluate --split all`) and recorded in the card; DATA_COMMIT (optional):
+# the fiberflow commit that generated DATA, recorded in the card.
+# TRAIN_DEVICE: `libtorch` (default; the build of scripts/setup-libtorch.sh, ~3.5x faster
+# on CPUs than the default backend) or `cpu`. Everything resumes: rerun the same command
+# after a kill and finished stages are skipped, the running one goes on from its last
+# checkpoint. Epoch counts are environment variables (EPOCHS_VAE1, EPOCHS_VAE2,
+# EPOCHS_LATENT); validation uses the first VAL_SAMPLES of the validation split; LATENT_SET
+# holds config overrides of both latent networks (default: features folded into the latent
+# grid, which measured better than averaged ones, see BENCHMARKS.md).
+set -euo pipefail
+
+data=${1:?usage: train_shipped.sh DATA OUT [TRAIN_DEVICE]}
+out=${2:?usage: train_shipped.sh DATA OUT [TRAIN_DEVICE]}
+device=${3:-libtorch}
+bin=${FIBERFLOW:-target/release/fiberflow}
+train_bin=$bin
+[ "$device" = cpu ] || train_bin=${FIBERFLOW_TRAIN:-target/libtorch/release/fiberflow}
+e1=${EPOCHS_VAE1:-30}
+e2=${EPOCHS_VAE2:-15}
+e3=${EPOCHS_LATENT:-80}
+val=${VAL_SAMPLES:-32}
+latent_set=()
+for kv in ${LATENT_SET-fold_features=true}; do latent_set+=(--set "$kv"); done
+mkdir -p "$out"
+
+common=(--set "val_samples=$val" --device "$device" --resume)
+# The KL weight warms up over the first two thirds of stage 1, as in the quickstart.
+"$train_bin" train vae --stage 1 --dataset "$data" --out "$out/vae1" --epochs "$e1" \
+    --set "kl_warmup_epochs=$(((2 * e1 + 2) / 3))" "${common[@]}"
+"$train_bin" train vae --stage 2 --dataset "$data" --stage1 "$out/vae1" --out "$out/vae2" \
+    --epochs "$e2" "${common[@]}"
+"$train_bin" train diffusion --dataset "$data" --vae "$out/vae2" --out "$out/diffusion" \
+    --epochs "$e3" "${latent_set[@]}" "${common[@]}"
+"$train_bin" train diffusion --dataset "$data" --vae "$out/vae2" --out "$out/direct" \
+    --epochs "$e3" --set predictor=direct --set unet.time_conditioned=false \
+    "${latent_set[@]}" "${common[@]}"
+
+# Scores on the whole test split, each written once.
+# shellcheck source=scripts/score.sh
+source "$(dirname "$0")/score.sh"
+score "$out/copy2d.json" "$data" --baseline copy2d
+score "$out/solve3d.json" "$data" --baseline solve3d
+score "$out/model.json" "$data" --model "$out/diffusion" --samples 4
+score "$out/direct.json" "$data" --model "$out/direct"
+evaluations=(--evaluation "$out/model.json" --evaluation "direct=$out/direct.json"
+    --evaluation "$out/solve3d.json" --evaluation "$out/copy2d.json")
+if [ -n "${OOD:-}" ]; then
+    for what in "copy2d --baseline copy2d" "solve3d --baseline solve3d" \
+        "model --model $out/diffusion --samples 4" "direct --model $out/direct"; do
+        set -- $what
+        label=$1
+        shift
+        score "$out/ood-$label.json" "$OOD" --split all "$@"
+        evaluations+=(--evaluation "unseen family: $label=$out/ood-$label.json")
+    done
+fi
+"$bin" model export "$out/diffusion" --out "$out/model.ffmodel" "${evaluations[@]}" \
+    ${DATA_COMMIT:+--data-commit "$DATA_COMMIT"} \
+    --command "fiberflow generate --out DATA --samples 1000 --size 64 --seed 2026" \
+    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 VAL_SAMPLES=$val scripts/train_shipped.sh DATA OUT $device"
