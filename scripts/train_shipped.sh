@@ -31,7 +31,8 @@ e2=${EPOCHS_VAE2:-15}
 e3=${EPOCHS_LATENT:-80}
 val=${VAL_SAMPLES:-32}
 latent_set=()
-for kv in ${LATENT_SET-fold_features=true}; do latent_set+=(--set "$kv"); done
+read -ra overrides <<<"${LATENT_SET-fold_features=true}"
+for kv in "${overrides[@]}"; do latent_set+=(--set "$kv"); done
 mkdir -p "$out"
 
 common=(--set "val_samples=$val" --device "$device" --resume)
@@ -56,16 +57,14 @@ score "$out/direct.json" "$data" --model "$out/direct"
 evaluations=(--evaluation "$out/model.json" --evaluation "direct=$out/direct.json"
     --evaluation "$out/solve3d.json" --evaluation "$out/copy2d.json")
 if [ -n "${OOD:-}" ]; then
-    for what in "copy2d --baseline copy2d" "solve3d --baseline solve3d" \
-        "model --model $out/diffusion --samples 4" "direct --model $out/direct"; do
-        set -- $what
-        label=$1
-        shift
-        score "$out/ood-$label.json" "$OOD" --split all "$@"
+    score "$out/ood-copy2d.json" "$OOD" --split all --baseline copy2d
+    score "$out/ood-solve3d.json" "$OOD" --split all --baseline solve3d
+    score "$out/ood-model.json" "$OOD" --split all --model "$out/diffusion" --samples 4
+    score "$out/ood-direct.json" "$OOD" --split all --model "$out/direct"
+    for label in copy2d solve3d model direct; do
         evaluations+=(--evaluation "unseen family: $label=$out/ood-$label.json")
     done
 fi
 "$bin" model export "$out/diffusion" --out "$out/model.ffmodel" "${evaluations[@]}" \
     ${DATA_COMMIT:+--data-commit "$DATA_COMMIT"} \
-    --command "fiberflow generate --out DATA --samples 1000 --size 64 --seed 2026" \
-    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 VAL_SAMPLES=$val scripts/train_shipped.sh DATA OUT $device"
+    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 VAL_SAMPLES=$val LATENT_SET='${LATENT_SET-fold_features=true}' scripts/train_shipped.sh $data $out $device"

@@ -183,8 +183,11 @@ impl Bundle {
         let card_entry = next(CARD)?;
         let card: Card = {
             let name = entry_path(&card_entry).map_err(&bad)?;
-            if name != CARD || card_entry.size() > MAX_CARD_BYTES {
-                return Err(bad(format!("its first member is {name}, not a card")));
+            if name != CARD {
+                return Err(bad(format!("its first member is {name}, not {CARD}")));
+            }
+            if card_entry.size() > MAX_CARD_BYTES {
+                return Err(bad(format!("its card exceeds {MAX_CARD_BYTES} bytes")));
             }
             let bytes = read_member(card_entry, MAX_CARD_BYTES).map_err(&bad)?;
             let value: serde_json::Value = serde_json::from_slice(&bytes)
@@ -203,7 +206,10 @@ impl Bundle {
                     env!("CARGO_PKG_VERSION")
                 )));
             }
-            serde_json::from_value(value).map_err(|e| bad(format!("its card: {e}")))?
+            let card: Card =
+                serde_json::from_value(value).map_err(|e| bad(format!("its card: {e}")))?;
+            card.check_contents().map_err(&bad)?;
+            card
         };
         let dir = tempfile::Builder::new()
             .prefix("fiberflow-bundle-")
@@ -237,6 +243,13 @@ impl Bundle {
                 .and_then(|()| std::fs::write(&target, &bytes));
             written.map_err(|e| ModelError::checkpoint(&target, e))?;
         }
+        if let Some(extra) = entries.next() {
+            let name = extra
+                .map_err(|e| e.to_string())
+                .and_then(|e| entry_path(&e))
+                .unwrap_or_else(|e| e);
+            return Err(bad(format!("member {name} is not listed in its card")));
+        }
         Ok(Self {
             card,
             origin: origin.to_string(),
@@ -248,15 +261,13 @@ impl Bundle {
     pub fn load(&self, device: &Device) -> Result<TrainedModel, ModelError> {
         let root = self.dir.path();
         let (predictor, stage2) = (root.join(PREDICTOR), root.join(STAGE2));
-        let log = TrainedModel::run_log(&predictor)?;
-        let vae = DualVae::load_pair(
-            &stage2,
-            DualVae::stage2_log(&stage2)?,
-            root.join(STAGE1),
-            device,
-        )?;
-        TrainedModel::assemble(&predictor, log, vae, device)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", self.origin)))
+        let load = || -> Result<TrainedModel, ModelError> {
+            let log = TrainedModel::run_log(&predictor)?;
+            let log2 = DualVae::stage2_log(&stage2)?;
+            let vae = DualVae::load_pair(&stage2, log2, root.join(STAGE1), device)?;
+            TrainedModel::assemble(&predictor, log, vae, device)
+        };
+        load().map_err(|e| ModelError::Config(format!("{}: {e}", self.origin)))
     }
 
     /// Predicts every check sample as at export and returns the errors measured now, in
@@ -302,6 +313,31 @@ pub fn load_model(
 }
 
 impl Card {
+    /// What a card must hold for its bundle to load: the three runs' files, at least one
+    /// draw per check sample, and a hexadecimal manifest hash.
+    fn check_contents(&self) -> Result<(), String> {
+        for folder in [PREDICTOR, STAGE2, STAGE1] {
+            for file in [LOG_FILE, BEST_FILE] {
+                let path = format!("{folder}/{file}");
+                if !self.members.iter().any(|m| m.path == path) {
+                    return Err(format!("its card lists no {path}"));
+                }
+            }
+        }
+        if let Some(c) = self.check.iter().find(|c| c.draws == 0) {
+            return Err(format!("check sample {} has 0 draws", c.file));
+        }
+        if !self
+            .data
+            .manifest_sha256
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("its card's manifest hash is not hexadecimal".into());
+        }
+        Ok(())
+    }
+
     /// One line naming the model: predictor, training data and its test error beside the
     /// 3D solve of the slices.
     pub fn summary(&self) -> String {
@@ -336,6 +372,12 @@ pub fn export(
     info: &ExportInfo,
     device: &Device,
 ) -> Result<Card, ModelError> {
+    if run.is_file() {
+        return Err(ModelError::Input(format!(
+            "{} is a file (a bundle already?); `model export` takes a run folder",
+            run.display()
+        )));
+    }
     let model = TrainedModel::load(run, device)?;
     let stage2 = model.vae.stage2_dir.clone();
     let stage1 = model.vae.stage1_dir.clone();

@@ -75,6 +75,53 @@ fn a_truncated_or_altered_bundle_is_a_clear_error() {
     );
 }
 
+/// The built-in bundle rewritten with an edited card and `extra` members appended.
+fn rewritten(edit: impl Fn(&mut serde_json::Value), extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let bundle = Bundle::read(BYTES, "built-in").unwrap();
+    let mut card = serde_json::to_value(&bundle.card).unwrap();
+    edit(&mut card);
+    let json = serde_json::to_vec(&card).unwrap();
+    let mut archive = tar::Archive::new(BYTES);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut append = |path: &str, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, bytes).unwrap();
+    };
+    append("card.json", &json);
+    for entry in archive.entries().unwrap().skip(1) {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        append(&path, &bytes);
+    }
+    for (path, bytes) in extra {
+        append(path, bytes);
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_card_that_cannot_describe_its_bundle_is_refused() {
+    // The unchanged rewrite reads: the edits below are what is refused.
+    assert!(Bundle::read(&rewritten(|_| {}, &[])[..], "same").is_ok());
+    let extra = rewritten(|_| {}, &[("predictor/other.bin", b"x")]);
+    let msg = message(Bundle::read(&extra[..], "extra"));
+    assert!(
+        msg.contains("predictor/other.bin is not listed in its card"),
+        "{msg}"
+    );
+    let no_draws = rewritten(|c| c["check"][0]["draws"] = 0.into(), &[]);
+    let msg = message(Bundle::read(&no_draws[..], "draws"));
+    assert!(msg.contains("0 draws"), "{msg}");
+    let hash = rewritten(|c| c["data"]["manifest_sha256"] = "ééééééééé".into(), &[]);
+    let msg = message(Bundle::read(&hash[..], "hash"));
+    assert!(msg.contains("not hexadecimal"), "{msg}");
+}
+
 #[test]
 fn a_bundle_of_another_format_names_both_versions() {
     let mut card: serde_json::Value = {

@@ -305,11 +305,14 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     // `true`; the network's input channels say it was off.
     let direct_log = s.path("direct").join("log.json");
     let mut json: serde_json::Value = read_json(&direct_log, "").unwrap();
+    // Without `fold_features` either, as runs made before it: averaged features.
     let config = json["config"].as_object_mut().unwrap();
     config.remove("pressure_condition");
+    config.remove("fold_features");
     std::fs::write(&direct_log, serde_json::to_vec(&json).unwrap()).unwrap();
     let old = TrainedModel::load(&s.path("direct"), &Device::flex()).unwrap();
     assert!(!old.log.config.pressure_condition);
+    assert_eq!(old.log.config.fold_features, Some(false));
     // A log whose channels fit neither is refused, not a shape panic at prediction.
     json["config"]["unet"]["in_channels"] = serde_json::json!(12);
     std::fs::write(&direct_log, serde_json::to_vec(&json).unwrap()).unwrap();

@@ -202,7 +202,7 @@ fn print_card(origin: &str, card: &Card) {
         d.test_samples,
         d.generator["seed"],
         d.commit.as_deref().unwrap_or("unknown"),
-        &d.manifest_sha256[..16.min(d.manifest_sha256.len())]
+        d.manifest_sha256.chars().take(16).collect::<String>()
     );
     println!("generator: {}", d.generator["config"]);
     for r in &card.training {

@@ -83,6 +83,8 @@ pub struct PredictArgs {
 #[derive(Serialize)]
 struct Summary<'a> {
     args: &'a PredictArgs,
+    /// SHA-256 of the denoiser's weights: names the model, the built-in one included.
+    model_sha256: &'a str,
     samples: usize,
     seconds_solve_2d: f64,
     seconds_predict: f64,
@@ -212,6 +214,7 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         None => None,
     };
     let summary = Summary {
+        model_sha256: &model.weights_sha256,
         samples: a.samples,
         seconds_solve_2d: solve_s,
         seconds_predict: predict_s,

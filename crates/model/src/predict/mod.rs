@@ -105,7 +105,7 @@ impl TrainedModel {
                 run_dir.join(LOG_FILE).display()
             ))
         })?;
-        log.config.reconcile_pressure_condition();
+        log.config.reconcile_older_run();
         Ok(log)
     }
 

@@ -136,9 +136,12 @@ impl DiffusionTrainConfig {
         }
     }
 
-    /// Runs written before `pressure_condition` existed read it as the default `true`;
-    /// their network's input channels (one fewer) say it was off.
-    pub fn reconcile_pressure_condition(&mut self) {
+    /// Settings of runs written before they existed: `fold_features` absent means averaged
+    /// features, spelled out so that resuming such a run with `--set fold_features=false`
+    /// matches it; `pressure_condition` absent reads as the default `true`, and the
+    /// network's input channels (one fewer) say it was off.
+    pub fn reconcile_older_run(&mut self) {
+        self.fold_features = Some(self.conditioning().fold);
         let geometry_only = self.predictor.in_channels(
             self.unet.out_channels,
             fiberflow_data::features::GEOMETRY_CHANNELS,
@@ -352,6 +355,9 @@ pub fn train_diffusion(
     observer: &mut dyn DiffusionObserver,
 ) -> Result<DiffusionRunLog, ModelError> {
     cfg.validate()?;
+    // A config file without the field means the default (folded); only logs written before
+    // it existed read as averaged (`reconcile_older_run`).
+    cfg.fold_features.get_or_insert(true);
     parallel::check_devices(devices.len(), cfg.accumulation)?;
     let device = &devices[0];
     let vae = DualVae::load(vae_dir, device)?;
@@ -444,12 +450,13 @@ pub fn train_diffusion(
         parameters: model.num_params(),
     };
     if let Some((dir, mut saved)) = checkpoint::resume_from::<DiffusionRunLog>(out, resume)? {
-        saved.config.reconcile_pressure_condition();
+        saved.config.reconcile_older_run();
         if saved.config != cfg {
             return Err(ModelError::Config(format!(
-                "{} was trained with another configuration (pressure_condition = {}); resume with the same one, or train into a new --out",
+                "{} was trained with another configuration (pressure_condition = {}, fold_features = {}); resume with the same one, or train into a new --out",
                 out.display(),
-                saved.config.pressure_condition
+                saved.config.pressure_condition,
+                saved.config.conditioning().fold
             )));
         }
         if saved.vae_key != log.vae_key || saved.scales != log.scales {

@@ -128,7 +128,7 @@ pub(super) fn run(a: &BenchArgs, devices: &[(String, Device)]) -> Result<Predict
     let mut rows = Vec::new();
     for (name, device) in devices {
         rows.extend(rows_on(a, &batch, &solve, name, device)?);
-        rows.push(trained_row(a, &batch, &solve, name, device)?);
+        rows.extend(trained_row(a, &batch, &solve, name, device)?);
     }
     Ok(PredictSection {
         sample: grid,
@@ -201,8 +201,16 @@ fn trained_row(
     solve: &SolveTime,
     name: &str,
     device: &Device,
-) -> Result<PredictRow> {
-    let model = load_model(a.model.as_deref(), device)?.with_precision(a.precision.into());
+) -> Result<Option<PredictRow>> {
+    let model = match load_model(a.model.as_deref(), device) {
+        Ok(model) => model.with_precision(a.precision.into()),
+        // A build without a built-in model times the untrained architectures alone.
+        Err(e) if a.model.is_none() => {
+            println!("predict {name:9} trained model: skipped, {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let label = a
         .model
         .as_ref()
@@ -216,7 +224,7 @@ fn trained_row(
     let result = bench_predict(&model, batch, &options, a.repeats(), a.seed, device);
     let mut row = predict_row(None, predictor, sampler, result, solve, name)?;
     row.model = Some(label);
-    Ok(row)
+    Ok(Some(row))
 }
 
 fn sampler_name(sampler: Option<SamplerKind>) -> &'static str {
@@ -268,8 +276,10 @@ fn predict_row(
             row.measured = Some(m);
             row.speedup = Some(speedup);
         }
-        Err(ModelError::Input(why)) if architecture == Some(Architecture::Reference) => {
-            println!("predict {device:9} Reference {name:12}: skipped, {why}");
+        // The reference architectures and a trained model may not fit the bench's grid.
+        Err(ModelError::Input(why)) if architecture != Some(Architecture::Default) => {
+            let what = architecture.map_or("trained".into(), |a| format!("{a:?}"));
+            println!("predict {device:9} {what:9} {name:12}: skipped, {why}");
             row.skipped = Some(why);
         }
         Err(e) => return Err(e.into()),
