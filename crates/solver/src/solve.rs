@@ -5,6 +5,7 @@ use crate::error::SolverError;
 use crate::kernel::{self, Grid, Streaming, Trt};
 use crate::lattice::{D2Q9, D3Q19, VelocitySet};
 use ndarray::ArrayView3;
+use rayon::prelude::*;
 
 /// Which velocity set to use: D2Q9 for a single plane, D3Q19 for a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +133,16 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             std::mem::swap(&mut f, &mut f_new);
         }
         iterations += cfg.check_every;
+        if init.is_some() && iterations == cfg.check_every {
+            // A warm start puts momentum across one-cell gaps, where bounce-back reverses
+            // it every step and the (momentum-conserving) collision never damps it: that
+            // period-2 oscillation survived 12 000 steps and left a 1e-2 field error. The
+            // mean of two consecutive states cancels it exactly and barely moves the rest.
+            kernel::step::<Q, V>(&grid, &trt, &f, fluid, &streaming, &mut f_new);
+            f.par_iter_mut()
+                .zip(&f_new)
+                .for_each(|(a, b)| *a = 0.5 * (*a + *b));
+        }
         let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
         let flux = mean(&vel)[0];
         if !flux.is_finite() {
