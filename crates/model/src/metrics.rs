@@ -19,8 +19,12 @@ pub struct ErrorSums {
 pub struct FieldErrors {
     /// ‖p_c − t_c‖ / ‖t_c‖ over the fluid, per component (vx, vy, vz).
     pub relative_l2: [f64; 3],
-    /// ‖p − t‖ / ‖t‖ over all components.
-    pub relative_l2_total: f64,
+    /// ‖p − t‖ / ‖t‖ over all components of whatever the caller passed: training
+    /// validates on components normalised by their standard deviations, so vz weighs like
+    /// vx (unlike `fiberflow_eval`'s `rel_l2_total`, in m/s). Run logs written before the
+    /// rename call it `relative_l2_total`.
+    #[serde(alias = "relative_l2_total")]
+    pub relative_l2_total_normalised: f64,
     /// ‖vz_pred‖ / ‖vz_true‖: 1 when the magnitude of vz is recovered (the reference's
     /// VAE reached 0.043).
     pub vz_ratio: f64,
@@ -51,7 +55,7 @@ impl ErrorSums {
         let ratio = |a: f64, b: f64| if b > 0.0 { (a / b).sqrt() } else { f64::NAN };
         FieldErrors {
             relative_l2: std::array::from_fn(|c| ratio(self.err2[c], self.true2[c])),
-            relative_l2_total: ratio(self.err2.iter().sum(), self.true2.iter().sum()),
+            relative_l2_total_normalised: ratio(self.err2.iter().sum(), self.true2.iter().sum()),
             vz_ratio: ratio(self.pred2[2], self.true2[2]),
         }
     }
@@ -75,7 +79,17 @@ mod tests {
         s.add(pred, target, mask);
         let e = s.errors();
         assert_eq!(e.relative_l2, [0.0, 1.0, 0.5]);
-        assert!((e.relative_l2_total - (17f64 / 29.0).sqrt()).abs() < 1e-12);
+        assert!((e.relative_l2_total_normalised - (17f64 / 29.0).sqrt()).abs() < 1e-12);
         assert!((e.vz_ratio - 0.5).abs() < 1e-12);
+    }
+
+    /// Run logs written before the rename (the built-in model's among them) still read.
+    #[test]
+    fn logs_with_the_old_name_read() {
+        let old = r#"{"relative_l2":[0.1,0.2,0.3],"relative_l2_total":0.25,"vz_ratio":0.9}"#;
+        let e: FieldErrors = serde_json::from_str(old).unwrap();
+        assert_eq!(e.relative_l2_total_normalised, 0.25);
+        let new = serde_json::to_string(&e).unwrap();
+        assert!(new.contains("\"relative_l2_total_normalised\":0.25"), "{new}");
     }
 }

@@ -230,12 +230,15 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
         for v in [r.lr, r.train_loss, r.val_loss, r.mean_grad_norm] {
             assert!(v.is_finite() && v > 0.0, "{r:?}");
         }
-        assert!(r.val_errors.relative_l2_total.is_finite(), "{r:?}");
+        assert!(
+            r.val_errors.relative_l2_total_normalised.is_finite(),
+            "{r:?}"
+        );
     }
     let (best, best_error) = log
         .history
         .iter()
-        .map(|r| (r.epoch, r.val_errors.relative_l2_total))
+        .map(|r| (r.epoch, r.val_errors.relative_l2_total_normalised))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap();
     assert_eq!(

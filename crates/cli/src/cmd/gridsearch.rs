@@ -351,7 +351,7 @@ impl DiffusionObserver for RunBar {
     fn epoch(&mut self, r: &DiffusionEpoch) -> ControlFlow<()> {
         self.line(format!(
             "{} epoch {}: train loss {:.4e}, val loss {:.4e}, decoded relative L2 {:.4}",
-            self.run, r.epoch, r.train_loss, r.val_loss, r.val_errors.relative_l2_total
+            self.run, r.epoch, r.train_loss, r.val_loss, r.val_errors.relative_l2_total_normalised
         ));
         ControlFlow::Continue(())
     }

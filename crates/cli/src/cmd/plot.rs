@@ -82,7 +82,7 @@ fn errors_plot(title: &str, errors: &[FieldErrors]) -> Result<LinePlot> {
         ("vx", |e| e.relative_l2[0]),
         ("vy", |e| e.relative_l2[1]),
         ("vz", |e| e.relative_l2[2]),
-        ("total", |e| e.relative_l2_total),
+        ("total", |e| e.relative_l2_total_normalised),
         ("vz ratio", |e| e.vz_ratio),
     ];
     for (name, get) in curves {

@@ -232,7 +232,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         e.relative_l2[0],
         e.relative_l2[1],
         e.relative_l2[2],
-        e.relative_l2_total,
+        e.relative_l2_total_normalised,
         e.vz_ratio,
         a.out.display()
     );

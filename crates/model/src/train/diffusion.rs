@@ -574,8 +574,8 @@ pub fn train_diffusion(
             mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if val_errors.relative_l2_total < log.best_val_error {
-            log.best_val_error = val_errors.relative_l2_total;
+        if val_errors.relative_l2_total_normalised < log.best_val_error {
+            log.best_val_error = val_errors.relative_l2_total_normalised;
             log.best_epoch = Some(epoch);
             checkpoint::save_atomic(&ema_model, &out.join(BEST_FILE))?;
         }
