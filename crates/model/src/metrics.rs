@@ -90,6 +90,9 @@ mod tests {
         let e: FieldErrors = serde_json::from_str(old).unwrap();
         assert_eq!(e.relative_l2_total_normalised, 0.25);
         let new = serde_json::to_string(&e).unwrap();
-        assert!(new.contains("\"relative_l2_total_normalised\":0.25"), "{new}");
+        assert!(
+            new.contains("\"relative_l2_total_normalised\":0.25"),
+            "{new}"
+        );
     }
 }
