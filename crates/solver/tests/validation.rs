@@ -39,6 +39,18 @@ fn disks(nx: usize, ny: usize, centres: &[(f64, f64)], r: f64) -> Array3<u8> {
     })
 }
 
+/// ‖a − b‖ / ‖b‖ over every cell and component.
+fn relative_l2(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (u, v) in a.iter().zip(b) {
+        for k in 0..3 {
+            diff += f64::from(u[k] - v[k]).powi(2);
+            norm += f64::from(v[k]).powi(2);
+        }
+    }
+    (diff / norm).sqrt()
+}
+
 fn solid_fraction(mask: &Array3<u8>) -> f64 {
     mask.iter().filter(|&&v| v == 0).count() as f64 / mask.len() as f64
 }
@@ -306,14 +318,7 @@ fn a_warm_start_converges_to_the_cold_start_solution() {
         .collect();
     let warm = solve_lattice(mask.view(), Dim::Three, &cfg, Some(&init), None).expect("solve");
     assert!(warm.converged);
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (w, c) in warm.velocity.iter().zip(&cold.velocity) {
-        for k in 0..3 {
-            diff += f64::from(w[k] - c[k]).powi(2);
-            norm += f64::from(c[k]).powi(2);
-        }
-    }
-    let rel = (diff / norm).sqrt();
+    let rel = relative_l2(&warm.velocity, &cold.velocity);
     assert!(rel < 1e-4, "warm and cold starts differ by {rel:.2e}");
     assert!((warm.permeability / cold.permeability - 1.0).abs() < 1e-5);
 }
@@ -341,13 +346,6 @@ fn the_field_does_not_depend_on_the_parity_of_the_step_count() {
         solve_lattice(mask.view(), Dim::Three, &cfg, None, None).expect("solve")
     };
     let (even, odd) = (after(4000), after(4001));
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (a, b) in even.velocity.iter().zip(&odd.velocity) {
-        for k in 0..3 {
-            diff += f64::from(a[k] - b[k]).powi(2);
-            norm += f64::from(b[k]).powi(2);
-        }
-    }
-    let rel = (diff / norm).sqrt();
+    let rel = relative_l2(&even.velocity, &odd.velocity);
     assert!(rel < 1e-5, "N and N + 1 steps differ by {rel:.2e}");
 }
