@@ -170,7 +170,7 @@ impl GeneratorConfig {
 /// What a jammed packing changes before it is redrawn. Fibres are kept `min_gap_px` apart
 /// so that the raster keeps fluid between them, but at coarse pixels that gap excludes
 /// dense packings: at 64 px (0.78 µm) Vf 0.65 with 4° lean jams on every seed, while a
-/// quarter of the gap packs it on every seed. So a jam first halves the gap, down to
+/// quarter of the gap packs it on every seed. So a jam first halves the gap, up to
 /// [`Redraws::GAP_HALVINGS`] times (the sample keeps the Vf it drew, and fibres closer
 /// than a pixel may touch on the raster, as they do in real laminates; the percolation
 /// check still applies), and only then lowers Vf from a range whose top falls to the
@@ -179,7 +179,8 @@ struct Redraws {
     vf: [f64; 2],
     halvings: usize,
     lowerings: usize,
-    /// Attempts left for lowering Vf once the gap is at its floor.
+    /// Redraws that lower Vf once the gap is at its floor; the last draws from the range's
+    /// low end alone.
     lowering_attempts: usize,
 }
 
