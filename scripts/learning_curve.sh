@@ -34,8 +34,8 @@ epochs() { echo $(( ($1 + $2 - 1) / $2 )); }
 # shellcheck source=scripts/score.sh
 source "$(dirname "$0")/score.sh"
 
-score "$out/copy2d.json" "$data" --baseline copy2d
-score "$out/solve3d.json" "$data" --baseline solve3d
+score "$out/copy2d.json" "$data" --score copy2d
+score "$out/solve3d.json" "$data" --score solve3d
 
 for n in $sizes; do
     d="$out/n$n"
@@ -58,7 +58,7 @@ for n in $sizes; do
         "${latent[@]}" "${limit[@]}"
     score "$d/model.json" "$data" --model "$d/diffusion" --samples "$draws"
     score "$d/direct.json" "$data" --model "$d/direct"
-    score "$d/vae_only.json" "$data" --model "$d/diffusion" --sanity-mode
+    score "$d/vae_only.json" "$data" --model "$d/diffusion" --score vae
 done
 
 # One table: relative L2 error over the fluid (test split) and training wall time.

@@ -15,9 +15,10 @@
 # on CPUs than the default backend) or `cpu`. Everything resumes: rerun the same command
 # after a kill and finished stages are skipped, the running one goes on from its last
 # checkpoint. Epoch counts are environment variables (EPOCHS_VAE1, EPOCHS_VAE2,
-# EPOCHS_LATENT); validation uses the first VAL_SAMPLES of the validation split; LATENT_SET
-# holds config overrides of both latent networks (default: features folded into the latent
-# grid, which measured better than averaged ones, see BENCHMARKS.md).
+# EPOCHS_LATENT for the diffusion model, EPOCHS_DIRECT for the direct predictor); validation
+# uses the first VAL_SAMPLES of the validation split; LATENT_SET holds config overrides of
+# both latent networks (default: features folded into the latent grid and mirror
+# augmentation, each measured better than without, see BENCHMARKS.md).
 set -euo pipefail
 
 data=${1:?usage: train_shipped.sh DATA OUT [TRAIN_DEVICE]}
@@ -28,10 +29,12 @@ train_bin=$bin
 [ "$device" = cpu ] || train_bin=${FIBERFLOW_TRAIN:-target/libtorch/release/fiberflow}
 e1=${EPOCHS_VAE1:-30}
 e2=${EPOCHS_VAE2:-15}
-e3=${EPOCHS_LATENT:-80}
+e3=${EPOCHS_LATENT:-50}
+e4=${EPOCHS_DIRECT:-80}
 val=${VAL_SAMPLES:-32}
 latent_set=()
-read -ra overrides <<<"${LATENT_SET-fold_features=true}"
+latent_default="fold_features=true mirror_augmentation=true"
+read -ra overrides <<<"${LATENT_SET-$latent_default}"
 for kv in "${overrides[@]}"; do latent_set+=(--set "$kv"); done
 mkdir -p "$out"
 
@@ -44,27 +47,38 @@ common=(--set "val_samples=$val" --device "$device" --resume)
 "$train_bin" train diffusion --dataset "$data" --vae "$out/vae2" --out "$out/diffusion" \
     --epochs "$e3" "${latent_set[@]}" "${common[@]}"
 "$train_bin" train diffusion --dataset "$data" --vae "$out/vae2" --out "$out/direct" \
-    --epochs "$e3" --set predictor=direct --set unet.time_conditioned=false \
+    --epochs "$e4" --set predictor=direct --set unet.time_conditioned=false \
     "${latent_set[@]}" "${common[@]}"
 
 # Scores on the whole test split, each written once.
 # shellcheck source=scripts/score.sh
 source "$(dirname "$0")/score.sh"
-score "$out/copy2d.json" "$data" --baseline copy2d
-score "$out/solve3d.json" "$data" --baseline solve3d
+score "$out/copy2d.json" "$data" --score copy2d
+score "$out/solve3d.json" "$data" --score solve3d
+# The diffusion model's point prediction (the posterior mean over 4 starting noises, the
+# default), and the mean of 4 draws for comparison.
 score "$out/model.json" "$data" --model "$out/diffusion" --samples 4
+score "$out/model-draws.json" "$data" --model "$out/diffusion" --samples 4 --estimate draw-mean
 score "$out/direct.json" "$data" --model "$out/direct"
-evaluations=(--evaluation "$out/model.json" --evaluation "direct=$out/direct.json"
+# Both averaged over the input's eight mirror images (--symmetrize; one noise per image).
+score "$out/model-sym.json" "$data" --model "$out/diffusion" --samples 1 --symmetrize
+score "$out/direct-sym.json" "$data" --model "$out/direct" --symmetrize
+evaluations=(--evaluation "$out/model.json" --evaluation "mean of 4 draws=$out/model-draws.json"
+    --evaluation "symmetrized=$out/model-sym.json"
+    --evaluation "direct=$out/direct.json" --evaluation "direct, symmetrized=$out/direct-sym.json"
     --evaluation "$out/solve3d.json" --evaluation "$out/copy2d.json")
 if [ -n "${OOD:-}" ]; then
-    score "$out/ood-copy2d.json" "$OOD" --split all --baseline copy2d
-    score "$out/ood-solve3d.json" "$OOD" --split all --baseline solve3d
+    score "$out/ood-copy2d.json" "$OOD" --split all --score copy2d
+    score "$out/ood-solve3d.json" "$OOD" --split all --score solve3d
     score "$out/ood-model.json" "$OOD" --split all --model "$out/diffusion" --samples 4
     score "$out/ood-direct.json" "$OOD" --split all --model "$out/direct"
-    for label in copy2d solve3d model direct; do
+    score "$out/ood-model-sym.json" "$OOD" --split all --model "$out/diffusion" --samples 1 \
+        --symmetrize
+    score "$out/ood-direct-sym.json" "$OOD" --split all --model "$out/direct" --symmetrize
+    for label in copy2d solve3d model model-sym direct direct-sym; do
         evaluations+=(--evaluation "unseen family: $label=$out/ood-$label.json")
     done
 fi
 "$bin" model export "$out/diffusion" --out "$out/model.ffmodel" "${evaluations[@]}" \
     ${DATA_COMMIT:+--data-commit "$DATA_COMMIT"} \
-    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 VAL_SAMPLES=$val LATENT_SET='${LATENT_SET-fold_features=true}' scripts/train_shipped.sh $data $out $device"
+    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 EPOCHS_DIRECT=$e4 VAL_SAMPLES=$val LATENT_SET='${LATENT_SET-$latent_default}' scripts/train_shipped.sh $data $out $device"

@@ -167,6 +167,20 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
         ],
         &["--sanity-mode", "--baseline"],
     );
+    fails(
+        [
+            "evaluate",
+            "--dataset",
+            &data,
+            "--score",
+            "vae",
+            "--baseline",
+            "copy2d",
+            "--json",
+            "/dev/null",
+        ],
+        &["--score", "give one"],
+    );
     // A checksum without a URL to check, and two URLs sharing one checksum.
     let sha = "ab".repeat(32);
     let eval_json = tmp.path().join("e.json").display().to_string();

@@ -8,7 +8,7 @@
 //! Stokes reversibility the whole flow is then reversed: vx is kept and vy, vz and the
 //! pressure are negated. The mask is only flipped.
 
-use ndarray::{Array2, Array5, Axis};
+use ndarray::{Array2, Array4, Array5, Axis};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,9 +31,34 @@ pub struct Mirror {
 }
 
 impl Mirror {
+    /// The eight combinations, numbered by [`Mirror::code`] (the identity first).
+    pub fn all() -> impl Iterator<Item = Mirror> {
+        (0..8u8).map(|c| Mirror {
+            x: c & 1 != 0,
+            y: c & 2 != 0,
+            z: c & 4 != 0,
+        })
+    }
+
+    /// 0–7: bit 0 for x, 1 for y, 2 for z; names cached per-mirror files.
+    pub fn code(self) -> u8 {
+        u8::from(self.x) | u8::from(self.y) << 1 | u8::from(self.z) << 2
+    }
+
     /// Applies the mirrors to every field of `sample` in place. Flips reverse strides
     /// without copying; use `as_standard_layout` where contiguous memory is needed.
     pub fn apply(self, sample: &mut Sample) {
+        for field in Field::EVERY {
+            if let Some(array) = sample.field_mut(field) {
+                self.apply_to(field, array);
+            }
+        }
+    }
+
+    /// Applies the mirrors to one `(S, C, H, W)` field, e.g. a predicted velocity; each
+    /// mirror is its own inverse, so this also maps a prediction for the mirrored sample
+    /// back.
+    pub fn apply_to(self, field: Field, array: &mut Array4<f32>) {
         // (enabled, array axis flipped, velocity channels negated, pressure negated)
         let mirrors: [(bool, usize, &[usize], bool); 3] = [
             (self.x, 3, &[1, 2], true),
@@ -44,18 +69,13 @@ impl Mirror {
             if !on {
                 continue;
             }
-            for field in Field::EVERY {
-                let Some(array) = sample.field_mut(field) else {
-                    continue;
-                };
-                array.invert_axis(Axis(axis));
-                if field.channels() == 3 {
-                    for &c in channels {
-                        array.index_axis_mut(Axis(1), c).mapv_inplace(|v| -v);
-                    }
-                } else if negate_p && field != Field::Domain {
-                    array.mapv_inplace(|v| -v);
+            array.invert_axis(Axis(axis));
+            if field.channels() == 3 {
+                for &c in channels {
+                    array.index_axis_mut(Axis(1), c).mapv_inplace(|v| -v);
                 }
+            } else if negate_p && field != Field::Domain {
+                array.mapv_inplace(|v| -v);
             }
         }
     }
@@ -265,6 +285,20 @@ mod tests {
             p2d: Some(Array4::from_shape_fn((2, 1, 2, 2), code(0.125))),
             dxyz: [1.0, 2.0, 3.0],
         }
+    }
+
+    #[test]
+    fn the_eight_mirrors_are_distinct_and_numbered_by_their_code() {
+        let all: Vec<Mirror> = Mirror::all().collect();
+        assert_eq!(all[0], Mirror::default());
+        for (k, m) in all.iter().enumerate() {
+            assert_eq!(usize::from(m.code()), k);
+        }
+        let z = Mirror {
+            z: true,
+            ..Mirror::default()
+        };
+        assert_eq!(z.code(), 4);
     }
 
     #[test]

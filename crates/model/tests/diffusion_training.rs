@@ -21,7 +21,7 @@ use fiberflow_model::physics::{PhysicsLossConfig, flow_rate_term};
 use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::inputs::{ConditionInputs, Conditioning, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
-use fiberflow_model::predict::{Steering, TrainedModel};
+use fiberflow_model::predict::{PointEstimate, Steering, TrainedModel};
 use fiberflow_model::train::checkpoint;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionRunLog, DiffusionTrainConfig, train_diffusion,
@@ -312,10 +312,12 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     let config = json["config"].as_object_mut().unwrap();
     config.remove("pressure_condition");
     config.remove("fold_features");
+    config.remove("mirror_augmentation");
     std::fs::write(&direct_log, serde_json::to_vec(&json).unwrap()).unwrap();
     let old = TrainedModel::load(&s.path("direct"), &Device::flex()).unwrap();
     assert!(!old.log.config.pressure_condition);
     assert_eq!(old.log.config.fold_features, Some(false));
+    assert!(!old.log.config.mirrors());
     // A log whose channels fit neither is refused, not a shape panic at prediction.
     json["config"]["unet"]["in_channels"] = serde_json::json!(12);
     std::fs::write(&direct_log, serde_json::to_vec(&json).unwrap()).unwrap();
@@ -337,6 +339,85 @@ fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     std::fs::write(&meta_path, stale).unwrap();
     let err = LatentCache::open(&dataset, &vae).err().unwrap().to_string();
     assert!(err.contains("changed since its latents"), "{err}");
+}
+
+#[test]
+fn mirror_augmentation_encodes_every_training_sample_through_its_mirrors() {
+    let _serial = serial();
+    let s = Setup::new();
+    let out = s.path("mirrored");
+    let cfg = DiffusionTrainConfig {
+        mirror_augmentation: Some(true),
+        ..config(PredictorKind::Direct, 1)
+    };
+    let log = s.train(&s.stage2, &out, cfg, false, &mut Quiet).unwrap();
+    assert_eq!(log.config.mirror_augmentation, Some(true));
+
+    // Seven mirrored files per training sample, none for the other splits.
+    let dataset = Dataset::open(&s.data).unwrap();
+    let train = dataset.indices(Some(Subset::Train));
+    let cache = s.data.join("latents").join(&log.vae_key[..16]);
+    let names: Vec<String> = modified(&cache).into_keys().collect();
+    let mirrored: Vec<&String> = names.iter().filter(|n| n.contains("-m")).collect();
+    assert_eq!(mirrored.len(), 7 * train.len());
+    for code in 1..8 {
+        for &i in &train {
+            let name = format!("{i:06}-m{code}.safetensors");
+            assert!(names.contains(&name), "{name} missing");
+        }
+    }
+
+    // Each holds the encoding of the flow mirrored by the loader (which knows nothing
+    // of file codes), and differs from the unmirrored latent.
+    let device = Device::flex();
+    let vae = DualVae::load(&s.stage2, &device).unwrap();
+    let opened = LatentCache::open(&dataset, &vae).unwrap().unwrap();
+    let (i, mirror) = (
+        train[0],
+        Mirror {
+            y: true,
+            z: true,
+            ..Mirror::default()
+        },
+    );
+    let mut sample = dataset.open_sample(i).unwrap().load().unwrap();
+    mirror.apply(&mut sample);
+    let batch = Batch {
+        indices: vec![i],
+        samples: vec![sample],
+        mirrors: vec![mirror],
+    };
+    let tb = to_tensors(&batch, &vae.normalizer, &device).unwrap();
+    let want = values(vae.encode_3d(&tb));
+    let got: Vec<f32> = opened
+        .load_mirrored(i, mirror)
+        .unwrap()
+        .mu3d
+        .try_into_vec()
+        .unwrap();
+    let plain: Vec<f32> = opened.load(i).unwrap().mu3d.try_into_vec().unwrap();
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    assert!(max_diff(&got, &want) < 1e-5);
+    assert!(max_diff(&got, &plain) > 1e-3);
+
+    // The setting is part of the run: resuming without it is refused.
+    let err = s
+        .train(
+            &s.stage2,
+            &out,
+            config(PredictorKind::Direct, 2),
+            true,
+            &mut Quiet,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("mirror_augmentation = true"), "{err}");
 }
 
 #[test]
@@ -640,6 +721,101 @@ fn predictions_are_masked_finite_and_seeded() {
     let d = values(draws[0].clone());
     assert!(d == values(draws[1].clone()));
     assert!(d == values(direct_model.predict(&tb, &options, 1, 8).unwrap()[0].clone()));
+
+    // The posterior mean is the denoiser's first x̂0 (at t = T − 1, from each draw's
+    // starting noise), decoded and averaged over the draws; the draw mean averages the
+    // draws; a direct predictor's point estimate is its prediction.
+    let inputs = ConditionInputs::new(
+        &model.vae,
+        &tb,
+        &model.log.scales,
+        model.log.config.conditioning(),
+    )
+    .unwrap();
+    let [b, _, slices, h, w] = inputs.cond.dims();
+    let latent_shape = [b, model.unet.config().out_channels, slices, h, w];
+    let last = vec![model.schedule.train_timesteps() - 1; b];
+    let by_hand: Vec<Vec<f32>> = (0..2)
+        .map(|j| {
+            let mut rng = seeded_rng(7);
+            rng.set_stream(j);
+            let x_t = standard_normal(latent_shape, &mut rng, &device);
+            let times: Vec<f32> = last.iter().map(|&t| t as f32).collect();
+            let input = Tensor::cat(
+                vec![x_t.clone(), inputs.cond.clone(), inputs.geometry.clone()],
+                1,
+            );
+            let out = model
+                .unet
+                .forward(
+                    input,
+                    Some(Tensor::<1>::from_floats(times.as_slice(), &device)),
+                )
+                .unwrap();
+            let x0 = model
+                .schedule
+                .clip(model.schedule.x0_from(out, x_t, &last).unwrap());
+            let latent = model.log.scales.latent(x0, inputs.mu2d.clone());
+            values(model.vae.decode(latent, &tb))
+        })
+        .collect();
+    let mean_of = |v: &[&[f32]]| -> Vec<f32> {
+        (0..v[0].len())
+            .map(|i| v.iter().map(|d| d[i]).sum::<f32>() / v.len() as f32)
+            .collect()
+    };
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    let estimate = |m: &TrainedModel, e: PointEstimate| {
+        values(
+            m.point_estimate(&tb, &options, (e, 2, 7), &Steering::default())
+                .unwrap(),
+        )
+    };
+    let posterior = estimate(&model, PointEstimate::PosteriorMean);
+    assert!(max_diff(&posterior, &mean_of(&[&by_hand[0], &by_hand[1]])) < 1e-5);
+    let gap = max_diff(&posterior, &mean_of(&[&d0, &d1]));
+    assert!(gap > 0.0, "{gap}");
+    let draw_mean = estimate(&model, PointEstimate::DrawMean);
+    assert!(max_diff(&draw_mean, &mean_of(&[&d0, &d1])) < 1e-5);
+    assert!(estimate(&direct_model, PointEstimate::PosteriorMean) == d);
+
+    // Averaged over the eight mirror images, an estimate is mirror-equivariant: that of a
+    // mirrored sample is the mirrored estimate (the plain one is not).
+    let mirror = Mirror {
+        x: true,
+        z: true,
+        ..Mirror::default()
+    };
+    let sample = &batch.samples[0];
+    let mut mirrored = sample.clone();
+    mirror.apply(&mut mirrored);
+    let none = Steering::default();
+    for (m, kind) in [
+        (&direct_model, PointEstimate::DrawMean),
+        (&model, PointEstimate::PosteriorMean),
+    ] {
+        let at = |s: &fiberflow_data::Sample, symmetrize: bool| {
+            m.sample_estimate(s, &options, (kind, 1, 3), &none, symmetrize, &device)
+                .unwrap()
+        };
+        let gap = |symmetrize: bool| {
+            let mut back = at(&mirrored, symmetrize);
+            mirror.apply_to(fiberflow_data::Field::U, &mut back);
+            let (a, b) = (at(sample, symmetrize), back);
+            let d: f32 = (&a - &b).iter().map(|v| v * v).sum::<f32>().sqrt();
+            d / a.iter().map(|v| v * v).sum::<f32>().sqrt()
+        };
+        let (symmetric, plain) = (gap(true), gap(false));
+        assert!(
+            symmetric < 1e-5 && plain > 1e-3,
+            "{kind:?}: {symmetric} {plain}"
+        );
+    }
 
     // In bf16 and f16 every kind of draw (plain, with classifier-free guidance, from the
     // direct predictor, physics-guided, which differentiates through the half networks)

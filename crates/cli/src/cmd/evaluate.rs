@@ -1,7 +1,7 @@
 //! `fiberflow evaluate`: metrics of a trained model on a dataset split — reference-exact
 //! (`ref_` prefix) and corrected — per sample and summarised, as JSON and CSV. With
-//! `--sanity-mode` the VAE alone (E3D → D3D) is scored, with `--baseline copy2d` the 2D
-//! flow itself and with `--baseline solve3d` the 3D solve of the slices alone, so every
+//! `--score vae` the VAE alone (E3D → D3D) is scored, with `--score copy2d` the 2D
+//! flow itself and with `--score solve3d` the 3D solve of the slices alone, so every
 //! report can show what the model adds and how close it comes to the physics it replaces.
 
 use super::sampler_args::SamplerArgs;
@@ -44,13 +44,27 @@ impl SplitArg {
     }
 }
 
+/// What `evaluate` scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-pub enum BaselineArg {
+#[serde(rename_all = "lowercase")]
+pub enum ScoreArg {
+    /// The trained model's point prediction.
+    Model,
+    /// The VAE alone, D3D(E3D(U)): it needs the true 3D flow, so it bounds what a perfect
+    /// latent predictor could reach.
+    Vae,
     /// U_2d as the prediction of U (vz = 0).
     Copy2d,
     /// The 3D solve of the sample's slices alone, as `fiberflow solve` treats a user stack
     /// (geometry interpolated between slices, the dataset's solver settings): what the
     /// networks replace.
+    Solve3d,
+}
+
+/// The baselines `--baseline` (an older spelling of `--score`) takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum BaselineArg {
+    Copy2d,
     Solve3d,
 }
 
@@ -72,16 +86,20 @@ pub struct EvaluateArgs {
     split: SplitArg,
     #[command(flatten)]
     sampler: SamplerArgs,
-    /// Stochastic predictions averaged per sample (the ensemble mean is scored).
+    /// Draws per sample: their starting noises average the posterior mean, or the draws
+    /// themselves are averaged (`--estimate draw-mean`).
     #[arg(long, default_value_t = 1)]
     samples: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Score the VAE reconstruction D3D(E3D(U)) instead of the model.
-    #[arg(long)]
+    /// `--score vae`, as earlier versions spelt it.
+    #[arg(long, hide = true)]
     sanity_mode: bool,
-    /// Score a baseline instead of the model.
-    #[arg(long, value_enum)]
+    /// What is scored; a baseline needs no model.
+    #[arg(long, value_enum, default_value_t = ScoreArg::Model)]
+    score: ScoreArg,
+    /// `--score copy2d|solve3d`, as earlier versions spelt it.
+    #[arg(long, value_enum, hide = true)]
     baseline: Option<BaselineArg>,
     /// Also score the prediction after the exact projection onto zero divergence in the
     /// fluid with no-slip in fibres (`projected` in the JSON).
@@ -120,16 +138,38 @@ struct Report<'a> {
     projected: Vec<SampleMetrics>,
 }
 
-pub fn run(mut a: EvaluateArgs) -> Result<()> {
-    if a.sanity_mode && a.baseline.is_some() {
-        bail!("--sanity-mode and --baseline each choose what is scored; give one");
+impl EvaluateArgs {
+    /// What is scored, from `--score` or one of its older spellings.
+    fn scored(&self) -> Result<ScoreArg> {
+        let aliases: Vec<ScoreArg> = [
+            self.sanity_mode.then_some(ScoreArg::Vae),
+            self.baseline.map(|b| match b {
+                BaselineArg::Copy2d => ScoreArg::Copy2d,
+                BaselineArg::Solve3d => ScoreArg::Solve3d,
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match aliases[..] {
+            [] => Ok(self.score),
+            [alias] if self.score == ScoreArg::Model || self.score == alias => Ok(alias),
+            _ => {
+                bail!("--score, --sanity-mode and --baseline each choose what is scored; give one")
+            }
+        }
     }
+}
+
+pub fn run(mut a: EvaluateArgs) -> Result<()> {
+    let score = a.scored()?;
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }
     // Only what is used is fetched: a baseline needs no model.
+    let with_model = matches!(score, ScoreArg::Model | ScoreArg::Vae);
     let mut paths = vec![&mut a.dataset];
-    if a.baseline.is_none() {
+    if with_model {
         paths.extend(a.model.as_mut());
     }
     crate::remote::localise(&mut paths, a.sha256.as_deref())?;
@@ -140,9 +180,9 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     let device = a
         .sampler
         .device(fiberflow_model::device::select(&a.device)?);
-    let model = match a.baseline {
-        Some(_) => None,
-        None => Some(
+    let model = match with_model {
+        false => None,
+        true => Some(
             load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision.into()),
         ),
     };
@@ -154,8 +194,8 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
             [shape.slices, shape.height, shape.width],
         )?;
     }
-    let flow = match a.baseline {
-        Some(BaselineArg::Solve3d) => flow_config_of(&header.generator)?,
+    let flow = match score {
+        ScoreArg::Solve3d => flow_config_of(&header.generator)?,
         _ => FlowConfig::default(),
     };
     let stats = Statistics::load(&dataset)?;
@@ -181,9 +221,9 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
         let index = batch.indices[0];
         let sample = &batch.samples[0];
         let started = Instant::now();
-        let pred: Array4<f32> = match (&model, a.baseline) {
-            (_, Some(BaselineArg::Copy2d)) => &sample.u2d * &sample.domain,
-            (_, Some(BaselineArg::Solve3d)) => {
+        let pred: Array4<f32> = match (&model, score) {
+            (_, ScoreArg::Copy2d) => &sample.u2d * &sample.domain,
+            (_, ScoreArg::Solve3d) => {
                 let slices = sample
                     .domain
                     .index_axis(Axis(1), 0)
@@ -198,27 +238,24 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
                 }
                 solved.u.context("the solver skipped the 3D solve")?
             }
-            (Some(m), None) => {
+            (Some(m), ScoreArg::Vae) => {
                 let tb = to_tensors(&batch, &m.vae.normalizer, &device)?;
                 m.check_input(&tb)?;
-                if a.sanity_mode {
-                    sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?
-                } else {
-                    let draws = m.predict_steered(
-                        &tb,
-                        &options,
-                        a.samples,
-                        a.seed.wrapping_add(index as u64),
-                        &a.sampler.steering(),
-                    )?;
-                    let arrays = draws
-                        .into_iter()
-                        .map(|t| sample_array(t, 0))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    mean(&arrays)
-                }
+                sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?
             }
-            (None, None) => unreachable!("a model is loaded unless a baseline is scored"),
+            (Some(m), ScoreArg::Model) => m.sample_estimate(
+                sample,
+                &options,
+                (
+                    a.sampler.estimate.into(),
+                    a.samples,
+                    a.seed.wrapping_add(index as u64),
+                ),
+                &a.sampler.steering(),
+                a.sampler.symmetrize,
+                &device,
+            )?,
+            (None, _) => unreachable!("a model is loaded unless a baseline is scored"),
         };
         seconds += started.elapsed().as_secs_f64();
         let id = format!("{index:06}");
@@ -249,11 +286,11 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     bar.finish();
     let summary = Summary::from_samples(&per_sample)?;
     let report = Report {
-        mode: match (a.baseline, a.sanity_mode) {
-            (Some(BaselineArg::Copy2d), _) => "baseline_copy2d",
-            (Some(BaselineArg::Solve3d), _) => "baseline_solve3d",
-            (None, true) => "vae_only_sanity",
-            (None, false) => "model",
+        mode: match score {
+            ScoreArg::Copy2d => "baseline_copy2d",
+            ScoreArg::Solve3d => "baseline_solve3d",
+            ScoreArg::Vae => "vae_only_sanity",
+            ScoreArg::Model => "model",
         },
         model_sha256: model.as_ref().map(|m| m.weights_sha256.clone()),
         model_vae_key: model.as_ref().map(|m| m.log.vae_key.clone()),
@@ -264,8 +301,7 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
             None
         },
         seconds_per_sample: seconds / n as f64,
-        seconds_2d_solves_per_sample: (a.baseline == Some(BaselineArg::Solve3d))
-            .then(|| seconds_2d / n as f64),
+        seconds_2d_solves_per_sample: (score == ScoreArg::Solve3d).then(|| seconds_2d / n as f64),
         summary,
         per_sample,
         projected,
@@ -277,15 +313,6 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     }
     print_summary(&report.summary, report.mode, &a.json);
     Ok(())
-}
-
-/// Element-wise mean of equally shaped arrays.
-fn mean(arrays: &[Array4<f32>]) -> Array4<f32> {
-    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
-    ndarray::stack(Axis(0), &views)
-        .expect("draws share one shape")
-        .mean_axis(Axis(0))
-        .expect("at least one draw")
 }
 
 /// The solver settings a generated dataset was made with, or the defaults for one that

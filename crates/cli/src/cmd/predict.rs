@@ -1,10 +1,10 @@
 //! `fiberflow predict`: the 3D flow of one microstructure from a trained model — a dataset
 //! sample, or a user's image stack with its 2D flow (solved here when not given) — with
-//! an ensemble mean and per-voxel standard deviation, written as NumPy arrays, a VTK
+//! a point prediction and the per-voxel standard deviation of the draws, written as NumPy arrays, a VTK
 //! volume for ParaView, a comparison figure and a summary.
 
 use super::evaluate::physics_of;
-use super::sampler_args::SamplerArgs;
+use super::sampler_args::{EstimateArg, SamplerArgs};
 use super::solve::{FlowArgs, SolidArg};
 use crate::models::load_model;
 use crate::output;
@@ -16,6 +16,7 @@ use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_model::batch::{sample_array, to_tensors};
+use fiberflow_model::predict::sampling::PredictorKind;
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_viz::{ComparisonFigure, VtiVolume, magnitude};
 use ndarray::{Array4, Axis};
@@ -61,7 +62,9 @@ pub struct PredictArgs {
     slice_pitch_um: Option<f64>,
     #[arg(long)]
     out: PathBuf,
-    /// Stochastic predictions: their mean is the prediction, their std the uncertainty.
+    /// Stochastic predictions: their std is the uncertainty; the prediction is the
+    /// denoiser's posterior mean over their starting noises (or their mean, `--estimate
+    /// draw-mean`).
     #[arg(long, default_value_t = 4)]
     samples: usize,
     #[arg(long, default_value_t = 0)]
@@ -153,12 +156,26 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         .into_iter()
         .map(|t| sample_array(t, 0))
         .collect::<Result<Vec<_>, _>>()?;
-    let predict_s = started.elapsed().as_secs_f64();
-    let sample = &batch.samples[0];
     let views: Vec<_> = draws.iter().map(|d| d.view()).collect();
     let stacked = ndarray::stack(Axis(0), &views)?;
-    let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
     let std = stacked.std_axis(Axis(0), 0.0);
+    let draws_are_the_estimate = !a.sampler.symmetrize
+        && (a.sampler.estimate == EstimateArg::DrawMean
+            || model.log.config.predictor == PredictorKind::Direct);
+    let mean = if draws_are_the_estimate {
+        stacked.mean_axis(Axis(0)).expect("≥ 1 draw")
+    } else {
+        model.sample_estimate(
+            &batch.samples[0],
+            &a.sampler.options(),
+            (a.sampler.estimate.into(), a.samples, a.seed),
+            &a.sampler.steering(),
+            a.sampler.symmetrize,
+            &device,
+        )?
+    };
+    let predict_s = started.elapsed().as_secs_f64();
+    let sample = &batch.samples[0];
     // |U| and the error too: a field near f32's limit is finite while they are not.
     let speed = magnitude(mean.view())?;
     let error = truth.as_ref().map(|u| &mean - u);

@@ -4,8 +4,8 @@ use clap::{Args, ValueEnum};
 use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
 use fiberflow_model::precision::Precision;
-use fiberflow_model::predict::Steering;
 use fiberflow_model::predict::sampling::SampleOptions;
+use fiberflow_model::predict::{PointEstimate, Steering};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -48,8 +48,37 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EstimateArg {
+    /// The denoiser's posterior mean (Tweedie's formula at the first step), averaged over
+    /// the draws' starting noises: one network evaluation per draw, and more accurate than
+    /// the mean of a few draws.
+    PosteriorMean,
+    /// The mean of the draws.
+    DrawMean,
+}
+
+impl From<EstimateArg> for PointEstimate {
+    fn from(e: EstimateArg) -> Self {
+        match e {
+            EstimateArg::PosteriorMean => PointEstimate::PosteriorMean,
+            EstimateArg::DrawMean => PointEstimate::DrawMean,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct SamplerArgs {
+    /// What the point prediction of a diffusion model is (the draws still give the spread;
+    /// a direct predictor has one prediction either way).
+    #[arg(long, value_enum, default_value_t = EstimateArg::PosteriorMean)]
+    pub estimate: EstimateArg,
+    /// Average the point prediction over the input's eight mirror images (x, y, z: exact
+    /// symmetries of the flow), each mapped back: 8× the cost, for networks that are not
+    /// mirror-symmetric themselves.
+    #[arg(long)]
+    pub symmetrize: bool,
     #[arg(long, value_enum, default_value_t = SamplerArg::DpmSolver)]
     pub sampler: SamplerArg,
     /// Network evaluations per sample.

@@ -4,8 +4,10 @@
 //!
 //! Layout: `DATASET/latents/<key16>/meta.json` and one `NNNNNN.safetensors` per sample
 //! with `mu3d` and `mu2d`, each `(Cz, S, h, w)` f32. `key16` is the start of the VAE key
-//! ([`DualVae::key`]); a retrained VAE gets a new folder. Files are written atomically, so
-//! an interrupted `encode` resumes where it stopped.
+//! ([`DualVae::key`]); a retrained VAE gets a new folder. Mirror augmentation adds
+//! `NNNNNN-mK.safetensors` for the mirrored views of training samples (K =
+//! [`Mirror::code`]). Files are written atomically, so an interrupted `encode` resumes
+//! where it stopped.
 
 use super::dual_vae::DualVae;
 use crate::batch::to_tensors;
@@ -14,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::atomic::write_atomic;
 use fiberflow_data::json::{read_json, write_json};
-use fiberflow_data::{Dataset, Loader, LoaderConfig, Progress};
+use fiberflow_data::{Batch, Dataset, Loader, LoaderConfig, Mirror, Progress};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -49,7 +51,29 @@ pub fn cache_dir(dataset_dir: &Path, vae: &DualVae) -> PathBuf {
 }
 
 fn sample_file(dir: &Path, index: usize) -> PathBuf {
-    dir.join(format!("{index:06}.safetensors"))
+    mirrored_file(dir, index, Mirror::default())
+}
+
+/// The file of sample `index` seen through `mirror`; the identity's has no suffix.
+fn mirrored_file(dir: &Path, index: usize, mirror: Mirror) -> PathBuf {
+    match mirror.code() {
+        0 => dir.join(format!("{index:06}.safetensors")),
+        code => dir.join(format!("{index:06}-m{code}.safetensors")),
+    }
+}
+
+/// μ3d and μ2d of the one sample of `batch`.
+fn encode_batch(
+    vae: &DualVae,
+    batch: &Batch,
+    device: &Device,
+) -> Result<SampleLatents, ModelError> {
+    let tb = to_tensors(batch, &vae.normalizer, device)?;
+    let squeeze = |t: Tensor<5>| t.squeeze_dim::<4>(0).into_data();
+    Ok(SampleLatents {
+        mu3d: squeeze(vae.encode_3d(&tb)),
+        mu2d: squeeze(vae.encode_2d(&tb)),
+    })
 }
 
 fn to_bytes(t: &TensorData) -> Result<Vec<u8>, ModelError> {
@@ -122,13 +146,7 @@ pub fn encode_dataset(
         let batch = batch?;
         let path = sample_file(&dir, batch.indices[0]);
         if !path.exists() {
-            let tb = to_tensors(&batch, &vae.normalizer, device)?;
-            let squeeze = |t: Tensor<5>| t.squeeze_dim::<4>(0).into_data();
-            let latents = SampleLatents {
-                mu3d: squeeze(vae.encode_3d(&tb)),
-                mu2d: squeeze(vae.encode_2d(&tb)),
-            };
-            write_sample(&path, &latents)?;
+            write_sample(&path, &encode_batch(vae, &batch, device)?)?;
         }
         progress.step();
     }
@@ -161,9 +179,48 @@ impl LatentCache {
         Ok(complete.then_some(Self { dir, meta }))
     }
 
+    /// Encodes the seven mirrored views of each of `indices` not cached yet, for mirror
+    /// augmentation: the encoders are not equivariant, so a mirrored sample's latent is
+    /// not the mirrored latent and must be encoded from the mirrored flow.
+    pub fn encode_mirrors(
+        &self,
+        vae: &DualVae,
+        dataset: &Dataset,
+        indices: &[usize],
+        device: &Device,
+        progress: &mut dyn Progress,
+    ) -> Result<(), ModelError> {
+        progress.start("encoding mirrored latents", indices.len() as u64);
+        for &i in indices {
+            for mirror in Mirror::all().skip(1) {
+                let path = mirrored_file(&self.dir, i, mirror);
+                if path.exists() {
+                    continue;
+                }
+                let mut sample = dataset.open_sample(i)?.load()?;
+                mirror.apply(&mut sample);
+                let batch = Batch {
+                    indices: vec![i],
+                    samples: vec![sample],
+                    mirrors: vec![mirror],
+                };
+                write_sample(&path, &encode_batch(vae, &batch, device)?)?;
+            }
+            progress.step();
+        }
+        progress.finish();
+        Ok(())
+    }
+
     /// Both latents of sample `index`.
     pub fn load(&self, index: usize) -> Result<SampleLatents, ModelError> {
-        let path = sample_file(&self.dir, index);
+        self.load_mirrored(index, Mirror::default())
+    }
+
+    /// Both latents of sample `index` seen through `mirror` (encoded by
+    /// [`LatentCache::encode_mirrors`] unless it is the identity).
+    pub fn load_mirrored(&self, index: usize, mirror: Mirror) -> Result<SampleLatents, ModelError> {
+        let path = mirrored_file(&self.dir, index, mirror);
         let bytes = std::fs::read(&path).map_err(|e| ModelError::checkpoint(&path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::checkpoint(&path, e))?;
         let get = |name: &str| -> Result<TensorData, ModelError> {

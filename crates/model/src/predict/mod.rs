@@ -4,9 +4,10 @@
 
 pub mod inputs;
 pub mod sampling;
+mod symmetry;
 
 use crate::batch::TensorBatch;
-use crate::diffusion::{NoiseSchedule, seeded_rng};
+use crate::diffusion::{NoiseSchedule, SamplerConfig, SamplerKind, TimestepSpacing, seeded_rng};
 use crate::error::ModelError;
 use crate::latent::DualVae;
 use crate::physics;
@@ -20,6 +21,7 @@ use burn::tensor::TensorData;
 use fiberflow_data::json::read_json;
 use inputs::ConditionInputs;
 use sampling::{KnownLatent, LatentPredictor, PhysicsGuidance, SampleOptions};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -61,6 +63,21 @@ pub fn check_memory(draws: usize, [s, h, w]: [usize; 3]) -> Result<(), ModelErro
         memory_estimate(draws, [s, h, w]),
     )
     .map_err(|e| ModelError::Input(e.to_string()))
+}
+
+/// What the point prediction (`U_pred`, and what `evaluate` scores) of a diffusion model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointEstimate {
+    /// The denoiser's own estimate of the posterior mean: x̂0 at the first, noisiest step
+    /// (Tweedie's formula, E[x0 | x_T, c] with x_T almost independent of x0, so ≈
+    /// E[x0 | c]), decoded and averaged over the draws' starting noises. One network
+    /// evaluation per draw; free of a finite ensemble's sampling error, which makes the
+    /// mean of K draws (1 + 1/K)^½ worse than the posterior mean for a calibrated model.
+    #[default]
+    PosteriorMean,
+    /// The mean of the draws.
+    DrawMean,
 }
 
 /// A trained run, loaded for inference.
@@ -214,6 +231,36 @@ impl TrainedModel {
         seed: u64,
     ) -> Result<Vec<Tensor<5>>, ModelError> {
         self.predict_steered(tb, options, k, seed, &Steering::default())
+    }
+
+    /// The point prediction `(B, 3, S, H, W)` in m/s of `estimate` from `k` draws seeded
+    /// as in [`Self::predict`]; a direct predictor's one prediction whatever `estimate`.
+    pub fn point_estimate(
+        &self,
+        tb: &TensorBatch,
+        options: &SampleOptions,
+        (estimate, k, seed): (PointEstimate, usize, u64),
+        steering: &Steering,
+    ) -> Result<Tensor<5>, ModelError> {
+        let options = match estimate {
+            PointEstimate::DrawMean => options.clone(),
+            // One DDIM step from T − 1 returns the clamped x̂0 of the first evaluation.
+            PointEstimate::PosteriorMean => SampleOptions {
+                sampler: SamplerConfig::new()
+                    .with_kind(SamplerKind::Ddim)
+                    .with_steps(1)
+                    .with_eta(0.0)
+                    .with_spacing(TimestepSpacing::Trailing),
+                guidance: options.guidance,
+            },
+        };
+        let draws = self.predict_steered(tb, &options, k, seed, steering)?;
+        let n = draws.len() as f64;
+        let sum = draws
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .ok_or_else(|| ModelError::Config("a point estimate needs ≥ 1 draw".into()))?;
+        Ok(sum.div_scalar(n))
     }
 
     /// [`Self::predict`] with physics guidance and/or known slices.

@@ -75,6 +75,13 @@ pub struct DiffusionTrainConfig {
     /// in runs written before it existed, which must still read as they were trained.
     #[serde(default)]
     pub fold_features: Option<bool>,
+    /// Train each sample, at each epoch, through one of its eight mirrors (x, y, z;
+    /// see `fiberflow_data::Mirror`), drawn uniformly: exact Stokes flows of other
+    /// packings, against the latent networks' overfitting. Costs 7 more encodings per
+    /// training sample, once, and 8× the training split's latents and features in memory.
+    /// Absent (off) in runs written before it existed.
+    #[serde(default)]
+    pub mirror_augmentation: Option<bool>,
     /// Optional physics losses on the decoded x̂0 of each training batch, at the same t
     /// as the prediction (all weights 0 by default).
     pub physics: PhysicsLossConfig,
@@ -115,6 +122,7 @@ impl Default for DiffusionTrainConfig {
             residual: true,
             pressure_condition: true,
             fold_features: Some(true),
+            mirror_augmentation: Some(false),
             physics: PhysicsLossConfig::default(),
             val_sampler: SamplerConfig::new()
                 .with_kind(SamplerKind::DpmSolver)
@@ -128,6 +136,11 @@ impl Default for DiffusionTrainConfig {
 }
 
 impl DiffusionTrainConfig {
+    /// Whether training sees the mirrored views of its samples.
+    pub fn mirrors(&self) -> bool {
+        self.mirror_augmentation.unwrap_or(false)
+    }
+
     /// Which condition features the network sees.
     pub fn conditioning(&self) -> Conditioning {
         Conditioning {
@@ -142,6 +155,7 @@ impl DiffusionTrainConfig {
     /// network's input channels (one fewer) say it was off.
     pub fn reconcile_older_run(&mut self) {
         self.fold_features = Some(self.conditioning().fold);
+        self.mirror_augmentation = Some(self.mirrors());
         let geometry_only = self.predictor.in_channels(
             self.unet.out_channels,
             fiberflow_data::features::GEOMETRY_CHANNELS,
@@ -308,13 +322,19 @@ impl PhysicsContext<'_> {
         device: &Device,
     ) -> Result<Tensor<1>, ModelError> {
         let indices: Vec<usize> = chunk.iter().map(|&i| split.indices[i]).collect();
+        let mirrors: Vec<Mirror> = chunk.iter().map(|&i| split.mirrors[i]).collect();
         let samples = indices
             .iter()
-            .map(|&i| self.dataset.open_sample(i)?.load())
-            .collect::<Result<Vec<_>, _>>()?;
+            .zip(&mirrors)
+            .map(|(&i, m)| {
+                let mut sample = self.dataset.open_sample(i)?.load()?;
+                m.apply(&mut sample);
+                Ok(sample)
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let batch = Batch {
             indices,
-            mirrors: vec![Mirror::default(); samples.len()],
+            mirrors,
             samples,
         };
         let tb = to_tensors(&batch, &self.vae.normalizer, device)?;
@@ -332,12 +352,22 @@ struct Worker<'a> {
     device: Device,
 }
 
-/// The cached latents of one split, scaled, with latent-resolution geometry.
+/// The cached latents of one split, scaled, with latent-resolution geometry: one entry
+/// per (sample, mirror), `views` consecutive entries per sample.
 struct Split {
+    /// The dataset index of each entry.
     indices: Vec<usize>,
+    mirrors: Vec<Mirror>,
+    views: usize,
     target: Vec<TensorData>,
     cond: Vec<TensorData>,
     geometry: Vec<TensorData>,
+}
+
+impl Split {
+    fn samples(&self) -> usize {
+        self.indices.len() / self.views
+    }
 }
 
 /// Trains the latent predictor on the dataset's latent cache of `vae_dir` (computing the
@@ -358,6 +388,7 @@ pub fn train_diffusion(
     // A config file without the field means the default (folded); only logs written before
     // it existed read as averaged (`reconcile_older_run`).
     cfg.fold_features.get_or_insert(true);
+    cfg.mirror_augmentation.get_or_insert(false);
     parallel::check_devices(devices.len(), cfg.accumulation)?;
     let device = &devices[0];
     let vae = DualVae::load(vae_dir, device)?;
@@ -380,8 +411,18 @@ pub fn train_diffusion(
         None => encode_dataset(&vae, &dataset, device, observer)?,
     };
     let conditioning = cfg.conditioning();
-    let mut train = load_split(&dataset, &cache, &vae, Subset::Train, conditioning, device)?;
-    let mut val = load_split(&dataset, &cache, &vae, Subset::Val, conditioning, device)?;
+    if cfg.mirrors() {
+        let indices = dataset.indices(Some(Subset::Train));
+        cache.encode_mirrors(&vae, &dataset, &indices, device, observer)?;
+    }
+    let train_views = (&dataset, &cache, &vae, cfg.mirrors());
+    let mut train = load_split(train_views, Subset::Train, conditioning, device)?;
+    let mut val = load_split(
+        (&dataset, &cache, &vae, false),
+        Subset::Val,
+        conditioning,
+        device,
+    )?;
     if train.indices.is_empty() || val.indices.is_empty() {
         return Err(ModelError::Input(
             "the train and validation splits must both hold samples; generate more".into(),
@@ -453,10 +494,11 @@ pub fn train_diffusion(
         saved.config.reconcile_older_run();
         if saved.config != cfg {
             return Err(ModelError::Config(format!(
-                "{} was trained with another configuration (pressure_condition = {}, fold_features = {}); resume with the same one, or train into a new --out",
+                "{} was trained with another configuration (pressure_condition = {}, fold_features = {}, mirror_augmentation = {}); resume with the same one, or train into a new --out",
                 out.display(),
                 saved.config.pressure_condition,
-                saved.config.conditioning().fold
+                saved.config.conditioning().fold,
+                saved.config.mirrors()
             )));
         }
         if saved.vae_key != log.vae_key || saved.scales != log.scales {
@@ -477,15 +519,20 @@ pub fn train_diffusion(
 
     let val_batches = val_batches(&dataset)?;
     log.val_physics_truth = truth_physics(&vae, &val_batches, device)?;
-    let batches = train.indices.len().div_ceil(cfg.batch_size);
+    let batches = train.samples().div_ceil(cfg.batch_size);
     let steps_per_epoch = batches.div_ceil(cfg.accumulation);
     let total_steps = steps_per_epoch * cfg.epochs;
     for epoch in log.history.len()..cfg.epochs {
         let started = Instant::now();
         let mut rng = seeded_rng(cfg.seed);
         rng.set_stream(1 + epoch as u64);
-        let mut order: Vec<usize> = (0..train.indices.len()).collect();
+        let mut order: Vec<usize> = (0..train.samples()).collect();
         order.shuffle(&mut rng);
+        if train.views > 1 {
+            for entry in &mut order {
+                *entry = *entry * train.views + rng.random_range(0..train.views);
+            }
+        }
         let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
         let mut physics_sums = (0.0, 0usize);
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
@@ -764,40 +811,65 @@ fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
 
 /// Latents and latent-resolution condition features (geometry, then the pressure change
 /// when asked) of a split, unscaled.
+/// The dataset, its latent cache, the VAE and whether to load the mirrored views too.
+type Sources<'a> = (&'a Dataset, &'a LatentCache, &'a DualVae, bool);
+
 fn load_split(
-    dataset: &Dataset,
-    cache: &LatentCache,
-    vae: &DualVae,
+    (dataset, cache, vae, mirrored): Sources,
     subset: Subset,
     conditioning: Conditioning,
     device: &Device,
 ) -> Result<Split, ModelError> {
-    let indices = dataset.indices(Some(subset));
+    let views: Vec<Mirror> = if mirrored {
+        Mirror::all().collect()
+    } else {
+        vec![Mirror::default()]
+    };
     let mut split = Split {
-        indices: indices.clone(),
+        indices: Vec::new(),
+        mirrors: Vec::new(),
+        views: views.len(),
         target: Vec::new(),
         cond: Vec::new(),
         geometry: Vec::new(),
     };
-    for &i in &indices {
-        let latents = cache.load(i)?;
-        split.target.push(latents.mu3d);
-        split.cond.push(latents.mu2d);
-        // Through the same tensors and function as sampling, so training and prediction
-        // cannot disagree on the features or their order.
-        let batch = Batch {
-            indices: vec![i],
-            samples: vec![dataset.open_sample(i)?.load()?],
-            mirrors: vec![Mirror::default()],
-        };
-        let tb = to_tensors(&batch, &vae.normalizer, device)?;
-        let features = condition_features(&tb, conditioning.pressure)?;
-        let g = conditioning
-            .to_latent_grid(features, vae.config.downsample_factor())
-            .squeeze_dim::<4>(0);
-        split.geometry.push(g.into_data());
+    for i in dataset.indices(Some(subset)) {
+        for &mirror in &views {
+            let latents = cache.load_mirrored(i, mirror)?;
+            split.indices.push(i);
+            split.mirrors.push(mirror);
+            split.target.push(latents.mu3d);
+            split.cond.push(latents.mu2d);
+            let mut sample = dataset.open_sample(i)?.load()?;
+            mirror.apply(&mut sample);
+            split
+                .geometry
+                .push(latent_geometry(vae, sample, conditioning, device)?);
+        }
     }
     Ok(split)
+}
+
+/// The latent-resolution condition features of one (mirrored) sample, through the same
+/// tensors and function as sampling, so training and prediction cannot disagree on the
+/// features or their order.
+fn latent_geometry(
+    vae: &DualVae,
+    sample: fiberflow_data::Sample,
+    conditioning: Conditioning,
+    device: &Device,
+) -> Result<TensorData, ModelError> {
+    let batch = Batch {
+        indices: vec![0],
+        samples: vec![sample],
+        mirrors: vec![Mirror::default()],
+    };
+    let tb = to_tensors(&batch, &vae.normalizer, device)?;
+    let features = condition_features(&tb, conditioning.pressure)?;
+    let g = conditioning
+        .to_latent_grid(features, vae.config.downsample_factor())
+        .squeeze_dim::<4>(0);
+    Ok(g.into_data())
 }
 
 /// Population standard deviation of all values.

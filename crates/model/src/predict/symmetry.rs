@@ -1,0 +1,70 @@
+//! Test-time symmetrisation: the point prediction averaged over the eight mirror images of
+//! the input. Each mirror maps a Stokes flow driven along +x to another one
+//! (`fiberflow_data::Mirror`), so the true flow of a mirrored sample is the mirrored true
+//! flow; the networks are not mirror-equivariant, and averaging their eight answers, each
+//! mapped back, is the group average that removes the part of their error that is not
+//! (test-time augmentation with exact symmetries, as in Simard, Steinkraus & Platt 2003).
+
+use super::{PointEstimate, Steering, TrainedModel};
+use crate::batch::{sample_array, to_tensors};
+use crate::error::ModelError;
+use crate::predict::sampling::SampleOptions;
+use burn::prelude::*;
+use fiberflow_data::{Batch, Field, Mirror, Sample};
+use ndarray::Array4;
+
+impl TrainedModel {
+    /// The point estimate `(S, 3, H, W)` in m/s of one sample's flow: of the sample as
+    /// given, or, when `symmetrize`, the mean over its eight mirror images of the estimate
+    /// mapped back (8× the cost). Draws are seeded as in [`TrainedModel::predict`] for
+    /// every image; `device` is the model's.
+    pub fn sample_estimate(
+        &self,
+        sample: &Sample,
+        options: &SampleOptions,
+        estimate: (PointEstimate, usize, u64),
+        steering: &Steering,
+        symmetrize: bool,
+        device: &Device,
+    ) -> Result<Array4<f32>, ModelError> {
+        let images: Vec<Mirror> = if symmetrize {
+            Mirror::all().collect()
+        } else {
+            vec![Mirror::default()]
+        };
+        let slices = sample.domain.dim().0;
+        let mut sum: Option<Array4<f32>> = None;
+        for &mirror in &images {
+            let mut image = sample.clone();
+            mirror.apply(&mut image);
+            let batch = Batch {
+                indices: vec![0],
+                samples: vec![image],
+                mirrors: vec![mirror],
+            };
+            let tb = to_tensors(&batch, &self.vae.normalizer, device)?;
+            self.check_input(&tb)?;
+            // Known slices follow their slices through a z mirror.
+            let steering = Steering {
+                known_slices: steering
+                    .known_slices
+                    .iter()
+                    .map(|&k| match mirror.z {
+                        true if k < slices => slices - 1 - k,
+                        _ => k,
+                    })
+                    .collect(),
+                ..steering.clone()
+            };
+            let u = self.point_estimate(&tb, options, estimate, &steering)?;
+            let mut u = sample_array(u, 0)?;
+            mirror.apply_to(Field::U, &mut u);
+            sum = Some(match sum {
+                Some(s) => s + &u,
+                None => u.as_standard_layout().into_owned(),
+            });
+        }
+        let sum = sum.ok_or_else(|| ModelError::Config("no mirror image".into()))?;
+        Ok(sum / images.len() as f32)
+    }
+}
