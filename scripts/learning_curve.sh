@@ -56,8 +56,10 @@ for n in $sizes; do
     "$bin" train diffusion --dataset "$data" --vae "$d/vae2" --out "$d/direct" \
         --epochs "$e3" --set predictor=direct --set unet.time_conditioned=false \
         "${latent[@]}" "${limit[@]}"
-    score "$d/model.json" "$data" --model "$d/diffusion" --samples "$draws"
-    score "$d/direct.json" "$data" --model "$d/direct"
+    # As published: the mean of the draws, the input as given.
+    score "$d/model.json" "$data" --model "$d/diffusion" --samples "$draws" \
+        --estimate draw-mean --symmetrize false
+    score "$d/direct.json" "$data" --model "$d/direct" --symmetrize false
     score "$d/vae_only.json" "$data" --model "$d/diffusion" --score vae
 done
 

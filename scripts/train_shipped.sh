@@ -17,8 +17,9 @@
 # checkpoint. Epoch counts are environment variables (EPOCHS_VAE1, EPOCHS_VAE2,
 # EPOCHS_LATENT for the diffusion model, EPOCHS_DIRECT for the direct predictor); validation
 # uses the first VAL_SAMPLES of the validation split; LATENT_SET holds config overrides of
-# both latent networks (default: features folded into the latent grid and mirror
-# augmentation, each measured better than without, see BENCHMARKS.md).
+# both latent networks (default: features folded into the latent grid, which measured
+# better than averaged ones; add mirror_augmentation=true for the augmentation the shipped
+# model was trained without, see BENCHMARKS.md).
 set -euo pipefail
 
 data=${1:?usage: train_shipped.sh DATA OUT [TRAIN_DEVICE]}
@@ -29,11 +30,11 @@ train_bin=$bin
 [ "$device" = cpu ] || train_bin=${FIBERFLOW_TRAIN:-target/libtorch/release/fiberflow}
 e1=${EPOCHS_VAE1:-30}
 e2=${EPOCHS_VAE2:-15}
-e3=${EPOCHS_LATENT:-50}
+e3=${EPOCHS_LATENT:-80}
 e4=${EPOCHS_DIRECT:-80}
 val=${VAL_SAMPLES:-32}
 latent_set=()
-latent_default="fold_features=true mirror_augmentation=true"
+latent_default="fold_features=true"
 read -ra overrides <<<"${LATENT_SET-$latent_default}"
 for kv in "${overrides[@]}"; do latent_set+=(--set "$kv"); done
 mkdir -p "$out"
@@ -57,12 +58,13 @@ score "$out/copy2d.json" "$data" --score copy2d
 score "$out/solve3d.json" "$data" --score solve3d
 # The diffusion model's point prediction (the posterior mean over 4 starting noises, the
 # default), and the mean of 4 draws for comparison.
-score "$out/model.json" "$data" --model "$out/diffusion" --samples 4
-score "$out/model-draws.json" "$data" --model "$out/diffusion" --samples 4 --estimate draw-mean
-score "$out/direct.json" "$data" --model "$out/direct"
-# Both averaged over the input's eight mirror images (--symmetrize; one noise per image).
-score "$out/model-sym.json" "$data" --model "$out/diffusion" --samples 1 --symmetrize
-score "$out/direct-sym.json" "$data" --model "$out/direct" --symmetrize
+score "$out/model.json" "$data" --model "$out/diffusion" --samples 4 --symmetrize false
+score "$out/model-draws.json" "$data" --model "$out/diffusion" --samples 4 --estimate draw-mean \
+    --symmetrize false
+score "$out/direct.json" "$data" --model "$out/direct" --symmetrize false
+# Both averaged over the input's eight mirror images (the default; one noise per image).
+score "$out/model-sym.json" "$data" --model "$out/diffusion"
+score "$out/direct-sym.json" "$data" --model "$out/direct"
 evaluations=(--evaluation "$out/model.json" --evaluation "mean of 4 draws=$out/model-draws.json"
     --evaluation "symmetrized=$out/model-sym.json"
     --evaluation "direct=$out/direct.json" --evaluation "direct, symmetrized=$out/direct-sym.json"
@@ -70,11 +72,11 @@ evaluations=(--evaluation "$out/model.json" --evaluation "mean of 4 draws=$out/m
 if [ -n "${OOD:-}" ]; then
     score "$out/ood-copy2d.json" "$OOD" --split all --score copy2d
     score "$out/ood-solve3d.json" "$OOD" --split all --score solve3d
-    score "$out/ood-model.json" "$OOD" --split all --model "$out/diffusion" --samples 4
-    score "$out/ood-direct.json" "$OOD" --split all --model "$out/direct"
-    score "$out/ood-model-sym.json" "$OOD" --split all --model "$out/diffusion" --samples 1 \
-        --symmetrize
-    score "$out/ood-direct-sym.json" "$OOD" --split all --model "$out/direct" --symmetrize
+    score "$out/ood-model.json" "$OOD" --split all --model "$out/diffusion" --samples 4 \
+        --symmetrize false
+    score "$out/ood-direct.json" "$OOD" --split all --model "$out/direct" --symmetrize false
+    score "$out/ood-model-sym.json" "$OOD" --split all --model "$out/diffusion"
+    score "$out/ood-direct-sym.json" "$OOD" --split all --model "$out/direct"
     for label in copy2d solve3d model model-sym direct direct-sym; do
         evaluations+=(--evaluation "unseen family: $label=$out/ood-$label.json")
     done
