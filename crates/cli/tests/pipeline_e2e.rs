@@ -179,7 +179,7 @@ fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
             "--json",
             "/dev/null",
         ],
-        &["--score", "give one"],
+        &["--score", "cannot be used with"],
     );
     // A checksum without a URL to check, and two URLs sharing one checksum.
     let sha = "ab".repeat(32);

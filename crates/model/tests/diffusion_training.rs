@@ -816,6 +816,28 @@ fn predictions_are_masked_finite_and_seeded() {
             "{kind:?}: {symmetric} {plain}"
         );
     }
+    // A known slice stays known through the z mirrors: it comes back as the truth.
+    let known = Steering {
+        physics: 0.0,
+        known_slices: vec![0],
+    };
+    let u = model
+        .sample_estimate(
+            sample,
+            &options,
+            (PointEstimate::PosteriorMean, 1, 3),
+            &known,
+            true,
+            &device,
+        )
+        .unwrap();
+    let truth = &sample.u * &sample.domain;
+    let first = |a: &ndarray::Array4<f32>| a.index_axis(ndarray::Axis(0), 0).to_owned();
+    let slice_gap = (first(&u) - first(&truth))
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = truth.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(slice_gap < 1e-5 * scale, "{slice_gap} of {scale}");
 
     // In bf16 and f16 every kind of draw (plain, with classifier-free guidance, from the
     // direct predictor, physics-guided, which differentiates through the half networks)

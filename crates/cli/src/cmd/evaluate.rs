@@ -93,13 +93,13 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// `--score vae`, as earlier versions spelt it.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "score")]
     sanity_mode: bool,
     /// What is scored; a baseline needs no model.
     #[arg(long, value_enum, default_value_t = ScoreArg::Model)]
     score: ScoreArg,
     /// `--score copy2d|solve3d`, as earlier versions spelt it.
-    #[arg(long, value_enum, hide = true)]
+    #[arg(long, value_enum, hide = true, conflicts_with = "score")]
     baseline: Option<BaselineArg>,
     /// Also score the prediction after the exact projection onto zero divergence in the
     /// fluid with no-slip in fibres (`projected` in the JSON).
@@ -212,6 +212,10 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
         );
     }
     let options = a.sampler.options();
+    if let (Some(m), ScoreArg::Model) = (&model, score) {
+        let asked = a.sampler.estimate.into();
+        super::sampler_args::note_estimate(asked, m.estimate_for(asked, &a.sampler.steering()));
+    }
     let (mut per_sample, mut projected, mut seconds) = (Vec::new(), Vec::new(), 0.0);
     let mut seconds_2d = 0.0;
     let mut bar = Bar::default();

@@ -64,7 +64,8 @@ struct Step {
     seconds: f64,
 }
 
-/// Stochastic draws averaged by the model evaluation and the prediction.
+/// Draws per sample of the model evaluation and the prediction (the point prediction is
+/// the posterior mean over the eight mirror images; the draws give the spread).
 const DRAWS: &str = "4";
 
 pub fn run(a: QuickstartArgs) -> Result<()> {
@@ -347,7 +348,7 @@ fn write_report(out: &Path, steps: &[Step], resumed: Option<f64>) -> Result<()> 
     writeln!(md, "## One test sample\n")?;
     writeln!(
         md,
-        "Permeability predicted {:.4e} m², true {:.4e} m². Mean of {DRAWS} draws (rows: truth, prediction, error, standard deviation of the draws); `predict/prediction.vti` opens in ParaView.\n",
+        "Permeability predicted {:.4e} m², true {:.4e} m². Posterior mean over the 8 mirror images (rows: truth, prediction, error, standard deviation of {DRAWS} draws); `predict/prediction.vti` opens in ParaView.\n",
         number(&summary, "k_pred_m2")?,
         number(&summary, "k_true_m2")?
     )?;
@@ -383,7 +384,7 @@ fn accuracy_section(md: &mut String, out: &Path) -> Result<()> {
     writeln!(md, "## Test-split accuracy\n")?;
     writeln!(
         md,
-        "Relative L2 errors ‖pred − true‖/‖true‖ over the fluid (lower is better), the true top-10 % magnitude IoU, the permeability error and the divergence relative to |u|/dx, with the wall time per sample on this machine. *Model*: E2D → latent diffusion → D3D, mean of {DRAWS} draws, its time including the 2D solves that give its input; *VAE only*: D3D(E3D(U)), the best the latent space allows (it needs the true 3D flow, so it has no cost to compare); *copy 2D*: U_2d as the 3D flow (vz = 0); *3D solve of the slices*: `fiberflow solve` of the sample's slices alone, the geometry between them interpolated — the physics the networks replace.\n"
+        "Relative L2 errors ‖pred − true‖/‖true‖ over the fluid (lower is better), the true top-10 % magnitude IoU, the permeability error and the divergence relative to |u|/dx, with the wall time per sample on this machine. *Model*: E2D → latent diffusion → D3D, posterior mean over the 8 mirror images, its time including the 2D solves that give its input; *VAE only*: D3D(E3D(U)), the best the latent space allows (it needs the true 3D flow, so it has no cost to compare); *copy 2D*: U_2d as the 3D flow (vz = 0); *3D solve of the slices*: `fiberflow solve` of the sample's slices alone, the geometry between them interpolated — the physics the networks replace.\n"
     )?;
     writeln!(
         md,

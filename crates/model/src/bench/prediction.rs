@@ -1,5 +1,5 @@
-//! The cost of one prediction as `predict` makes it, with untrained networks of the
-//! chosen architectures.
+//! The cost of one prediction (draws of the chosen sampler, as `predict` makes them for
+//! `U_std`), with untrained networks of the chosen architectures.
 
 use super::memory::MemoryProbe;
 use super::{Memory, Repeats, Timing, time_runs};

@@ -20,7 +20,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::read_json;
 use inputs::ConditionInputs;
-use sampling::{KnownLatent, LatentPredictor, PhysicsGuidance, SampleOptions};
+use sampling::{KnownLatent, LatentPredictor, PhysicsGuidance, PredictorKind, SampleOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -235,6 +235,8 @@ impl TrainedModel {
 
     /// The point prediction `(B, 3, S, H, W)` in m/s of `estimate` from `k` draws seeded
     /// as in [`Self::predict`]; a direct predictor's one prediction whatever `estimate`.
+    /// Steering (known slices, physics guidance) acts through the steps of full draws, so
+    /// with either the estimate is the mean of the draws ([`Self::estimate_for`]).
     pub fn point_estimate(
         &self,
         tb: &TensorBatch,
@@ -242,7 +244,12 @@ impl TrainedModel {
         (estimate, k, seed): (PointEstimate, usize, u64),
         steering: &Steering,
     ) -> Result<Tensor<5>, ModelError> {
-        let options = match estimate {
+        // A direct predictor's draws are all the same.
+        let k = match self.log.config.predictor {
+            PredictorKind::Direct => k.min(1),
+            PredictorKind::Diffusion => k,
+        };
+        let options = match self.estimate_for(estimate, steering) {
             PointEstimate::DrawMean => options.clone(),
             // One DDIM step from T − 1 returns the clamped x̂0 of the first evaluation.
             PointEstimate::PosteriorMean => SampleOptions {
@@ -261,6 +268,18 @@ impl TrainedModel {
             .reduce(|a, b| a + b)
             .ok_or_else(|| ModelError::Config("a point estimate needs ≥ 1 draw".into()))?;
         Ok(sum.div_scalar(n))
+    }
+
+    /// The estimate [`Self::point_estimate`] makes when asked for `estimate`: the mean of
+    /// the draws when `steering` is on, since the posterior mean's single evaluation at
+    /// T − 1 would all but ignore it (a known slice re-injected there carries √ᾱ ≈ 0.006
+    /// of its signal).
+    pub fn estimate_for(&self, estimate: PointEstimate, steering: &Steering) -> PointEstimate {
+        if steering.physics > 0.0 || !steering.known_slices.is_empty() {
+            PointEstimate::DrawMean
+        } else {
+            estimate
+        }
     }
 
     /// [`Self::predict`] with physics guidance and/or known slices.

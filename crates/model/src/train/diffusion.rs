@@ -406,6 +406,21 @@ pub fn train_diffusion(
         shape.width / f,
     ])?;
     cfg.check_dataset(&dataset)?;
+    // Before any encoding: a run resumed with another configuration is refused at once.
+    let resumed = checkpoint::resume_from::<DiffusionRunLog>(out, resume)?;
+    if let Some((_, saved)) = &resumed {
+        let mut saved = saved.config.clone();
+        saved.reconcile_older_run();
+        if saved != cfg {
+            return Err(ModelError::Config(format!(
+                "{} was trained with another configuration (pressure_condition = {}, fold_features = {}, mirror_augmentation = {}); resume with the same one, or train into a new --out",
+                out.display(),
+                saved.pressure_condition,
+                saved.conditioning().fold,
+                saved.mirrors()
+            )));
+        }
+    }
     let cache = match LatentCache::open(&dataset, &vae)? {
         Some(c) => c,
         None => encode_dataset(&vae, &dataset, device, observer)?,
@@ -490,17 +505,8 @@ pub fn train_diffusion(
         val_physics_truth: PhysicsMetrics::default(),
         parameters: model.num_params(),
     };
-    if let Some((dir, mut saved)) = checkpoint::resume_from::<DiffusionRunLog>(out, resume)? {
+    if let Some((dir, mut saved)) = resumed {
         saved.config.reconcile_older_run();
-        if saved.config != cfg {
-            return Err(ModelError::Config(format!(
-                "{} was trained with another configuration (pressure_condition = {}, fold_features = {}, mirror_augmentation = {}); resume with the same one, or train into a new --out",
-                out.display(),
-                saved.config.pressure_condition,
-                saved.config.conditioning().fold,
-                saved.config.mirrors()
-            )));
-        }
         if saved.vae_key != log.vae_key || saved.scales != log.scales {
             return Err(ModelError::Config(format!(
                 "{} was trained with another VAE or dataset; resume with the same --vae and --dataset, or train into a new --out",
@@ -526,13 +532,7 @@ pub fn train_diffusion(
         let started = Instant::now();
         let mut rng = seeded_rng(cfg.seed);
         rng.set_stream(1 + epoch as u64);
-        let mut order: Vec<usize> = (0..train.samples()).collect();
-        order.shuffle(&mut rng);
-        if train.views > 1 {
-            for entry in &mut order {
-                *entry = *entry * train.views + rng.random_range(0..train.views);
-            }
-        }
+        let order = epoch_order(train.samples(), train.views, &mut rng);
         let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
         let mut physics_sums = (0.0, 0usize);
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
@@ -809,11 +809,27 @@ fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
     Ok(loader.epoch(0).collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Latents and latent-resolution condition features (geometry, then the pressure change
-/// when asked) of a split, unscaled.
+/// The split entries of one epoch: every sample once, shuffled, each through one of its
+/// `views` views drawn uniformly (entry `sample · views + view`). With one view the
+/// generator is used exactly as before augmentation existed, so such runs reproduce.
+fn epoch_order(samples: usize, views: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..samples).collect();
+    order.shuffle(rng);
+    if views > 1 {
+        for entry in &mut order {
+            *entry = *entry * views + rng.random_range(0..views);
+        }
+    }
+    order
+}
+
 /// The dataset, its latent cache, the VAE and whether to load the mirrored views too.
 type Sources<'a> = (&'a Dataset, &'a LatentCache, &'a DualVae, bool);
 
+/// Latents and latent-resolution condition features (geometry, then the pressure change
+/// when asked) of a split, unscaled, for each sample and, when asked, each of its eight
+/// mirror images. Held in memory, so the total is checked against the memory budget
+/// before the second sample is read.
 fn load_split(
     (dataset, cache, vae, mirrored): Sources,
     subset: Subset,
@@ -833,18 +849,36 @@ fn load_split(
         cond: Vec::new(),
         geometry: Vec::new(),
     };
-    for i in dataset.indices(Some(subset)) {
+    let indices = dataset.indices(Some(subset));
+    for (n, &i) in indices.iter().enumerate() {
+        let sample = dataset.open_sample(i)?.load()?;
         for &mirror in &views {
             let latents = cache.load_mirrored(i, mirror)?;
+            let mut image = sample.clone();
+            mirror.apply(&mut image);
             split.indices.push(i);
             split.mirrors.push(mirror);
             split.target.push(latents.mu3d);
             split.cond.push(latents.mu2d);
-            let mut sample = dataset.open_sample(i)?.load()?;
-            mirror.apply(&mut sample);
             split
                 .geometry
-                .push(latent_geometry(vae, sample, conditioning, device)?);
+                .push(latent_geometry(vae, image, conditioning, device)?);
+        }
+        if n == 0 {
+            let entry: usize = [&split.target[0], &split.cond[0], &split.geometry[0]]
+                .iter()
+                .map(|t| t.num_elements() * 4)
+                .sum();
+            let total = (entry as u128) * (indices.len() * views.len()) as u128;
+            fiberflow_data::budget::check(
+                format!(
+                    "holding the latents and features of {} samples × {} views",
+                    indices.len(),
+                    views.len()
+                ),
+                Some(total),
+            )
+            .map_err(|e| ModelError::Input(e.to_string()))?;
         }
     }
     Ok(split)
@@ -914,5 +948,40 @@ fn scale(data: &mut [TensorData], factor: f64) {
             .map(|&x| (f64::from(x) / factor) as f32)
             .collect();
         *d = TensorData::new(v, d.shape().to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_sees_every_sample_once_through_one_of_its_views() {
+        let mut a = seeded_rng(5);
+        let mut b = seeded_rng(5);
+        let plain = epoch_order(10, 1, &mut a);
+        let mut shuffled: Vec<usize> = (0..10).collect();
+        shuffled.shuffle(&mut b);
+        // One view: the same draws as a plain shuffle, and the generator left alike.
+        assert_eq!(plain, shuffled);
+        assert_eq!(a.random::<u64>(), b.random::<u64>());
+
+        let mut views_seen = [0usize; 8];
+        for epoch in 0..20 {
+            let mut rng = seeded_rng(5);
+            rng.set_stream(epoch);
+            let order = epoch_order(10, 8, &mut rng);
+            let mut samples: Vec<usize> = order.iter().map(|e| e / 8).collect();
+            samples.sort_unstable();
+            assert_eq!(samples, (0..10).collect::<Vec<_>>());
+            for e in order {
+                views_seen[e % 8] += 1;
+            }
+        }
+        // 200 draws over 8 views: every view is drawn, none dominates.
+        assert!(
+            views_seen.iter().all(|&n| (10..=45).contains(&n)),
+            "{views_seen:?}"
+        );
     }
 }
