@@ -19,7 +19,7 @@ impl TrainedModel {
     /// given, or, when `symmetrize`, the mean over its eight mirror images of the estimate
     /// mapped back. Draws are seeded as in [`TrainedModel::predict`] for every image; the
     /// posterior mean takes one noise per image when symmetrized (the eight images already
-    /// average over the noise: more cost 1 % of error at most, measured unsymmetrized), so
+    /// average over the noise; more noises gained 1 % at most, measured unsymmetrized), so
     /// it costs 8 network evaluations. `device` is the model's.
     pub fn sample_estimate(
         &self,
@@ -37,7 +37,10 @@ impl TrainedModel {
         };
         let slices = sample.domain.dim().0;
         let estimate = match estimate {
-            (PointEstimate::PosteriorMean, _, seed) if symmetrize => {
+            (kind, _, seed)
+                if symmetrize
+                    && self.estimate_for(kind, steering) == PointEstimate::PosteriorMean =>
+            {
                 (PointEstimate::PosteriorMean, 1, seed)
             }
             other => other,
