@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Trains the model fiberflow ships (both VAE stages, the latent diffusion model and the
-# direct predictor) on a finished dataset's whole training split, scores it on the test
-# split beside copy-2D and the 3D solve of the slices, and exports the diffusion run as a
-# model bundle.
+# Trains the model fiberflow ships (both VAE stages, the latent diffusion model, the
+# direct predictor and the diffusion model's full-resolution refiner) on a finished
+# dataset's whole training split, scores it on the test split beside copy-2D and the 3D
+# solve of the slices, and exports the refined diffusion model as a model bundle.
 #
 #   scripts/train_shipped.sh DATA OUT [TRAIN_DEVICE]
 #
@@ -15,7 +15,8 @@
 # on CPUs than the default backend) or `cpu`. Everything resumes: rerun the same command
 # after a kill and finished stages are skipped, the running one goes on from its last
 # checkpoint. Epoch counts are environment variables (EPOCHS_VAE1, EPOCHS_VAE2,
-# EPOCHS_LATENT for the diffusion model, EPOCHS_DIRECT for the direct predictor); validation
+# EPOCHS_LATENT for the diffusion model, EPOCHS_DIRECT for the direct predictor,
+# EPOCHS_REFINER for the refiner); validation
 # uses the first VAL_SAMPLES of the validation split; LATENT_SET holds config overrides of
 # both latent networks (default: features folded into the latent grid, which measured
 # better than averaged ones; add mirror_augmentation=true for the augmentation the shipped
@@ -32,6 +33,7 @@ e1=${EPOCHS_VAE1:-30}
 e2=${EPOCHS_VAE2:-15}
 e3=${EPOCHS_LATENT:-80}
 e4=${EPOCHS_DIRECT:-80}
+e5=${EPOCHS_REFINER:-16}
 val=${VAL_SAMPLES:-32}
 latent_set=()
 latent_default="fold_features=true"
@@ -50,6 +52,8 @@ common=(--set "val_samples=$val" --device "$device" --resume)
 "$train_bin" train diffusion --dataset "$data" --vae "$out/vae2" --out "$out/direct" \
     --epochs "$e4" --set predictor=direct --set unet.time_conditioned=false \
     "${latent_set[@]}" "${common[@]}"
+"$train_bin" train refiner --model "$out/diffusion" --dataset "$data" --out "$out/refiner" \
+    --epochs "$e5" "${common[@]}"
 
 # Scores on the whole test split, each written once.
 # shellcheck source=scripts/score.sh
@@ -62,11 +66,14 @@ score "$out/model.json" "$data" --model "$out/diffusion" --samples 4 --symmetriz
 score "$out/model-draws.json" "$data" --model "$out/diffusion" --samples 4 --estimate draw-mean \
     --symmetrize false
 score "$out/direct.json" "$data" --model "$out/direct" --symmetrize false
-# Both averaged over the input's eight mirror images (the default; one noise per image).
+# Both averaged over the input's eight mirror images (one noise per image).
 score "$out/model-sym.json" "$data" --model "$out/diffusion"
 score "$out/direct-sym.json" "$data" --model "$out/direct"
+# That average, refined at full resolution: the default of predict and evaluate.
+score "$out/model-refined.json" "$data" --model "$out/refiner"
 # "model" (the card's summary line) is what predict and evaluate give by default.
-evaluations=(--evaluation "model=$out/model-sym.json"
+evaluations=(--evaluation "model=$out/model-refined.json"
+    --evaluation "model, unrefined=$out/model-sym.json"
     --evaluation "model, as given=$out/model.json"
     --evaluation "model, mean of 4 draws=$out/model-draws.json"
     --evaluation "direct=$out/direct-sym.json" --evaluation "direct, as given=$out/direct.json"
@@ -79,13 +86,16 @@ if [ -n "${OOD:-}" ]; then
     score "$out/ood-direct.json" "$OOD" --split all --model "$out/direct" --symmetrize false
     score "$out/ood-model-sym.json" "$OOD" --split all --model "$out/diffusion"
     score "$out/ood-direct-sym.json" "$OOD" --split all --model "$out/direct"
-    for label in copy2d solve3d model-sym model direct-sym direct; do
+    score "$out/ood-model-refined.json" "$OOD" --split all --model "$out/refiner"
+    evaluations+=(--evaluation "unseen family: model=$out/ood-model-refined.json"
+        --evaluation "unseen family: model, unrefined=$out/ood-model-sym.json")
+    for label in copy2d solve3d model direct-sym direct; do
         name=${label/-sym/}
         [ "$label" = "$name" ] && [ "$name" != copy2d ] && [ "$name" != solve3d ] &&
             name="$name, as given"
         evaluations+=(--evaluation "unseen family: $name=$out/ood-$label.json")
     done
 fi
-"$bin" model export "$out/diffusion" --out "$out/model.ffmodel" "${evaluations[@]}" \
+"$bin" model export "$out/refiner" --out "$out/model.ffmodel" "${evaluations[@]}" \
     ${DATA_COMMIT:+--data-commit "$DATA_COMMIT"} \
-    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 EPOCHS_DIRECT=$e4 VAL_SAMPLES=$val LATENT_SET='${LATENT_SET-$latent_default}' scripts/train_shipped.sh $data $out $device"
+    --command "EPOCHS_VAE1=$e1 EPOCHS_VAE2=$e2 EPOCHS_LATENT=$e3 EPOCHS_DIRECT=$e4 EPOCHS_REFINER=$e5 VAL_SAMPLES=$val LATENT_SET='${LATENT_SET-$latent_default}' scripts/train_shipped.sh $data $out $device"

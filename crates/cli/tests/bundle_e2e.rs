@@ -130,6 +130,57 @@ fn export_info_predict_round_trip_and_damaged_bundles() {
         prediction(&tmp.path().join("from-bundle"))
     );
 
+    // A refiner of the run: trained on its estimates, predicts as the refined model from
+    // the run folder and from its bundle, and `--refine false` gives the model alone.
+    let refiner = tmp.path().join("refiner").display().to_string();
+    ok([
+        "train",
+        "refiner",
+        "--model",
+        &run,
+        "--dataset",
+        &data,
+        "--out",
+        &refiner,
+        "--epochs",
+        "1",
+        "--set",
+        "lr=0.01",
+    ]);
+    let refined_bundle = tmp.path().join("refined.ffmodel").display().to_string();
+    ok(["model", "export", &refiner, "--out", &refined_bundle]);
+    let info = ok(["model", "info", &refined_bundle, "--check"]);
+    assert!(
+        info.stdout.contains("full-resolution refiner"),
+        "{}",
+        info.context()
+    );
+    predict(&refiner, "refined-run");
+    predict(&refined_bundle, "refined-bundle");
+    let refined = prediction(&tmp.path().join("refined-run"));
+    assert_eq!(refined, prediction(&tmp.path().join("refined-bundle")));
+    assert_ne!(refined, prediction(&tmp.path().join("from-run")));
+    let unrefined = tmp.path().join("unrefined").display().to_string();
+    ok([
+        "predict",
+        "--model",
+        &refiner,
+        "--dataset",
+        &data,
+        "--index",
+        &index,
+        "--samples",
+        "2",
+        "--refine",
+        "false",
+        "--out",
+        &unrefined,
+    ]);
+    assert_eq!(
+        prediction(Path::new(&unrefined)),
+        prediction(&tmp.path().join("from-run"))
+    );
+
     // A truncated bundle, and a file that is none.
     let bytes = fs::read(&bundle).unwrap();
     let cut = tmp.path().join("cut.ffmodel");

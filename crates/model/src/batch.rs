@@ -90,7 +90,7 @@ pub struct TensorBatch {
 }
 
 /// `(B, S, C, H, W)` array → `(B, C, S, H, W)` tensor on `device`.
-fn channel_first(a: Array5<f32>, device: &Device) -> Tensor<5> {
+pub(crate) fn channel_first(a: Array5<f32>, device: &Device) -> Tensor<5> {
     let shape: [usize; 5] = a.shape().try_into().expect("a 5-D array");
     let data = TensorData::new(a.as_standard_layout().iter().copied().collect(), shape);
     Tensor::<5>::from_data(data, device).permute([0, 2, 1, 3, 4])

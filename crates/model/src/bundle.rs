@@ -8,34 +8,37 @@
 //! Reading is strict: the card comes first, every member must be listed in it with its size
 //! and SHA-256, and a missing, extra or altered member is an error naming the bundle.
 
-use crate::batch::{sample_array, to_tensors};
 use crate::error::ModelError;
 use crate::latent::DualVae;
-use crate::predict::TrainedModel;
 use crate::predict::sampling::{PredictorKind, SampleOptions};
+use crate::predict::{EstimateRequest, PointEstimate, RefinerPart, Steering, TrainedModel};
 use crate::train::diffusion::DiffusionRunLog;
 use crate::train::vae::{BEST_FILE, LOG_FILE, RunLog};
 use burn::prelude::*;
 use fiberflow_data::atomic::write_atomic;
 use fiberflow_data::json::read_json;
 use fiberflow_data::sample::SampleFile;
-use fiberflow_data::{Batch, Dataset, Mirror, Sample};
+use fiberflow_data::{Dataset, Sample};
 use fiberflow_eval::Comparison;
 use fiberflow_eval::corrected::relative_l2;
-use ndarray::Array4;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Version of the layout below; a bundle of another version is refused by name.
-pub const FORMAT: u32 = 1;
+/// Version of the layout below; a bundle of another version is refused by name. Format 2
+/// adds the refiner (`refiner/`); a bundle without one is still written as format 1, which
+/// older fiberflow versions read.
+pub const FORMAT: u32 = 2;
+/// The oldest format this version reads.
+const OLDEST_FORMAT: u32 = 1;
 /// The bundle's first member.
 const CARD: &str = "card.json";
 /// Folders of the three runs inside a bundle.
 const PREDICTOR: &str = "predictor";
 const STAGE2: &str = "vae-stage2";
 const STAGE1: &str = "vae-stage1";
+const REFINER: &str = "refiner";
 const CHECK: &str = "check";
 /// Largest card read before it is parsed; cards are a few kB.
 const MAX_CARD_BYTES: u64 = 1 << 20;
@@ -193,11 +196,12 @@ impl Bundle {
             let value: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| bad(format!("its card is not JSON ({e})")))?;
             let format = value.get("format").and_then(|f| f.as_u64());
-            if format != Some(u64::from(FORMAT)) {
+            if !format.is_some_and(|f| (u64::from(OLDEST_FORMAT)..=u64::from(FORMAT)).contains(&f))
+            {
                 return Err(ModelError::Config(format!(
                     "{origin} is a model bundle of format {}, written by fiberflow {}; this \
-                     fiberflow {} reads format {FORMAT}: use the matching version, or export \
-                     the run again",
+                     fiberflow {} reads formats {OLDEST_FORMAT} to {FORMAT}: use the matching \
+                     version, or export the run again",
                     format.map_or("?".into(), |f| f.to_string()),
                     value
                         .get("fiberflow_version")
@@ -265,7 +269,12 @@ impl Bundle {
             let log = TrainedModel::run_log(&predictor)?;
             let log2 = DualVae::stage2_log(&stage2)?;
             let vae = DualVae::load_pair(&stage2, log2, root.join(STAGE1), device)?;
-            TrainedModel::assemble(&predictor, log, vae, device)
+            let model = TrainedModel::assemble(&predictor, log, vae, device)?;
+            let refiner = root.join(REFINER);
+            match RefinerPart::run_log(&refiner)? {
+                Some(log) => model.with_refiner(&refiner, log, device),
+                None => Ok(model),
+            }
         };
         load().map_err(|e| ModelError::Config(format!("{}: {e}", self.origin)))
     }
@@ -379,6 +388,18 @@ pub fn export(
         )));
     }
     let model = TrainedModel::load(run, device)?;
+    // A refiner run is exported with the model it refines, which must be a run folder.
+    let predictor_dir = match &model.refiner {
+        Some(part) if part.log.base.is_file() => {
+            return Err(ModelError::Input(format!(
+                "{} refines the bundle {}; `model export` needs the run folders: train the refiner on the diffusion or direct run itself",
+                run.display(),
+                part.log.base.display()
+            )));
+        }
+        Some(part) => part.log.base.clone(),
+        None => run.to_path_buf(),
+    };
     let stage2 = model.vae.stage2_dir.clone();
     let stage1 = model.vae.stage1_dir.clone();
     let log2: RunLog = read_json(&stage2.join(LOG_FILE), "the VAE run has moved")?;
@@ -399,7 +420,15 @@ pub fn export(
         )));
     }
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for (folder, dir) in [(PREDICTOR, run), (STAGE2, &stage2), (STAGE1, &stage1)] {
+    let mut folders = vec![
+        (PREDICTOR, predictor_dir.as_path()),
+        (STAGE2, &stage2),
+        (STAGE1, &stage1),
+    ];
+    if let Some(part) = &model.refiner {
+        folders.push((REFINER, &part.dir));
+    }
+    for (folder, dir) in folders {
         for name in [LOG_FILE, BEST_FILE] {
             let path = dir.join(name);
             let bytes = std::fs::read(&path).map_err(|e| ModelError::checkpoint(&path, e))?;
@@ -427,8 +456,39 @@ pub fn export(
         });
     }
     let header = &dataset.manifest.header;
+    let mut training = vec![
+        run_card(
+            "vae stage 1",
+            &log1.history,
+            log1.best_epoch,
+            log1.parameters,
+            &log1.config,
+        )?,
+        run_card(
+            "vae stage 2",
+            &log2.history,
+            log2.best_epoch,
+            log2.parameters,
+            &log2.config,
+        )?,
+        predictor_card(&model.log)?,
+    ];
+    if let Some(part) = &model.refiner {
+        let log = &part.log;
+        training.push(run_card(
+            "full-resolution refiner",
+            &log.history,
+            log.best_epoch,
+            log.parameters,
+            &log.config,
+        )?);
+    }
     let card = Card {
-        format: FORMAT,
+        format: if model.refiner.is_some() {
+            FORMAT
+        } else {
+            OLDEST_FORMAT
+        },
         fiberflow_version: env!("CARGO_PKG_VERSION").into(),
         predictor: model.log.config.predictor,
         data: DataCard {
@@ -440,23 +500,7 @@ pub fn export(
             train_samples: dataset.splits.train.len(),
             test_samples: dataset.splits.test.len(),
         },
-        training: vec![
-            run_card(
-                "vae stage 1",
-                &log1.history,
-                log1.best_epoch,
-                log1.parameters,
-                &log1.config,
-            )?,
-            run_card(
-                "vae stage 2",
-                &log2.history,
-                log2.best_epoch,
-                log2.parameters,
-                &log2.config,
-            )?,
-            predictor_card(&model.log)?,
-        ],
+        training,
         commands: info.commands.clone(),
         evaluations: info.evaluations.clone(),
         check,
@@ -530,7 +574,8 @@ fn predictor_card(log: &DiffusionRunLog) -> Result<RunCard, ModelError> {
     )
 }
 
-/// The ensemble mean's relative L2 error per component on one sample.
+/// The relative L2 error per component on one sample of the mean of `draws` draws
+/// (refined when the model has a refiner).
 fn check_error(
     model: &TrainedModel,
     sample: Sample,
@@ -538,24 +583,18 @@ fn check_error(
     seed: u64,
     device: &Device,
 ) -> Result<[f64; 3], ModelError> {
-    let batch = Batch {
-        indices: vec![0],
-        samples: vec![sample],
-        mirrors: vec![Mirror::default()],
-    };
-    let tb = to_tensors(&batch, &model.vae.normalizer, device)?;
     let options = SampleOptions {
         sampler: model.log.config.val_sampler.clone(),
         guidance: 0.0,
     };
-    let predictions = model.predict(&tb, &options, draws, seed)?;
-    let mut mean: Option<Array4<f32>> = None;
-    for p in predictions {
-        let p = sample_array(p, 0)?;
-        mean = Some(mean.map_or(p.clone(), |m| m + p));
-    }
-    let mean = mean.expect("at least one draw") / draws as f32;
-    let sample = &batch.samples[0];
+    let request = EstimateRequest {
+        kind: PointEstimate::DrawMean,
+        noises: draws,
+        seed,
+        symmetrize: false,
+        refine: true,
+    };
+    let mean = model.sample_estimate(&sample, &options, &request, &Steering::default(), device)?;
     let comparison = Comparison::new(mean.view(), sample.u.view(), sample.domain.view())
         .map_err(|e| ModelError::Input(format!("check sample: {e}")))?;
     Ok(relative_l2(&comparison)

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod physics;
 pub mod precision;
 pub mod predict;
+pub mod refine;
 pub mod train;
 pub mod unet;
 pub mod vae;

@@ -19,7 +19,11 @@ fn message(result: Result<Bundle, fiberflow_model::ModelError>) -> String {
 fn the_builtin_model_reproduces_its_card() {
     let bundle = Bundle::builtin().unwrap().expect("fiberflow ships a model");
     let card = &bundle.card;
-    assert_eq!(card.format, FORMAT);
+    assert!(
+        (1..=FORMAT).contains(&card.format),
+        "format {}",
+        card.format
+    );
     assert!(BYTES.len() <= 25_000_000, "{} bytes", BYTES.len());
     // The card says what the model was trained on and how it scored beside the baselines.
     assert!(
@@ -32,7 +36,8 @@ fn the_builtin_model_reproduces_its_card() {
         let e = e.unwrap_or_else(|| panic!("no {label} score in the card"));
         assert!(e.samples >= 150 && e.relative_l2.iter().all(|v| v.is_finite()));
     }
-    assert!(!card.commands.is_empty() && card.training.len() == 3);
+    // Both VAE stages and the predictor, and the refiner where the model has one.
+    assert!(!card.commands.is_empty() && (3..=4).contains(&card.training.len()));
     assert!(card.check.len() >= 2);
     let device = Device::flex();
     let model = bundle.load(&device).unwrap();
@@ -143,7 +148,7 @@ fn a_bundle_of_another_format_names_both_versions() {
     let msg = message(Bundle::read(&bytes[..], "future.ffmodel"));
     assert!(msg.contains(&format!("format {}", FORMAT + 1)), "{msg}");
     assert!(
-        msg.contains("9.9.9") && msg.contains(&format!("reads format {FORMAT}")),
+        msg.contains("9.9.9") && msg.contains(&format!("to {FORMAT}")),
         "{msg}"
     );
     // The same from a file.

@@ -21,7 +21,7 @@ use fiberflow_model::physics::{PhysicsLossConfig, flow_rate_term};
 use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::inputs::{ConditionInputs, Conditioning, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
-use fiberflow_model::predict::{PointEstimate, Steering, TrainedModel};
+use fiberflow_model::predict::{EstimateRequest, PointEstimate, Steering, TrainedModel};
 use fiberflow_model::train::checkpoint;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionRunLog, DiffusionTrainConfig, train_diffusion,
@@ -800,7 +800,14 @@ fn predictions_are_masked_finite_and_seeded() {
         (&model, PointEstimate::PosteriorMean),
     ] {
         let at = |s: &fiberflow_data::Sample, symmetrize: bool| {
-            m.sample_estimate(s, &options, (kind, 1, 3), &none, symmetrize, &device)
+            let request = EstimateRequest {
+                kind,
+                noises: 1,
+                seed: 3,
+                symmetrize,
+                refine: false,
+            };
+            m.sample_estimate(s, &options, &request, &none, &device)
                 .unwrap()
         };
         let gap = |symmetrize: bool| {
@@ -825,9 +832,11 @@ fn predictions_are_masked_finite_and_seeded() {
         .sample_estimate(
             sample,
             &options,
-            (PointEstimate::PosteriorMean, 1, 3),
+            &EstimateRequest {
+                seed: 3,
+                ..EstimateRequest::default()
+            },
             &known,
-            true,
             &device,
         )
         .unwrap();

@@ -250,13 +250,9 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
             (Some(m), ScoreArg::Model) => m.sample_estimate(
                 sample,
                 &options,
-                (
-                    a.sampler.estimate.into(),
-                    a.samples,
-                    a.seed.wrapping_add(index as u64),
-                ),
+                &a.sampler
+                    .request(a.samples, a.seed.wrapping_add(index as u64)),
                 &a.sampler.steering(),
-                a.sampler.symmetrize,
                 &device,
             )?,
             (None, _) => unreachable!("a model is loaded unless a baseline is scored"),

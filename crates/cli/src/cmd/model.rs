@@ -17,8 +17,9 @@ pub struct ModelArgs {
 
 #[derive(Subcommand, Debug)]
 enum ModelWhat {
-    /// Write a diffusion or direct run, its VAE, a few test samples and a card (training
-    /// data, commands, wall times, scores) into one bundle file.
+    /// Write a diffusion or direct run (or a refiner run, with the run it refines), its
+    /// VAE, a few test samples and a card (training data, commands, wall times, scores)
+    /// into one bundle file.
     Export(ExportArgs),
     /// Print a bundle's card (default: the built-in model's).
     Info(InfoArgs),
@@ -26,7 +27,7 @@ enum ModelWhat {
 
 #[derive(Args, Debug)]
 struct ExportArgs {
-    /// A finished diffusion or direct run folder.
+    /// A finished diffusion, direct or refiner run folder.
     run: PathBuf,
     #[arg(long)]
     out: PathBuf,

@@ -16,8 +16,8 @@ use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_model::batch::{sample_array, to_tensors};
-use fiberflow_model::predict::PointEstimate;
 use fiberflow_model::predict::sampling::PredictorKind;
+use fiberflow_model::predict::{EstimateRequest, PointEstimate};
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_viz::{ComparisonFigure, VtiVolume, magnitude};
 use ndarray::{Array4, Axis};
@@ -172,15 +172,22 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         && (estimate == PointEstimate::DrawMean
             || model.log.config.predictor == PredictorKind::Direct);
     let mean = if draws_are_the_estimate {
-        stacked.mean_axis(Axis(0)).expect("≥ 1 draw")
+        let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
+        match a.sampler.refine {
+            true => model.refined(&batch.samples[0], mean, &steering.known_slices, &device)?,
+            false => mean,
+        }
     } else {
         drop(stacked);
+        let request = EstimateRequest {
+            kind: estimate,
+            ..a.sampler.request(a.samples, a.seed)
+        };
         model.sample_estimate(
             &batch.samples[0],
             &a.sampler.options(),
-            (estimate, a.samples, a.seed),
+            &request,
             &steering,
-            a.sampler.symmetrize,
             &device,
         )?
     };

@@ -5,7 +5,7 @@ use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
 use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::sampling::SampleOptions;
-use fiberflow_model::predict::{PointEstimate, Steering};
+use fiberflow_model::predict::{EstimateRequest, PointEstimate, Steering};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -81,6 +81,11 @@ pub struct SamplerArgs {
     /// networks are not mirror-symmetric themselves); `false` for the input as given only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub symmetrize: bool,
+    /// Pass the point prediction through the model's full-resolution refiner, when it
+    /// has one (`fiberflow train refiner`; the built-in model does); `false` for the
+    /// latent networks' estimate alone. The draws (`U_std`) are never refined.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub refine: bool,
     #[arg(long, value_enum, default_value_t = SamplerArg::DpmSolver)]
     pub sampler: SamplerArg,
     /// Network evaluations per sample.
@@ -109,6 +114,17 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
+    /// The point estimate asked for, with `noises` draws per image and `seed`.
+    pub fn request(&self, noises: usize, seed: u64) -> EstimateRequest {
+        EstimateRequest {
+            kind: self.estimate.into(),
+            noises,
+            seed,
+            symmetrize: self.symmetrize,
+            refine: self.refine,
+        }
+    }
+
     pub fn steering(&self) -> Steering {
         Steering {
             physics: self.physics_guidance,

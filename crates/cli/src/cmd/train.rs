@@ -1,5 +1,5 @@
-//! `fiberflow train vae|diffusion`: the two VAE stages and the latent predictor, with
-//! resumable runs.
+//! `fiberflow train vae|diffusion|refiner`: the two VAE stages, the latent predictor and
+//! the full-resolution refiner, with resumable runs.
 
 use crate::config_file;
 use anyhow::{Context, Result, bail};
@@ -9,6 +9,9 @@ use fiberflow_data::lock::FolderLock;
 use fiberflow_model::metrics::FieldErrors;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionTrainConfig, train_diffusion,
+};
+use fiberflow_model::train::refine::{
+    RefineEpoch, RefineObserver, RefineTrainConfig, train_refiner,
 };
 use fiberflow_model::train::vae::{EpochRecord, Stage, TrainObserver, VaeTrainConfig, train_vae};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,6 +33,7 @@ const RUN_FILES: &[&str] = &[
     "loss.png",
     "errors.png",
     "physics.png",
+    "estimates",
 ];
 
 #[derive(Args, Debug)]
@@ -46,6 +50,10 @@ enum TrainWhat {
     /// --set unet.time_conditioned=false`, the direct latent conditioner) on the latent
     /// cache of a stage-2 VAE run.
     Diffusion(DiffusionArgs),
+    /// Train the full-resolution refiner of a trained model's point prediction, on that
+    /// model's own training split (its estimates are computed once and cached in --out).
+    /// The run then predicts as the refined model: pass it as --model, or export it.
+    Refiner(RefinerArgs),
 }
 
 /// Options every training command shares.
@@ -141,6 +149,16 @@ struct DiffusionArgs {
 }
 
 #[derive(Args, Debug)]
+struct RefinerArgs {
+    /// The model to refine: a diffusion or direct run folder, or a bundle (export needs
+    /// the run folder).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
 struct VaeArgs {
     /// 1: 3D branch on U; 2: 2D branch on U_2d against a frozen stage-1 run.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -156,6 +174,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     match a.what {
         TrainWhat::Vae(a) => vae(a),
         TrainWhat::Diffusion(a) => diffusion(a),
+        TrainWhat::Refiner(a) => refiner(a),
     }
 }
 
@@ -167,7 +186,7 @@ fn vae(mut a: VaeArgs) -> Result<()> {
         .chain(a.stage1.as_deref())
         .collect();
     let _lock = a.run.claim_out("train vae", &inputs)?;
-    let mut bar = Bar(None);
+    let mut bar = Bar(None, Default::default());
     let devices = fiberflow_model::device::select_all(&a.run.device)?;
     let log = train_vae(
         &devices,
@@ -179,19 +198,14 @@ fn vae(mut a: VaeArgs) -> Result<()> {
         a.run.resume,
         &mut bar,
     )?;
-    if let Some(b) = bar.0 {
-        b.finish_and_clear();
-    }
-    match (log.best_epoch, log.history.last()) {
-        (Some(best), Some(last)) => println!(
-            "best epoch {best} (val loss {:.4e}); last epoch: {} -> {}",
+    let line = log.best_epoch.zip(log.history.last()).map(|(best, last)| {
+        format!(
+            "best epoch {best} (val loss {:.4e}); last epoch: {}",
             log.best_val_loss,
-            summary(last),
-            a.run.out.display()
-        ),
-        _ => bail!("no epoch was trained"),
-    }
-    Ok(())
+            summary(last)
+        )
+    });
+    finish(bar, line, &a.run.out)
 }
 
 fn diffusion(mut a: DiffusionArgs) -> Result<()> {
@@ -203,7 +217,7 @@ fn diffusion(mut a: DiffusionArgs) -> Result<()> {
     let _lock = a
         .run
         .claim_out("train diffusion", &[&a.run.dataset, &a.vae])?;
-    let mut bar = Bar(None);
+    let mut bar = Bar(None, Default::default());
     let log = train_diffusion(
         &devices,
         &a.run.dataset,
@@ -213,17 +227,53 @@ fn diffusion(mut a: DiffusionArgs) -> Result<()> {
         a.run.resume,
         &mut bar,
     )?;
+    let line = log.best_epoch.zip(log.history.last()).map(|(best, last)| {
+        format!(
+            "best epoch {best} (val relative L2 {:.4}); last epoch: {}",
+            log.best_val_error,
+            diffusion_summary(last)
+        )
+    });
+    finish(bar, line, &a.run.out)
+}
+
+fn refiner(mut a: RefinerArgs) -> Result<()> {
+    crate::remote::localise(&mut [&mut a.run.dataset], a.run.sha256.as_deref())?;
+    let cfg: RefineTrainConfig = a.run.config(|c: &mut RefineTrainConfig, e| c.epochs = e)?;
+    let device = fiberflow_model::device::select(&a.run.device)?;
+    let _lock = a
+        .run
+        .claim_out("train refiner", &[&a.run.dataset, &a.model])?;
+    let mut bar = Bar(None, Default::default());
+    let log = train_refiner(
+        &device,
+        &a.model,
+        &a.run.dataset,
+        &a.run.out,
+        cfg,
+        a.run.resume,
+        &mut bar,
+    )?;
+    let line = log.best_epoch.zip(log.history.last()).map(|(best, last)| {
+        format!(
+            "best epoch {best} (val relative L2 {:.4}, unrefined {:.4}); last epoch: {}",
+            log.best_val_error,
+            log.input_val_errors.relative_l2_total_normalised,
+            refiner_summary(last)
+        )
+    });
+    finish(bar, line, &a.run.out)
+}
+
+/// Clears the run's bar and prints its last line (best and last epoch) with the run
+/// folder; a run that trained no epoch is an error.
+fn finish(bar: Bar, line: Option<String>, out: &Path) -> Result<()> {
     if let Some(b) = bar.0 {
         b.finish_and_clear();
     }
-    match (log.best_epoch, log.history.last()) {
-        (Some(best), Some(last)) => println!(
-            "best epoch {best} (val relative L2 {:.4}); last epoch: {} -> {}",
-            log.best_val_error,
-            diffusion_summary(last),
-            a.run.out.display()
-        ),
-        _ => bail!("no epoch was trained"),
+    match line {
+        Some(line) => println!("{line} -> {}", out.display()),
+        None => bail!("no epoch was trained"),
     }
     Ok(())
 }
@@ -261,6 +311,15 @@ fn diffusion_summary(r: &DiffusionEpoch) -> String {
     )
 }
 
+fn refiner_summary(r: &RefineEpoch) -> String {
+    format!(
+        "train loss {:.4e}, val loss {:.4e}, refined {}",
+        r.train_loss,
+        r.val_loss,
+        errors(&r.val_errors)
+    )
+}
+
 fn errors(e: &FieldErrors) -> String {
     format!(
         "relative L2 error vx {:.3} vy {:.3} vz {:.3}, vz ratio {:.3}",
@@ -268,8 +327,9 @@ fn errors(e: &FieldErrors) -> String {
     )
 }
 
-/// Progress bar over all batches of the run, with one line per finished epoch.
-struct Bar(Option<ProgressBar>);
+/// Progress bar over all batches of the run, with one line per finished epoch, and the
+/// bar of a cache being filled.
+struct Bar(Option<ProgressBar>, crate::progress::Bar);
 
 impl Bar {
     fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
@@ -305,8 +365,34 @@ impl TrainObserver for Bar {
     }
 }
 
-/// The latent cache is encoded (when missing) before training; it needs no bar of its own.
-impl Progress for Bar {}
+/// Caches filled before training (latents, the refiner's estimates) get a bar of their own.
+impl Progress for Bar {
+    fn start(&mut self, task: &str, total: u64) {
+        self.1.start(task, total);
+    }
+
+    fn step(&mut self) {
+        self.1.step();
+    }
+
+    fn finish(&mut self) {
+        self.1.finish();
+    }
+}
+
+impl RefineObserver for Bar {
+    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {
+        Bar::batch(self, epoch, batch, batches, loss);
+    }
+
+    fn epoch(&mut self, record: &RefineEpoch) -> ControlFlow<()> {
+        self.line(format!(
+            "epoch {}: {}",
+            record.epoch,
+            refiner_summary(record)
+        ))
+    }
+}
 
 impl DiffusionObserver for Bar {
     fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64) {

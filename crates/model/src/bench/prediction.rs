@@ -81,6 +81,7 @@ pub fn untrained_model(
         },
         schedule,
         log,
+        refiner: None,
     })
 }
 

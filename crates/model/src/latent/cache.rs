@@ -80,29 +80,65 @@ fn to_bytes(t: &TensorData) -> Result<Vec<u8>, ModelError> {
     let v: Vec<f32> = t
         .clone()
         .try_into_vec()
-        .map_err(|e| ModelError::Input(format!("latent is not f32: {e:?}")))?;
+        .map_err(|e| ModelError::Input(format!("tensor is not f32: {e:?}")))?;
     Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
-fn write_sample(path: &Path, latents: &SampleLatents) -> Result<(), ModelError> {
-    let shape = |t: &TensorData| t.shape().to_vec();
-    let (b3, b2) = (to_bytes(&latents.mu3d)?, to_bytes(&latents.mu2d)?);
-    let views = [
-        (
-            "mu3d",
-            TensorView::new(Dtype::F32, shape(&latents.mu3d), &b3),
-        ),
-        (
-            "mu2d",
-            TensorView::new(Dtype::F32, shape(&latents.mu2d), &b2),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| v.map(|v| (k, v)))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| ModelError::checkpoint(path, e))?;
+/// Writes named f32 tensors to a safetensors file, atomically (temp file + rename), so an
+/// interrupted cache fill leaves whole files only.
+pub(crate) fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, &TensorData)],
+) -> Result<(), ModelError> {
+    let bytes = tensors
+        .iter()
+        .map(|(_, t)| to_bytes(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            TensorView::new(Dtype::F32, t.shape().to_vec(), b).map(|v| (*name, v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ModelError::checkpoint(path, e))?;
     let bytes = safetensors::serialize(views, None).map_err(|e| ModelError::checkpoint(path, e))?;
     Ok(write_atomic(path, &bytes)?)
+}
+
+/// Reads the f32 tensor `name` of the shape `shape` from a safetensors file written by
+/// [`write_tensors`]; anything else (missing, truncated, another shape) is an error that
+/// says to delete the cache.
+pub(crate) fn read_tensor(
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<TensorData, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::checkpoint(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::checkpoint(path, e))?;
+    let view = st
+        .tensor(name)
+        .map_err(|e| ModelError::checkpoint(path, e))?;
+    if view.dtype() != Dtype::F32 || view.shape() != shape {
+        return Err(ModelError::checkpoint(
+            path,
+            format!(
+                "`{name}` is {:?} {:?}, expected F32 {shape:?}; delete the cache folder and compute it again",
+                view.dtype(),
+                view.shape(),
+            ),
+        ));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(TensorData::new(values, shape.to_vec()))
+}
+
+fn write_sample(path: &Path, latents: &SampleLatents) -> Result<(), ModelError> {
+    write_tensors(path, &[("mu3d", &latents.mu3d), ("mu2d", &latents.mu2d)])
 }
 
 /// Encodes every sample of the dataset that is not cached yet (all splits: evaluation
@@ -221,33 +257,10 @@ impl LatentCache {
     /// [`LatentCache::encode_mirrors`] unless it is the identity).
     pub fn load_mirrored(&self, index: usize, mirror: Mirror) -> Result<SampleLatents, ModelError> {
         let path = mirrored_file(&self.dir, index, mirror);
-        let bytes = std::fs::read(&path).map_err(|e| ModelError::checkpoint(&path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::checkpoint(&path, e))?;
-        let get = |name: &str| -> Result<TensorData, ModelError> {
-            let view = st
-                .tensor(name)
-                .map_err(|e| ModelError::checkpoint(&path, e))?;
-            if view.dtype() != Dtype::F32 || view.shape() != self.meta.latent_shape {
-                return Err(ModelError::checkpoint(
-                    &path,
-                    format!(
-                        "`{name}` is {:?} {:?}, expected F32 {:?}; delete the cache folder and re-encode",
-                        view.dtype(),
-                        view.shape(),
-                        self.meta.latent_shape
-                    ),
-                ));
-            }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok(TensorData::new(values, self.meta.latent_shape))
-        };
+        let shape = self.meta.latent_shape;
         Ok(SampleLatents {
-            mu3d: get("mu3d")?,
-            mu2d: get("mu2d")?,
+            mu3d: read_tensor(&path, "mu3d", &shape)?,
+            mu2d: read_tensor(&path, "mu2d", &shape)?,
         })
     }
 }

@@ -3,8 +3,11 @@
 //! VAE it references.
 
 pub mod inputs;
+mod refined;
 pub mod sampling;
 mod symmetry;
+
+pub use refined::RefinerPart;
 
 use crate::batch::TensorBatch;
 use crate::diffusion::{NoiseSchedule, SamplerConfig, SamplerKind, TimestepSpacing, seeded_rng};
@@ -80,6 +83,34 @@ pub enum PointEstimate {
     DrawMean,
 }
 
+/// Which point estimate [`TrainedModel::sample_estimate`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EstimateRequest {
+    pub kind: PointEstimate,
+    /// Draws (or, for the posterior mean, starting noises) per image.
+    pub noises: usize,
+    /// Seeds the noise; draw j of every image uses stream j.
+    pub seed: u64,
+    /// Average over the eight mirror images of the input.
+    pub symmetrize: bool,
+    /// Apply the model's refiner, when it has one.
+    pub refine: bool,
+}
+
+impl Default for EstimateRequest {
+    /// `predict`'s and `evaluate`'s default: the refined posterior mean over the eight
+    /// mirror images.
+    fn default() -> Self {
+        Self {
+            kind: PointEstimate::PosteriorMean,
+            noises: 1,
+            seed: 0,
+            symmetrize: true,
+            refine: true,
+        }
+    }
+}
+
 /// A trained run, loaded for inference.
 pub struct TrainedModel {
     pub unet: UNet,
@@ -88,15 +119,22 @@ pub struct TrainedModel {
     pub vae: DualVae,
     pub schedule: NoiseSchedule,
     pub log: DiffusionRunLog,
+    /// The full-resolution refiner of the point estimate, for a model loaded from a
+    /// refiner run (or a bundle of one).
+    pub refiner: Option<RefinerPart>,
 }
 
 impl TrainedModel {
     /// Loads the best (EMA) weights of a diffusion run and the VAE it names; refuses a VAE
     /// whose weights changed since (its key differs).
-    /// `path` may also be a model bundle file (`fiberflow model export`).
+    /// `path` may also be a model bundle file (`fiberflow model export`), or a refiner
+    /// run (`fiberflow train refiner`), which loads the model it refines.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
         if path.is_file() {
             return crate::bundle::Bundle::open(path)?.load(device);
+        }
+        if let Some(log) = RefinerPart::run_log(path)? {
+            return Self::load(&log.base.clone(), device)?.with_refiner(path, log, device);
         }
         let log = Self::run_log(path)?;
         let vae = DualVae::load(&log.vae, device)?;
@@ -166,11 +204,13 @@ impl TrainedModel {
             vae,
             schedule,
             log,
+            refiner: None,
         })
     }
 
     /// The model with its networks (denoiser, E2D, E3D, D3D) computing in `precision`;
-    /// inputs and outputs stay f32.
+    /// inputs and outputs stay f32, and so does the refiner (one evaluation, a small part
+    /// of the cost).
     pub fn with_precision(self, precision: Precision) -> Self {
         let vae = DualVae {
             e2d: precision.cast(self.vae.e2d),

@@ -6,7 +6,7 @@
 //! (test-time augmentation, as Krizhevsky, Sutskever & Hinton 2012 averaged over
 //! reflected crops, here with exact symmetries of the physics).
 
-use super::{PointEstimate, Steering, TrainedModel};
+use super::{EstimateRequest, PointEstimate, Steering, TrainedModel};
 use crate::batch::{sample_array, to_tensors};
 use crate::error::ModelError;
 use crate::predict::sampling::SampleOptions;
@@ -16,20 +16,22 @@ use ndarray::Array4;
 
 impl TrainedModel {
     /// The point estimate `(S, 3, H, W)` in m/s of one sample's flow: of the sample as
-    /// given, or, when `symmetrize`, the mean over its eight mirror images of the estimate
-    /// mapped back. Draws are seeded as in [`TrainedModel::predict`] for every image; the
-    /// posterior mean takes one noise per image when symmetrized (the eight images already
-    /// average over the noise; more noises gained 1 % at most, measured unsymmetrized), so
-    /// it costs 8 network evaluations. `device` is the model's.
+    /// given, or, when `request.symmetrize`, the mean over its eight mirror images of the
+    /// estimate mapped back; then refined when the model has a refiner and
+    /// `request.refine`. Draws are seeded as in [`TrainedModel::predict`] for every image;
+    /// the posterior mean takes one noise per image when symmetrized (the eight images
+    /// already average over the noise; more noises gained 1 % at most, measured
+    /// unsymmetrized), so it costs 8 network evaluations. `device` is the model's.
     pub fn sample_estimate(
         &self,
         sample: &Sample,
         options: &SampleOptions,
-        estimate: (PointEstimate, usize, u64),
+        request: &EstimateRequest,
         steering: &Steering,
-        symmetrize: bool,
         device: &Device,
     ) -> Result<Array4<f32>, ModelError> {
+        let symmetrize = request.symmetrize;
+        let estimate = (request.kind, request.noises, request.seed);
         let images: Vec<Mirror> = if symmetrize {
             Mirror::all().collect()
         } else {
@@ -77,6 +79,10 @@ impl TrainedModel {
             });
         }
         let sum = sum.ok_or_else(|| ModelError::Config("no mirror image".into()))?;
-        Ok(sum / images.len() as f32)
+        let mean = sum / images.len() as f32;
+        match request.refine {
+            true => self.refined(sample, mean, &steering.known_slices, device),
+            false => Ok(mean),
+        }
     }
 }

@@ -8,6 +8,7 @@
 use crate::error::ModelError;
 use crate::train::vae::BEST_FILE;
 use burn::module::Module;
+use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use fiberflow_data::json::{read_json, write_json};
 use serde::Serialize;
@@ -20,6 +21,10 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 const STATE_FILE: &str = "state.json";
 /// The run log of a run folder.
 pub const LOG_FILE: &str = "log.json";
+/// A checkpoint's weights, their EMA and the optimiser's state.
+pub const MODEL_WEIGHTS: &str = "model.bpk";
+pub const EMA_WEIGHTS: &str = "ema.bpk";
+pub const OPTIMIZER_STATE: &str = "optim.bpk";
 
 /// The checkpoint of run folder `out` to resume from, with its saved run log: `None` for
 /// a folder with no run in it (absent, empty, or holding only what a killed writer
@@ -45,6 +50,11 @@ pub fn resume_from<L: DeserializeOwned>(
             out.display()
         ))),
         (_, None) => match run_entry(out, resume) {
+            // A run killed before its first checkpoint: what it holds is resumable.
+            Some(name) if run_entry(out, true).is_none() => Err(ModelError::Config(format!(
+                "{} holds a run stopped before its first epoch (`{name}`); continue it with --resume, or choose a new --out (`train --force` replaces it)",
+                out.display()
+            ))),
             // A run whose checkpoint was deleted (to save space, say) is finished work:
             // neither restarted from epoch 0 under --resume nor overwritten without it.
             Some(name) => Err(ModelError::Config(format!(
@@ -86,10 +96,13 @@ const TEMP_WEIGHTS: &str = ".tmp.bpk";
 /// any of its files, not by one. Writers' leftovers never count (the lock, temporary
 /// files, a half-written checkpoint); under `resume`, neither do the best weights alone: a
 /// run writes them just before its first checkpoint, so alone they are what a kill in
-/// that window leaves, and resuming there starts the run again.
+/// that window leaves, and resuming there starts the run again. Nor does the refiner's
+/// estimate cache, filled before the first epoch: resuming there keeps what it holds.
 pub fn run_entry(out: &Path, resume: bool) -> Option<String> {
-    let leftover =
-        |n: &str| n.ends_with(".tmp") || n.ends_with(TEMP_WEIGHTS) || (resume && n == BEST_FILE);
+    let before_first_epoch = |n: &str| n == BEST_FILE || n == super::refine::ESTIMATES_DIR;
+    let leftover = |n: &str| {
+        n.ends_with(".tmp") || n.ends_with(TEMP_WEIGHTS) || (resume && before_first_epoch(n))
+    };
     std::fs::read_dir(out)
         .ok()?
         .filter_map(Result::ok)
@@ -134,6 +147,53 @@ pub fn commit_epoch<L: Serialize>(
         Ok(write_json(&dir.join(STATE_FILE), log)?)
     })?;
     Ok(write_json(&out.join(LOG_FILE), log)?)
+}
+
+/// Writes a trainer's state into checkpoint folder `dir`: the model, the EMA of its
+/// weights and the optimiser (its Adam moments), as [`load_state`] reads them.
+pub fn save_state<M: Module>(
+    dir: &Path,
+    model: &M,
+    ema: &M,
+    optim: &ModuleOptimizer,
+) -> Result<(), ModelError> {
+    save(model, &dir.join(MODEL_WEIGHTS))?;
+    save(ema, &dir.join(EMA_WEIGHTS))?;
+    let path = dir.join(OPTIMIZER_STATE);
+    optim
+        .save(&path)
+        .map_err(|e| ModelError::checkpoint(&path, e))
+}
+
+/// Ends an epoch of a trainer with an EMA: the EMA weights become the run's best weights
+/// when the epoch `improved` on the best one, then the checkpoint (as [`save_state`]) and
+/// `log` are committed ([`commit_epoch`]).
+pub fn end_epoch<M: Module, L: Serialize>(
+    out: &Path,
+    log: &L,
+    improved: bool,
+    (model, ema, optim): (&M, &M, &ModuleOptimizer),
+) -> Result<(), ModelError> {
+    if improved {
+        save_atomic(ema, &out.join(BEST_FILE))?;
+    }
+    commit_epoch(out, log, |dir| save_state(dir, model, ema, optim))
+}
+
+/// Reads what [`save_state`] wrote into modules of the same architecture.
+pub fn load_state<M: Module>(
+    dir: &Path,
+    model: M,
+    ema: M,
+    optim: ModuleOptimizer,
+) -> Result<(M, M, ModuleOptimizer), ModelError> {
+    let model = load(model, &dir.join(MODEL_WEIGHTS))?;
+    let ema = load(ema, &dir.join(EMA_WEIGHTS))?;
+    let path = dir.join(OPTIMIZER_STATE);
+    let optim = optim
+        .load(&path)
+        .map_err(|e| ModelError::checkpoint(&path, e))?;
+    Ok((model, ema, optim))
 }
 
 /// Writes the files of a checkpoint folder atomically: `fill` writes into a temporary
@@ -316,7 +376,11 @@ mod run_folder_tests {
         std::fs::create_dir_all(&killed).unwrap();
         std::fs::write(killed.join(BEST_FILE), "weights").unwrap();
         let e = message(resume_from(&killed, false));
-        assert!(e.contains("holds a run (`best_model.bpk`)"), "{e}");
+        assert!(
+            e.contains("holds a run stopped before its first epoch (`best_model.bpk`)")
+                && e.contains("--resume"),
+            "{e}"
+        );
         assert!(resume_from::<Value>(&killed, true).unwrap().is_none());
         // The folder's lock file alone is not a run.
         let fresh = tmp.path().join("fresh");

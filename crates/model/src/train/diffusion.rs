@@ -13,7 +13,7 @@ use super::clip::clip_global_norm;
 use super::ema;
 use super::parallel;
 use super::schedule;
-use super::vae::{BEST_FILE, LOG_FILE};
+use super::vae::LOG_FILE;
 use crate::batch::to_tensors;
 use crate::diffusion::{
     ChaCha8Rng, DiffusionConfig, NoiseSchedule, Prediction, SamplerConfig, SamplerKind,
@@ -513,12 +513,7 @@ pub fn train_diffusion(
                 out.display()
             )));
         }
-        model = checkpoint::load(model, &dir.join("model.bpk"))?;
-        ema_model = checkpoint::load(ema_model, &dir.join("ema.bpk"))?;
-        let path = dir.join("optim.bpk");
-        optim = optim
-            .load(&path)
-            .map_err(|e| ModelError::checkpoint(&path, e))?;
+        (model, ema_model, optim) = checkpoint::load_state(&dir, model, ema_model, optim)?;
         log = saved;
         write_json(&out.join(LOG_FILE), &log)?;
     }
@@ -621,21 +616,13 @@ pub fn train_diffusion(
             mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if val_errors.relative_l2_total_normalised < log.best_val_error {
+        let improved = val_errors.relative_l2_total_normalised < log.best_val_error;
+        if improved {
             log.best_val_error = val_errors.relative_l2_total_normalised;
             log.best_epoch = Some(epoch);
-            checkpoint::save_atomic(&ema_model, &out.join(BEST_FILE))?;
         }
         log.history.push(record);
-        checkpoint::commit_epoch(out, &log, |dir| {
-            checkpoint::save(&model, &dir.join("model.bpk"))?;
-            checkpoint::save(&ema_model, &dir.join("ema.bpk"))?;
-            let path = dir.join("optim.bpk");
-            optim
-                .save(&path)
-                .map_err(|e| ModelError::checkpoint(&path, e))?;
-            Ok(())
-        })?;
+        checkpoint::end_epoch(out, &log, improved, (&model, &ema_model, &optim))?;
         if observer
             .epoch(log.history.last().expect("just pushed"))
             .is_break()
@@ -804,7 +791,7 @@ fn truth_physics(
 }
 
 /// Validation samples one per batch, in a fixed order.
-fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
+pub(crate) fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
     let loader = Loader::new(dataset, Some(Subset::Val), LoaderConfig::sequential())?;
     Ok(loader.epoch(0).collect::<Result<Vec<_>, _>>()?)
 }
@@ -812,7 +799,7 @@ fn val_batches(dataset: &Dataset) -> Result<Vec<Batch>, ModelError> {
 /// The split entries of one epoch: every sample once, shuffled, each through one of its
 /// `views` views drawn uniformly (entry `sample · views + view`). With one view the
 /// generator is used exactly as before augmentation existed, so such runs reproduce.
-fn epoch_order(samples: usize, views: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+pub(crate) fn epoch_order(samples: usize, views: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
     let mut order: Vec<usize> = (0..samples).collect();
     order.shuffle(rng);
     if views > 1 {

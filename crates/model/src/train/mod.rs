@@ -1,4 +1,4 @@
-//! Training loops (the two VAE stages, the latent predictor) and what Burn does not
+//! Training loops (the two VAE stages, the latent predictor, the refiner) and what Burn does not
 //! provide for them: global-norm gradient clipping, an exponential moving average of the
 //! weights, closed-form schedules, crash-safe checkpoints and data parallelism over
 //! several devices.
@@ -8,5 +8,6 @@ pub mod clip;
 pub mod diffusion;
 pub mod ema;
 pub mod parallel;
+pub mod refine;
 pub mod schedule;
 pub mod vae;

@@ -813,26 +813,26 @@ impl Trainer {
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        checkpoint::save(&self.model, &dir.join("model.bpk"))?;
-        let path = dir.join("optim.bpk");
+        checkpoint::save(&self.model, &dir.join(checkpoint::MODEL_WEIGHTS))?;
+        let path = dir.join(checkpoint::OPTIMIZER_STATE);
         self.optim
             .save(&path)
             .map_err(|e| ModelError::checkpoint(&path, e))?;
         if let Some(e) = &self.ema {
-            checkpoint::save(e, &dir.join("ema.bpk"))?;
+            checkpoint::save(e, &dir.join(checkpoint::EMA_WEIGHTS))?;
         }
         Ok(())
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), ModelError> {
-        self.model = checkpoint::load(self.model.clone(), &dir.join("model.bpk"))?;
-        let path = dir.join("optim.bpk");
+        self.model = checkpoint::load(self.model.clone(), &dir.join(checkpoint::MODEL_WEIGHTS))?;
+        let path = dir.join(checkpoint::OPTIMIZER_STATE);
         let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
         self.optim = optim
             .load(&path)
             .map_err(|e| ModelError::checkpoint(&path, e))?;
         if let Some(e) = self.ema.take() {
-            self.ema = Some(checkpoint::load(e, &dir.join("ema.bpk"))?);
+            self.ema = Some(checkpoint::load(e, &dir.join(checkpoint::EMA_WEIGHTS))?);
         }
         Ok(())
     }

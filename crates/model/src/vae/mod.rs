@@ -7,7 +7,7 @@
 //! `(B, Cz, S, H/f, W/f)`. The 3D branch (E3D, D3D) encodes the full flow; the 2D branch
 //! (E2D, D2D) encodes the per-slice flow (vz = 0) into the same latent space.
 
-mod blocks;
+pub(crate) mod blocks;
 mod config;
 mod decoder;
 mod encoder;

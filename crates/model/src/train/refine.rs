@@ -1,0 +1,453 @@
+//! Training of the full-resolution refiner ([`crate::refine`]) on a frozen model's point
+//! estimates of its own training split.
+//!
+//! The estimates are what the refiner corrects at prediction time: the default point
+//! estimate (the posterior mean averaged over the eight mirror images). The frozen model
+//! makes each one once and the run caches it (`estimates/NNNNNN.safetensors`, written
+//! atomically, so an interrupted fill resumes). That estimate is mirror-equivariant, so
+//! each epoch shows every sample through one of its eight mirrors, with its mirrored
+//! cached estimate: exact augmentation at no extra cost.
+//!
+//! Run folder: `log.json` (config, the refined model by path and weight hash, history),
+//! `best_model.bpk` (EMA weights of the epoch with the lowest validation error),
+//! `checkpoint/` for `--resume`, `estimates/`.
+
+use super::checkpoint;
+use super::clip::clip_global_norm;
+use super::diffusion::epoch_order;
+use super::ema;
+use super::schedule;
+use super::vae::LOG_FILE;
+use crate::batch::{channel_first, to_tensors};
+use crate::diffusion::seeded_rng;
+use crate::error::ModelError;
+use crate::latent::cache::{read_tensor, write_tensors};
+use crate::loss::normalized_mse;
+use crate::metrics::{ErrorSums, FieldErrors};
+use crate::predict::sampling::SampleOptions;
+use crate::predict::{EstimateRequest, Steering, TrainedModel};
+use crate::refine::{Refiner, RefinerConfig, refiner_inputs};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use fiberflow_data::json::write_json;
+use fiberflow_data::{Batch, Dataset, Field, Mirror, Progress, Subset};
+use ndarray::{Array4, Axis};
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The folder of cached estimates inside a refiner run.
+pub const ESTIMATES_DIR: &str = "estimates";
+
+/// Everything a refiner training run needs besides the data and the refined model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefineTrainConfig {
+    pub refiner: RefinerConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Largest global gradient norm.
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    /// Seeds the initialisation, the epoch order, the mirrors and the estimates' noise.
+    pub seed: u64,
+    /// Show each training sample through one of its eight mirrors, drawn per epoch.
+    pub mirror_augmentation: bool,
+    /// Use only the first N training / validation samples (`None` = all).
+    pub train_samples: Option<usize>,
+    pub val_samples: Option<usize>,
+}
+
+impl Default for RefineTrainConfig {
+    fn default() -> Self {
+        Self {
+            refiner: RefinerConfig::new(),
+            epochs: 20,
+            batch_size: 4,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_steps: 50,
+            weight_decay: 1e-4,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            seed: 2024,
+            mirror_augmentation: true,
+            train_samples: None,
+            val_samples: None,
+        }
+    }
+}
+
+impl RefineTrainConfig {
+    /// Checks every rule before anything is computed, naming the field that breaks it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: &str| Err(ModelError::Config(m.into()));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch_size must be ≥ 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad("lr must be positive and finite, 0 ≤ min_lr ≤ lr");
+        }
+        if !(self.grad_clip > 0.0 && self.weight_decay >= 0.0) {
+            return bad("grad_clip must be > 0 and weight_decay ≥ 0");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("ema_decay must be in [0, 1)");
+        }
+        self.refiner.validate()
+    }
+}
+
+/// One epoch of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefineEpoch {
+    pub epoch: usize,
+    pub steps: usize,
+    pub lr: f64,
+    /// Mean normalised squared error of the refined training estimates.
+    pub train_loss: f64,
+    /// The same on the validation samples, as given.
+    pub val_loss: f64,
+    /// Refined validation estimates against U.
+    pub val_errors: FieldErrors,
+    pub mean_grad_norm: f64,
+    pub seconds: f64,
+}
+
+/// `log.json` of a refiner run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefineRunLog {
+    pub config: RefineTrainConfig,
+    /// The refined model (a diffusion or direct run folder, or a bundle) and the SHA-256
+    /// of its latent network's weights, so a changed model is refused.
+    pub base: PathBuf,
+    pub base_sha256: String,
+    pub dataset: PathBuf,
+    pub dataset_manifest_sha256: String,
+    /// The validation estimates before refinement: what the refiner must beat.
+    pub input_val_errors: FieldErrors,
+    pub history: Vec<RefineEpoch>,
+    pub best_epoch: Option<usize>,
+    /// Lowest validation relative L2 error (components normalised).
+    pub best_val_error: f64,
+    pub parameters: usize,
+}
+
+/// Receives progress; `epoch` runs after the epoch's checkpoint is on disk.
+pub trait RefineObserver: Progress {
+    fn batch(&mut self, _epoch: usize, _batch: usize, _batches: usize, _loss: f64) {}
+    fn epoch(&mut self, _record: &RefineEpoch) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// The estimate the refiner learns to correct: what `predict` and `evaluate` make by
+/// default.
+fn base_request(seed: u64) -> EstimateRequest {
+    EstimateRequest {
+        seed,
+        refine: false,
+        ..EstimateRequest::default()
+    }
+}
+
+/// The cached estimate file of sample `index`.
+fn estimate_file(out: &Path, index: usize) -> PathBuf {
+    out.join(ESTIMATES_DIR)
+        .join(format!("{index:06}.safetensors"))
+}
+
+/// Computes the estimate of each of `indices` not cached yet.
+fn fill_estimates(
+    model: &TrainedModel,
+    dataset: &Dataset,
+    indices: &[usize],
+    (out, seed): (&Path, u64),
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(), ModelError> {
+    let dir = out.join(ESTIMATES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| ModelError::checkpoint(&dir, e))?;
+    let options = SampleOptions {
+        sampler: model.log.config.val_sampler.clone(),
+        guidance: 0.0,
+    };
+    progress.start("estimating the training flows", indices.len() as u64);
+    for &i in indices {
+        let path = estimate_file(out, i);
+        if !path.exists() {
+            let sample = dataset.open_sample(i)?.load()?;
+            let request = base_request(seed);
+            let u =
+                model.sample_estimate(&sample, &options, &request, &Steering::default(), device)?;
+            let shape = u.shape().to_vec();
+            let data = TensorData::new(u.into_raw_vec_and_offset().0, shape);
+            write_tensors(&path, &[("u", &data)])?;
+        }
+        progress.step();
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// The cached estimate `(S, 3, H, W)` of sample `index`, in m/s.
+fn load_estimate(out: &Path, index: usize, shape: [usize; 4]) -> Result<Array4<f32>, ModelError> {
+    let path = estimate_file(out, index);
+    let data = read_tensor(&path, "u", &shape)?;
+    let values: Vec<f32> = data
+        .try_into_vec()
+        .map_err(|e| ModelError::checkpoint(&path, format!("{e:?}")))?;
+    Array4::from_shape_vec(shape, values).map_err(|e| ModelError::checkpoint(&path, e))
+}
+
+/// A batch of samples, each seen through its mirror, with its mirrored estimate as a
+/// normalised `(B, 3, S, H, W)` tensor.
+struct RefineBatch {
+    batch: Batch,
+    estimate: Array4<f32>,
+}
+
+/// What a step needs to read a batch: the dataset, the run folder and the sample shape.
+struct Source<'a> {
+    dataset: &'a Dataset,
+    out: &'a Path,
+    shape: [usize; 4],
+}
+
+impl Source<'_> {
+    fn batch(&self, entries: &[(usize, Mirror)]) -> Result<Vec<RefineBatch>, ModelError> {
+        entries
+            .iter()
+            .map(|&(i, mirror)| {
+                let mut sample = self.dataset.open_sample(i)?.load()?;
+                mirror.apply(&mut sample);
+                let mut estimate = load_estimate(self.out, i, self.shape)?;
+                mirror.apply_to(Field::U, &mut estimate);
+                Ok(RefineBatch {
+                    batch: Batch {
+                        indices: vec![i],
+                        samples: vec![sample],
+                        mirrors: vec![mirror],
+                    },
+                    estimate,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The refined estimates of `items` and their loss, in normalised units, with the batch
+/// tensors for scoring.
+fn forward(
+    refiner: &Refiner,
+    model: &TrainedModel,
+    items: Vec<RefineBatch>,
+    device: &Device,
+) -> Result<(Tensor<5>, Tensor<1>, crate::batch::TensorBatch), ModelError> {
+    let mut batch = Batch {
+        indices: Vec::new(),
+        samples: Vec::new(),
+        mirrors: Vec::new(),
+    };
+    let mut estimates = Vec::new();
+    for item in items {
+        batch.indices.extend(item.batch.indices);
+        batch.samples.extend(item.batch.samples);
+        batch.mirrors.extend(item.batch.mirrors);
+        estimates.push(item.estimate);
+    }
+    let views: Vec<_> = estimates.iter().map(|e| e.view()).collect();
+    let stacked = ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+    let norm = &model.vae.normalizer;
+    let estimate = norm.normalize(channel_first(stacked, device));
+    let tb = to_tensors(&batch, norm, device)?;
+    let inputs = refiner_inputs(&tb, refiner.config().pressure)?;
+    let refined = refiner.forward(estimate, inputs);
+    let loss = normalized_mse(refined.clone(), tb.u.clone(), tb.mask.clone());
+    Ok((refined, loss, tb))
+}
+
+/// Validation loss and errors of `refiner` (`None`: of the estimates themselves).
+fn validate(
+    refiner: Option<&Refiner>,
+    model: &TrainedModel,
+    source: &Source,
+    val: &[usize],
+    device: &Device,
+) -> Result<(f64, FieldErrors), ModelError> {
+    let (mut sums, mut loss) = (ErrorSums::default(), 0.0);
+    for &i in val {
+        let items = source.batch(&[(i, Mirror::default())])?;
+        let estimate = items[0].estimate.clone();
+        let (refined, l, tb) = match refiner {
+            Some(r) => forward(r, model, items, device)?,
+            None => {
+                let tb = to_tensors(&items[0].batch, &model.vae.normalizer, device)?;
+                let e = model
+                    .vae
+                    .normalizer
+                    .normalize(channel_first(estimate.insert_axis(Axis(0)), device));
+                let l = normalized_mse(e.clone(), tb.u.clone(), tb.mask.clone());
+                (e, l, tb)
+            }
+        };
+        loss += l.into_scalar::<f64>();
+        sums.add(refined, tb.u, tb.mask);
+    }
+    Ok((loss / val.len().max(1) as f64, sums.errors()))
+}
+
+/// Trains a refiner of the model at `base` (run folder or bundle) into `out`, on the
+/// training split of `dataset_dir`, which must be the data the model was trained on (its
+/// test split then stays unseen by both).
+pub fn train_refiner(
+    device: &Device,
+    base: &Path,
+    dataset_dir: &Path,
+    out: &Path,
+    cfg: RefineTrainConfig,
+    resume: bool,
+    observer: &mut dyn RefineObserver,
+) -> Result<RefineRunLog, ModelError> {
+    cfg.validate()?;
+    let model = TrainedModel::load(base, device)?;
+    if model.refiner.is_some() {
+        return Err(ModelError::Config(format!(
+            "{} is already refined; train a refiner of the model it refines",
+            base.display()
+        )));
+    }
+    let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
+    let manifest = dataset.manifest.sha256(&dataset.dir)?;
+    if manifest != model.log.dataset_manifest_sha256 {
+        return Err(ModelError::Config(format!(
+            "{} is not the dataset {} was trained on (its manifest differs); a refiner trains on the model's own training split, so that the test split stays unseen",
+            dataset_dir.display(),
+            base.display()
+        )));
+    }
+    let header = &dataset.manifest.header.shape;
+    let shape = [header.slices, 3, header.height, header.width];
+    cfg.refiner.check_size(shape[2], shape[3])?;
+    let resumed = checkpoint::resume_from::<RefineRunLog>(out, resume)?;
+    if let Some((_, saved)) = &resumed
+        && (saved.config != cfg || saved.base_sha256 != model.weights_sha256)
+    {
+        return Err(ModelError::Config(format!(
+            "{} was trained with another configuration or model; resume with the same ones, or train into a new --out",
+            out.display()
+        )));
+    }
+    // A finished run is returned as it is, without recomputing its estimates.
+    if let Some((_, saved)) = &resumed
+        && saved.history.len() >= cfg.epochs
+    {
+        return Ok(saved.clone());
+    }
+    let (train, val) = (
+        dataset.indices(Some(Subset::Train)),
+        dataset.indices(Some(Subset::Val)),
+    );
+    if train.is_empty() || val.is_empty() {
+        return Err(ModelError::Input(
+            "the train and validation splits must both hold samples; generate more".into(),
+        ));
+    }
+    let all: Vec<usize> = train.iter().chain(&val).copied().collect();
+    fill_estimates(&model, &dataset, &all, (out, cfg.seed), device, observer)?;
+    let source = Source {
+        dataset: &dataset,
+        out,
+        shape,
+    };
+    let (_, input_val_errors) = validate(None, &model, &source, &val, device)?;
+
+    let ad = device.clone().autodiff();
+    device.seed(cfg.seed);
+    let mut refiner = cfg.refiner.init(&ad)?;
+    let mut ema_refiner = refiner.valid();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init();
+    let mut log = RefineRunLog {
+        config: cfg.clone(),
+        base: checkpoint::absolute(base),
+        base_sha256: model.weights_sha256.clone(),
+        dataset: dataset.dir.clone(),
+        dataset_manifest_sha256: manifest,
+        input_val_errors,
+        history: Vec::new(),
+        best_epoch: None,
+        best_val_error: f64::INFINITY,
+        parameters: refiner.num_params(),
+    };
+    if let Some((dir, saved)) = resumed {
+        (refiner, ema_refiner, optim) = checkpoint::load_state(&dir, refiner, ema_refiner, optim)?;
+        log = saved;
+        write_json(&out.join(LOG_FILE), &log)?;
+    }
+    let views = if cfg.mirror_augmentation { 8 } else { 1 };
+    let mirrors: Vec<Mirror> = Mirror::all().collect();
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    for epoch in log.history.len()..cfg.epochs {
+        let started = Instant::now();
+        let mut rng = seeded_rng(cfg.seed);
+        rng.set_stream(1 + epoch as u64);
+        let order = epoch_order(train.len(), views, &mut rng);
+        let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
+        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            let step = epoch * steps_per_epoch + b;
+            let entries: Vec<(usize, Mirror)> = chunk
+                .iter()
+                .map(|&e| (train[e / views], mirrors[e % views]))
+                .collect();
+            let (_, loss, _) = forward(&refiner, &model, source.batch(&entries)?, &ad)?;
+            let value = loss.clone().into_scalar::<f64>();
+            if !value.is_finite() {
+                return Err(ModelError::Input(format!(
+                    "training loss became {value} at epoch {epoch}, batch {b}; lower lr"
+                )));
+            }
+            let mut grads = GradientsParams::from_grads(loss.backward(), &refiner);
+            norms.push(clip_global_norm(&refiner, &mut grads, cfg.grad_clip));
+            lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
+            refiner = optim.step(lr, refiner, grads);
+            let decay = ema::warmup_decay(step as u64, cfg.ema_decay);
+            ema_refiner = ema::update(ema_refiner, &refiner.valid(), decay);
+            loss_sum += value;
+            observer.batch(epoch, b, steps_per_epoch, value);
+        }
+        let (val_loss, val_errors) = validate(Some(&ema_refiner), &model, &source, &val, device)?;
+        let record = RefineEpoch {
+            epoch,
+            steps: (epoch + 1) * steps_per_epoch,
+            lr,
+            train_loss: loss_sum / steps_per_epoch as f64,
+            val_loss,
+            val_errors,
+            mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let improved = val_errors.relative_l2_total_normalised < log.best_val_error;
+        if improved {
+            log.best_val_error = val_errors.relative_l2_total_normalised;
+            log.best_epoch = Some(epoch);
+        }
+        log.history.push(record);
+        checkpoint::end_epoch(out, &log, improved, (&refiner, &ema_refiner, &optim))?;
+        if observer
+            .epoch(log.history.last().expect("just pushed"))
+            .is_break()
+        {
+            break;
+        }
+    }
+    Ok(log)
+}
