@@ -18,7 +18,7 @@ use super::diffusion::epoch_order;
 use super::ema;
 use super::schedule;
 use super::vae::LOG_FILE;
-use crate::batch::{channel_first, to_tensors};
+use crate::batch::{TensorBatch, channel_first, to_tensors};
 use crate::diffusion::seeded_rng;
 use crate::error::ModelError;
 use crate::latent::cache::{read_tensor, write_tensors};
@@ -32,7 +32,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::write_json;
 use fiberflow_data::{Batch, Dataset, Field, Mirror, Progress, Subset};
-use ndarray::{Array4, Axis};
+use ndarray::{Array4, Array5, Axis};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -206,13 +206,6 @@ fn load_estimate(out: &Path, index: usize, shape: [usize; 4]) -> Result<Array4<f
     Array4::from_shape_vec(shape, values).map_err(|e| ModelError::checkpoint(&path, e))
 }
 
-/// A batch of samples, each seen through its mirror, with its mirrored estimate as a
-/// normalised `(B, 3, S, H, W)` tensor.
-struct RefineBatch {
-    batch: Batch,
-    estimate: Array4<f32>,
-}
-
 /// What a step needs to read a batch: the dataset, the run folder and the sample shape.
 struct Source<'a> {
     dataset: &'a Dataset,
@@ -221,54 +214,47 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn batch(&self, entries: &[(usize, Mirror)]) -> Result<Vec<RefineBatch>, ModelError> {
-        entries
-            .iter()
-            .map(|&(i, mirror)| {
-                let mut sample = self.dataset.open_sample(i)?.load()?;
-                mirror.apply(&mut sample);
-                let mut estimate = load_estimate(self.out, i, self.shape)?;
-                mirror.apply_to(Field::U, &mut estimate);
-                Ok(RefineBatch {
-                    batch: Batch {
-                        indices: vec![i],
-                        samples: vec![sample],
-                        mirrors: vec![mirror],
-                    },
-                    estimate,
-                })
-            })
-            .collect()
+    /// The samples of `entries`, each seen through its mirror, as one batch, with their
+    /// cached estimates seen through the same mirrors, stacked `(B, S, 3, H, W)`.
+    fn batch(&self, entries: &[(usize, Mirror)]) -> Result<(Batch, Array5<f32>), ModelError> {
+        let mut batch = Batch {
+            indices: Vec::new(),
+            samples: Vec::new(),
+            mirrors: Vec::new(),
+        };
+        let mut estimates = Vec::new();
+        for &(i, mirror) in entries {
+            let mut sample = self.dataset.open_sample(i)?.load()?;
+            mirror.apply(&mut sample);
+            let mut estimate = load_estimate(self.out, i, self.shape)?;
+            mirror.apply_to(Field::U, &mut estimate);
+            batch.indices.push(i);
+            batch.samples.push(sample);
+            batch.mirrors.push(mirror);
+            estimates.push(estimate);
+        }
+        let views: Vec<_> = estimates.iter().map(|e| e.view()).collect();
+        let stacked =
+            ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+        Ok((batch, stacked))
     }
 }
 
-/// The refined estimates of `items` and their loss, in normalised units, with the batch
-/// tensors for scoring.
+/// The estimates of a batch refined by `refiner` (`None`: as they are), their loss, the
+/// truth and the mask, in normalised units.
 fn forward(
-    refiner: &Refiner,
+    refiner: Option<&Refiner>,
     model: &TrainedModel,
-    items: Vec<RefineBatch>,
+    (batch, estimates): (Batch, Array5<f32>),
     device: &Device,
-) -> Result<(Tensor<5>, Tensor<1>, crate::batch::TensorBatch), ModelError> {
-    let mut batch = Batch {
-        indices: Vec::new(),
-        samples: Vec::new(),
-        mirrors: Vec::new(),
-    };
-    let mut estimates = Vec::new();
-    for item in items {
-        batch.indices.extend(item.batch.indices);
-        batch.samples.extend(item.batch.samples);
-        batch.mirrors.extend(item.batch.mirrors);
-        estimates.push(item.estimate);
-    }
-    let views: Vec<_> = estimates.iter().map(|e| e.view()).collect();
-    let stacked = ndarray::stack(Axis(0), &views).map_err(|e| ModelError::Input(e.to_string()))?;
+) -> Result<(Tensor<5>, Tensor<1>, TensorBatch), ModelError> {
     let norm = &model.vae.normalizer;
-    let estimate = norm.normalize(channel_first(stacked, device));
+    let estimate = norm.normalize(channel_first(estimates, device));
     let tb = to_tensors(&batch, norm, device)?;
-    let inputs = refiner_inputs(&tb, refiner.config().pressure)?;
-    let refined = refiner.forward(estimate, inputs);
+    let refined = match refiner {
+        Some(r) => r.forward(estimate, refiner_inputs(&tb, r.config().pressure)?),
+        None => estimate,
+    };
     let loss = normalized_mse(refined.clone(), tb.u.clone(), tb.mask.clone());
     Ok((refined, loss, tb))
 }
@@ -283,20 +269,8 @@ fn validate(
 ) -> Result<(f64, FieldErrors), ModelError> {
     let (mut sums, mut loss) = (ErrorSums::default(), 0.0);
     for &i in val {
-        let items = source.batch(&[(i, Mirror::default())])?;
-        let estimate = items[0].estimate.clone();
-        let (refined, l, tb) = match refiner {
-            Some(r) => forward(r, model, items, device)?,
-            None => {
-                let tb = to_tensors(&items[0].batch, &model.vae.normalizer, device)?;
-                let e = model
-                    .vae
-                    .normalizer
-                    .normalize(channel_first(estimate.insert_axis(Axis(0)), device));
-                let l = normalized_mse(e.clone(), tb.u.clone(), tb.mask.clone());
-                (e, l, tb)
-            }
-        };
+        let batch = source.batch(&[(i, Mirror::default())])?;
+        let (refined, l, tb) = forward(refiner, model, batch, device)?;
         loss += l.into_scalar::<f64>();
         sums.add(refined, tb.u, tb.mask);
     }
@@ -408,7 +382,7 @@ pub fn train_refiner(
                 .iter()
                 .map(|&e| (train[e / views], mirrors[e % views]))
                 .collect();
-            let (_, loss, _) = forward(&refiner, &model, source.batch(&entries)?, &ad)?;
+            let (_, loss, _) = forward(Some(&refiner), &model, source.batch(&entries)?, &ad)?;
             let value = loss.clone().into_scalar::<f64>();
             if !value.is_finite() {
                 return Err(ModelError::Input(format!(
