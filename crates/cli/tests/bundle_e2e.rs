@@ -147,6 +147,11 @@ fn export_info_predict_round_trip_and_damaged_bundles() {
         "--set",
         "lr=0.01",
     ]);
+    ok(["plot", &refiner]);
+    for png in ["loss.png", "errors.png"] {
+        let bytes = fs::metadata(Path::new(&refiner).join(png)).unwrap().len();
+        assert!(bytes > 1000, "{png}: {bytes} bytes");
+    }
     let refined_bundle = tmp.path().join("refined.ffmodel").display().to_string();
     ok(["model", "export", &refiner, "--out", &refined_bundle]);
     let info = ok(["model", "info", &refined_bundle, "--check"]);

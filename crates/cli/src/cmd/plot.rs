@@ -1,7 +1,8 @@
 //! `fiberflow plot RUN_DIR`: PNG curves of a training run from its `log.json` — a VAE
 //! stage (every loss term, train and validation; per-component errors and the vz ratio)
 //! or a latent-predictor run (prediction and physics losses; decoded validation errors;
-//! physics terms of the decoded validation flow against those of the true flow).
+//! physics terms of the decoded validation flow against those of the true flow), or a
+//! refiner run (losses; refined validation errors beside the unrefined ones).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -9,6 +10,7 @@ use fiberflow_data::json::read_json;
 use fiberflow_model::metrics::FieldErrors;
 use fiberflow_model::physics::PhysicsMetrics;
 use fiberflow_model::train::diffusion::{DiffusionEpoch, DiffusionRunLog};
+use fiberflow_model::train::refine::{RefineEpoch, RefineRunLog};
 use fiberflow_model::train::vae::{EpochRecord, RunLog, Stage};
 use fiberflow_viz::{LinePlot, Series};
 use serde_json::Value;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct PlotArgs {
-    /// A run folder of `fiberflow train vae` or `fiberflow train diffusion`.
+    /// A run folder of `fiberflow train vae`, `train diffusion` or `train refiner`.
     run: PathBuf,
     /// Where the PNGs go [default: the run folder].
     #[arg(long)]
@@ -38,7 +40,11 @@ pub fn run(a: PlotArgs) -> Result<()> {
 pub fn plot_run(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let path = run.join("log.json");
     let raw: Value = read_json(&path, "pass the folder of a training run")?;
-    let plots = if raw.get("vae_key").is_some() {
+    let plots = if raw.get("base_sha256").is_some() {
+        let log: RefineRunLog = serde_json::from_value(raw)
+            .with_context(|| format!("{} is not a readable refiner log", path.display()))?;
+        refiner_plots(&log)?
+    } else if raw.get("vae_key").is_some() {
         let log: DiffusionRunLog = serde_json::from_value(raw)
             .with_context(|| format!("{} is not a readable diffusion log", path.display()))?;
         diffusion_plots(&log)?
@@ -127,6 +133,31 @@ fn vae_plots(log: &RunLog) -> Result<Vec<(&'static str, LinePlot)>> {
             errors_plot(&format!("{stage}: validation {what} vs U"), &errors)?,
         ),
     ])
+}
+
+/// Losses, and the refined validation errors with the unrefined ones as flat lines.
+fn refiner_plots(log: &RefineRunLog) -> Result<Vec<(&'static str, LinePlot)>> {
+    let h = &log.history;
+    if h.is_empty() {
+        anyhow::bail!("the run has no finished epoch yet");
+    }
+    let mut loss = LinePlot::new("refiner: losses", "epoch", "loss [-]").log_y(true);
+    let curves: [(&str, Getter<RefineEpoch>); 2] = [
+        ("train loss", |r| r.train_loss),
+        ("val loss", |r| r.val_loss),
+    ];
+    for (name, get) in curves {
+        let v: Vec<f64> = h.iter().map(get).collect();
+        loss = add(loss, true, name, &v)?;
+    }
+    let errors: Vec<FieldErrors> = h.iter().map(|r| r.val_errors).collect();
+    let mut plot = errors_plot("refiner: refined validation estimate vs U", &errors)?;
+    let before = &log.input_val_errors;
+    for (c, name) in ["vx", "vy", "vz"].iter().enumerate() {
+        let flat = vec![before.relative_l2[c]; h.len()];
+        plot = add(plot, false, &format!("{name} unrefined"), &flat)?;
+    }
+    Ok(vec![("loss.png", loss), ("errors.png", plot)])
 }
 
 fn diffusion_plots(log: &DiffusionRunLog) -> Result<Vec<(&'static str, LinePlot)>> {
