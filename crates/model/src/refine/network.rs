@@ -216,8 +216,9 @@ mod tests {
         let cfg = RefinerConfig::new().with_features(vec![8, 16]);
         let refiner = cfg.init(&dev).unwrap();
         let estimate = Tensor::<5>::random([2, 3, 3, 8, 12], Distribution::Default, &dev);
+        // Everything but the estimate's three components.
         let inputs = Tensor::<5>::random(
-            [2, cfg.in_channels(), 3, 8, 12],
+            [2, cfg.in_channels() - 3, 3, 8, 12],
             Distribution::Default,
             &dev,
         );
