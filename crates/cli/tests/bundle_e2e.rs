@@ -108,7 +108,7 @@ fn export_info_predict_round_trip_and_damaged_bundles() {
     let index = fs::read_to_string(out.join("data/splits.json")).unwrap();
     let index: serde_json::Value = serde_json::from_str(&index).unwrap();
     let index = index["test"][0].to_string();
-    let predict = |model: &str, dir: &str| {
+    let predict_refined = |model: &str, dir: &str, refine: &str| {
         ok([
             "predict",
             "--model",
@@ -119,10 +119,13 @@ fn export_info_predict_round_trip_and_damaged_bundles() {
             &index,
             "--samples",
             "2",
+            "--refine",
+            refine,
             "--out",
             &tmp.path().join(dir).display().to_string(),
         ])
     };
+    let predict = |model: &str, dir: &str| predict_refined(model, dir, "true");
     predict(&run, "from-run");
     predict(&b, "from-bundle");
     assert_eq!(
@@ -165,24 +168,9 @@ fn export_info_predict_round_trip_and_damaged_bundles() {
     let refined = prediction(&tmp.path().join("refined-run"));
     assert_eq!(refined, prediction(&tmp.path().join("refined-bundle")));
     assert_ne!(refined, prediction(&tmp.path().join("from-run")));
-    let unrefined = tmp.path().join("unrefined").display().to_string();
-    ok([
-        "predict",
-        "--model",
-        &refiner,
-        "--dataset",
-        &data,
-        "--index",
-        &index,
-        "--samples",
-        "2",
-        "--refine",
-        "false",
-        "--out",
-        &unrefined,
-    ]);
+    predict_refined(&refiner, "unrefined", "false");
     assert_eq!(
-        prediction(Path::new(&unrefined)),
+        prediction(&tmp.path().join("unrefined")),
         prediction(&tmp.path().join("from-run"))
     );
 
