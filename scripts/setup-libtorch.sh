@@ -12,16 +12,41 @@
 #      rebuilds neither; build.rs records torch's library folder as the binary's rpath, so
 #      it runs without LD_LIBRARY_PATH.
 #
-# Usage: scripts/setup-libtorch.sh [--test]
+# Usage: scripts/setup-libtorch.sh [--cpu] [--test]
+#   --cpu    a CPU-only venv of about 0.6 GB instead (default .libtorch/venv-cpu): the torch
+#            wheel without its dependencies, plus the two small NVIDIA runtime packages
+#            that torch's CPU library itself loads (the CUDA runtime and CUPTI); torch's
+#            CUDA libraries are removed from it, so the build links the CPU library alone
+#            and `libtorch-cuda:N` reports that torch sees no GPU. Python cannot import
+#            torch from this venv (its Python module links the CUDA libraries), so the
+#            build finds the headers and libraries by path. CI uses it: runners' free disk
+#            varies, and the full venv once did not fit.
 #   --test   instead of the release build, build the model crate's unit tests and
 #            tests/backends.rs with the feature and run those that concern the backend
 #            (what CI runs). It uses ./target like `cargo test`, sharing every crate whose
 #            features do not change.
-# Environment: FIBERFLOW_TORCH_VENV (default .libtorch/venv), PYTHON (default python3).
+# Environment: FIBERFLOW_TORCH_VENV (default .libtorch/venv, or .libtorch/venv-cpu with
+# --cpu), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 torch_version=2.9.0
-venv=${FIBERFLOW_TORCH_VENV:-.libtorch/venv}
+# The NVIDIA runtime packages torch 2.9.0 pins, of which its CPU library needs these two.
+cpu_only_deps=(nvidia-cuda-runtime-cu12==12.8.90 nvidia-cuda-cupti-cu12==12.8.90)
+cpu=false
+test=false
+for arg in "$@"; do
+    case $arg in
+    --cpu) cpu=true ;;
+    --test) test=true ;;
+    *)
+        echo "usage: scripts/setup-libtorch.sh [--cpu] [--test]" >&2
+        exit 2
+        ;;
+    esac
+done
+default_venv=.libtorch/venv
+[ "$cpu" = false ] || default_venv=.libtorch/venv-cpu
+venv=${FIBERFLOW_TORCH_VENV:-$default_venv}
 python=${PYTHON:-python3}
 target=target/libtorch
 
@@ -30,19 +55,37 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 venv=$(cd "$venv" && pwd)
+# The installed version, read from the package metadata (importing torch needs the CUDA
+# libraries, which a --cpu venv lacks). The version is the last line printed.
 # (Output captured, not sent to /dev/null: on some CI runners that is a regular file, and
 # what lands there breaks cargo's next rustc probe.)
-# The version is the last line printed; a warning torch prints on import comes before it.
-if ! found=$("$venv/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>&1) ||
+if ! found=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('torch').split('+')[0])" 2>&1) ||
     [ "$(printf '%s\n' "$found" | tail -n 1)" != "$torch_version" ]; then
     echo "installing torch==$torch_version into $venv (a few minutes)"
-    "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir --quiet "torch==$torch_version"
+    pip=("$venv/bin/pip" install --disable-pip-version-check --no-cache-dir --quiet)
+    if [ "$cpu" = true ]; then
+        "${pip[@]}" --no-deps "torch==$torch_version" "${cpu_only_deps[@]}"
+    else
+        "${pip[@]}" "torch==$torch_version"
+    fi
 fi
 
-# torch-sys asks `python` (found through VIRTUAL_ENV/PATH) where torch's headers and
-# libraries are.
-export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
-if [ "${1:-}" = "--test" ]; then
+export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
+if [ "$cpu" = true ]; then
+    torch_dir=$("$venv/bin/python" -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])")
+    # torch-sys links torch's CUDA library whenever the file exists; without it the build
+    # is CPU-only and needs none of the NVIDIA libraries beyond the two installed above.
+    rm -f "$torch_dir"/lib/libtorch_cuda*.so "$torch_dir"/lib/libc10_cuda.so \
+        "$torch_dir"/lib/libtorch_nvshmem.so "$torch_dir"/lib/libcaffe2_nvrtc.so
+    export LIBTORCH="$torch_dir"
+    unset LIBTORCH_USE_PYTORCH
+else
+    # torch-sys asks `python` (found through VIRTUAL_ENV/PATH) where torch's headers and
+    # libraries are.
+    export LIBTORCH_USE_PYTORCH=1
+    unset LIBTORCH
+fi
+if [ "$test" = true ]; then
     cargo test --locked -p fiberflow-model --features libtorch --lib --test backends -- libtorch device::
     exit
 fi
