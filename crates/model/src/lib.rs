@@ -16,6 +16,7 @@ pub mod physics;
 pub mod precision;
 pub mod predict;
 pub mod refine;
+pub mod run;
 pub mod train;
 pub mod unet;
 pub mod vae;

@@ -22,7 +22,7 @@ use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::inputs::{ConditionInputs, Conditioning, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
 use fiberflow_model::predict::{EstimateRequest, PointEstimate, Steering, TrainedModel};
-use fiberflow_model::train::checkpoint;
+use fiberflow_model::run::checkpoint;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionRunLog, DiffusionTrainConfig, train_diffusion,
 };

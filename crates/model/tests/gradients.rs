@@ -5,7 +5,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use fiberflow_model::loss::normalized_mae;
-use fiberflow_model::train::checkpoint;
+use fiberflow_model::run::checkpoint;
 use fiberflow_model::vae::{ResBlock, VaeConfig};
 
 fn values(t: Tensor<5>) -> Vec<f32> {

@@ -9,7 +9,7 @@
 
 use burn::prelude::*;
 use fiberflow_model::predict::TrainedModel;
-use fiberflow_model::train::checkpoint;
+use fiberflow_model::run::checkpoint;
 use fiberflow_model::vae::VaeConfig;
 use fiberflow_testkit::CountingAllocator;
 use rand::{Rng, SeedableRng};

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use common::{serial, tiny_dataset as dataset};
 use fiberflow_model::ModelError;
-use fiberflow_model::train::checkpoint;
+use fiberflow_model::run::checkpoint;
 use fiberflow_model::train::vae::{
     EpochRecord, RunLog, Stage, TrainObserver, VaeTrainConfig, train_vae,
 };
@@ -250,6 +250,20 @@ fn two_devices_train_exactly_as_one() {
         "histories differ:\n{:?}\n{:?}",
         logs[0],
         logs[1]
+    );
+    // Validation scores the training objective's terms, kl_2d's included; its loss is
+    // the objective at β = 0 (stage 1: the reconstruction alone, β warming up).
+    let c = cfg(1);
+    let val1 = &logs[0][0].0.last().unwrap().val;
+    assert_eq!(val1["loss"], val1["rec"]);
+    let val2 = &logs[0][1].0[0].val;
+    let objective = val2["rec2d"]
+        + c.lambda_align * val2["align"]
+        + c.lambda_cross * val2["cross"]
+        + c.kl_2d * val2["kl2d"];
+    assert!(
+        (val2["loss"] - objective).abs() <= 1e-5 * objective,
+        "{val2:?}"
     );
     for run in ["s1", "s2"] {
         let file = |n: usize| tmp.path().join(format!("{run}-{n}/checkpoint/model.bpk"));

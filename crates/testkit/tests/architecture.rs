@@ -125,3 +125,39 @@ fn an_upward_dependency_or_a_stray_framework_is_reported() {
     assert_eq!(framework.len(), 1, "{framework:?}");
     assert!(violations("model", &set(&["data"]), &set(&["burn"]), &allowed).is_empty());
 }
+
+/// Lines of `source` that import from the model crate's training modules (`crate::train`
+/// or `super::train`), naming `file`.
+fn training_imports(file: &str, source: &str) -> Vec<String> {
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("crate::train") || l.contains("super::train"))
+        .map(|(i, l)| format!("{file}:{}: {}", i + 1, l.trim()))
+        .collect()
+}
+
+/// Inference never reaches into training: loading a model and predicting go through the
+/// run-folder formats of `run/`, so a change to a training loop cannot change a
+/// prediction. Checked on every file of the inference modules that ARCHITECTURE.md names.
+#[test]
+fn inference_modules_do_not_import_training_modules() {
+    let src = workspace().join("crates/model/src");
+    let mut files = vec![src.join("bundle.rs")];
+    for dir in ["predict", "latent", "refine", "run"] {
+        for entry in std::fs::read_dir(src.join(dir)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    let bad: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            let name = f.strip_prefix(&src).unwrap().display().to_string();
+            training_imports(&name, &std::fs::read_to_string(f).unwrap())
+        })
+        .collect();
+    assert!(files.len() > 10, "{files:?}");
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    let caught = training_imports("x.rs", "use a;\nuse crate::train::vae::RunLog;\n");
+    assert_eq!(caught, ["x.rs:2: use crate::train::vae::RunLog;"]);
+}

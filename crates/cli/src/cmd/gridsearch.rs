@@ -14,7 +14,7 @@ use fiberflow_data::atomic::write_atomic;
 use fiberflow_data::{Dataset, Progress, Shard};
 use fiberflow_model::ModelError;
 use fiberflow_model::latent::{DualVae, LatentCache, encode_dataset};
-use fiberflow_model::train::checkpoint;
+use fiberflow_model::run::checkpoint;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionRunLog, train_diffusion,
 };

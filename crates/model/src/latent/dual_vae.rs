@@ -3,8 +3,9 @@
 
 use crate::batch::{Normalizer, TensorBatch};
 use crate::error::ModelError;
-use crate::train::checkpoint;
-use crate::train::vae::{BEST_FILE, LOG_FILE, RunLog, Stage, VaeTarget};
+use crate::run::checkpoint;
+use crate::run::checkpoint::{BEST_FILE, LOG_FILE};
+use crate::run::vae::{RunLog, Stage, VaeTarget};
 use crate::vae::{Decoder, Encoder, VaeConfig};
 use burn::prelude::*;
 use fiberflow_data::json::read_json;

@@ -3,7 +3,6 @@
 //! weights, closed-form schedules, crash-safe checkpoints and data parallelism over
 //! several devices.
 
-pub mod checkpoint;
 pub mod clip;
 pub mod diffusion;
 pub mod ema;

@@ -12,12 +12,10 @@
 //! `best_model.bpk` (EMA weights of the epoch with the lowest validation error),
 //! `checkpoint/` for `--resume`, `estimates/`.
 
-use super::checkpoint;
 use super::clip::clip_global_norm;
 use super::diffusion::epoch_order;
 use super::ema;
 use super::schedule;
-use super::vae::LOG_FILE;
 use crate::batch::{TensorBatch, channel_first, to_tensors};
 use crate::diffusion::seeded_rng;
 use crate::error::ModelError;
@@ -26,118 +24,20 @@ use crate::loss::normalized_mse;
 use crate::metrics::{ErrorSums, FieldErrors};
 use crate::predict::sampling::SampleOptions;
 use crate::predict::{EstimateRequest, Steering, TrainedModel};
-use crate::refine::{Refiner, RefinerConfig, refiner_inputs};
+use crate::refine::{Refiner, refiner_inputs};
+use crate::run::checkpoint;
+use crate::run::checkpoint::LOG_FILE;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::write_json;
 use fiberflow_data::{Batch, Dataset, Field, Mirror, Progress, Subset};
 use ndarray::{Array4, Array5, Axis};
-use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The folder of cached estimates inside a refiner run.
-pub const ESTIMATES_DIR: &str = "estimates";
-
-/// Everything a refiner training run needs besides the data and the refined model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RefineTrainConfig {
-    pub refiner: RefinerConfig,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_steps: usize,
-    pub weight_decay: f64,
-    /// Largest global gradient norm.
-    pub grad_clip: f64,
-    pub ema_decay: f64,
-    /// Seeds the initialisation, the epoch order, the mirrors and the estimates' noise.
-    pub seed: u64,
-    /// Show each training sample through one of its eight mirrors, drawn per epoch.
-    pub mirror_augmentation: bool,
-    /// Use only the first N training / validation samples (`None` = all).
-    pub train_samples: Option<usize>,
-    pub val_samples: Option<usize>,
-}
-
-impl Default for RefineTrainConfig {
-    fn default() -> Self {
-        Self {
-            refiner: RefinerConfig::new(),
-            epochs: 20,
-            batch_size: 4,
-            lr: 1e-3,
-            min_lr: 1e-5,
-            warmup_steps: 50,
-            weight_decay: 1e-4,
-            grad_clip: 1.0,
-            ema_decay: 0.999,
-            seed: 2024,
-            mirror_augmentation: true,
-            train_samples: None,
-            val_samples: None,
-        }
-    }
-}
-
-impl RefineTrainConfig {
-    /// Checks every rule before anything is computed, naming the field that breaks it.
-    pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |m: &str| Err(ModelError::Config(m.into()));
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("epochs and batch_size must be ≥ 1");
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad("lr must be positive and finite, 0 ≤ min_lr ≤ lr");
-        }
-        if !(self.grad_clip > 0.0 && self.weight_decay >= 0.0) {
-            return bad("grad_clip must be > 0 and weight_decay ≥ 0");
-        }
-        if !(0.0..1.0).contains(&self.ema_decay) {
-            return bad("ema_decay must be in [0, 1)");
-        }
-        self.refiner.validate()
-    }
-}
-
-/// One epoch of the history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RefineEpoch {
-    pub epoch: usize,
-    pub steps: usize,
-    pub lr: f64,
-    /// Mean normalised squared error of the refined training estimates.
-    pub train_loss: f64,
-    /// The same on the validation samples, as given.
-    pub val_loss: f64,
-    /// Refined validation estimates against U.
-    pub val_errors: FieldErrors,
-    pub mean_grad_norm: f64,
-    pub seconds: f64,
-}
-
-/// `log.json` of a refiner run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RefineRunLog {
-    pub config: RefineTrainConfig,
-    /// The refined model (a diffusion or direct run folder, or a bundle) and the SHA-256
-    /// of its latent network's weights, so a changed model is refused.
-    pub base: PathBuf,
-    pub base_sha256: String,
-    pub dataset: PathBuf,
-    pub dataset_manifest_sha256: String,
-    /// The validation estimates before refinement: what the refiner must beat.
-    pub input_val_errors: FieldErrors,
-    pub history: Vec<RefineEpoch>,
-    pub best_epoch: Option<usize>,
-    /// Lowest validation relative L2 error (components normalised).
-    pub best_val_error: f64,
-    pub parameters: usize,
-}
+pub use crate::run::refine::{ESTIMATES_DIR, RefineEpoch, RefineRunLog, RefineTrainConfig};
 
 /// Receives progress; `epoch` runs after the epoch's checkpoint is on disk.
 pub trait RefineObserver: Progress {

@@ -12,158 +12,25 @@
 //! (z = μ) and an atomic checkpoint; a resumed run replays exactly (the loader order and
 //! the sampling noise are functions of (seed, epoch)).
 
-use crate::batch::{Normalization, Normalizer, TensorBatch, to_tensors};
+use crate::batch::{Normalizer, TensorBatch, to_tensors};
 use crate::error::ModelError;
 use crate::loss::{kl_divergence, normalized_mae, normalized_mse};
 use crate::metrics::{ErrorSums, FieldErrors};
-use crate::train::{checkpoint, clip::clip_global_norm, ema, parallel, schedule};
-use crate::vae::{Decoder, VaeBranch, VaeConfig, reparameterize, standard_noise};
+use crate::run::checkpoint::{self, BEST_FILE, LOG_FILE};
+use crate::train::{clip::clip_global_norm, ema, parallel, schedule};
+use crate::vae::{Decoder, VaeBranch, reparameterize, standard_noise};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::{read_json, write_json};
 use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Statistics, Subset};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-/// Reconstruction loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReconLoss {
-    /// Per-component normalised MAE over the fluid (the reference's default).
-    Mae,
-    /// Per-component normalised MSE over the fluid.
-    Mse,
-}
-
-/// What the 3D branch encodes and decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VaeTarget {
-    /// The 3D flow U itself (the reference).
-    Flow,
-    /// The 3D correction U − U_2d: the cheap 2D flow is the zeroth-order answer (vx and vy
-    /// within ~15 % of U) and the networks learn only what it misses — vz and the
-    /// slice-to-slice changes of vx and vy — so a latent error of e costs e·‖U − U_2d‖
-    /// instead of e·‖U‖, and the prediction is never worse than the 2D flow by much.
-    Correction,
-}
-
-impl VaeTarget {
-    /// The field the 3D branch encodes, normalised.
-    pub fn field(self, tb: &TensorBatch) -> Tensor<5> {
-        match self {
-            Self::Flow => tb.u.clone(),
-            Self::Correction => tb.u.clone() - tb.u2d.clone(),
-        }
-    }
-
-    /// The normalised 3D flow from a decoded `field`.
-    pub fn flow(self, field: Tensor<5>, tb: &TensorBatch) -> Tensor<5> {
-        match self {
-            Self::Flow => field,
-            Self::Correction => field + tb.u2d.clone(),
-        }
-    }
-}
-
-/// Everything a VAE training run needs besides the data; saved with the run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VaeTrainConfig {
-    /// Architecture (stage 2 takes it from its stage-1 run).
-    pub vae: VaeConfig,
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// Batches whose gradients are summed before one optimiser step; with several
-    /// training devices, they are computed in parallel (one device per batch).
-    pub accumulation: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Learning rate at the end of the cosine.
-    pub min_lr: f64,
-    /// Optimiser steps of linear warm-up.
-    pub warmup_steps: usize,
-    /// AdamW decoupled weight decay.
-    pub weight_decay: f64,
-    /// Largest global gradient norm.
-    pub grad_clip: f64,
-    /// Weight EMA decay ceiling; 0 disables the EMA.
-    pub ema_decay: f64,
-    pub loss: ReconLoss,
-    /// What the 3D branch encodes (stage 2 inherits stage 1's choice).
-    pub target: VaeTarget,
-    /// Per-component velocity scaling (stage 2 inherits stage 1's factors).
-    pub normalization: Normalization,
-    /// KL weight β at the first epoch.
-    pub kl_start: f64,
-    /// KL weight β after the warm-up.
-    pub kl_end: f64,
-    pub kl_warmup_epochs: usize,
-    /// Mirror augmentation (y, z and x, each with probability ½).
-    pub augment: bool,
-    /// Decode every sample into memory once instead of reading the memory-mapped files
-    /// at each access.
-    pub preload: bool,
-    /// Train on the first N samples of the training split only (nested subsets of one
-    /// split, for learning curves); all of it when absent.
-    pub train_samples: Option<usize>,
-    /// Validate on the first N samples of the validation split only (each epoch's
-    /// validation costs a pass over it); all of it when absent.
-    pub val_samples: Option<usize>,
-    pub seed: u64,
-    /// Stage 2: weight of the latent alignment ‖μ2d − μ3d‖².
-    pub lambda_align: f64,
-    /// Stage 2: weight of the cross-reconstruction D3D(μ2d) vs U.
-    pub lambda_cross: f64,
-    /// Stage 2: weight of an extra 1 − cos(μ2d, μ3d) alignment term.
-    pub align_cosine: f64,
-    /// Stage 2: KL weight of the 2D branch (0 = deterministic E2D, as the reference).
-    pub kl_2d: f64,
-    /// Stage 2: start E2D from E3D's weights instead of a random initialisation.
-    pub init_e2d_from_e3d: bool,
-}
-
-impl Default for VaeTrainConfig {
-    fn default() -> Self {
-        Self {
-            // 4×4 patch embedding into the latent grid instead of three levels from full
-            // resolution: no convolution runs on the full grid, where a step spent most of
-            // its time; a quarter of the time per step at lower validation errors on every
-            // component (BENCHMARKS.md, "Cheaper VAE training").
-            vae: VaeConfig::new().with_patch(Some(4)).with_channels(vec![32]),
-            epochs: 30,
-            batch_size: 2,
-            accumulation: 1,
-            lr: 2e-3,
-            min_lr: 1e-5,
-            warmup_steps: 20,
-            weight_decay: 1e-4,
-            grad_clip: 1.0,
-            ema_decay: 0.0,
-            loss: ReconLoss::Mse,
-            target: VaeTarget::Correction,
-            normalization: Normalization::Rms,
-            kl_start: 1e-5,
-            kl_end: 1e-3,
-            kl_warmup_epochs: 10,
-            augment: false,
-            preload: false,
-            train_samples: None,
-            val_samples: None,
-            seed: 0,
-            lambda_align: 5.0,
-            lambda_cross: 50.0,
-            align_cosine: 0.0,
-            kl_2d: 0.0,
-            init_e2d_from_e3d: true,
-        }
-    }
-}
+pub use crate::run::vae::{EpochRecord, ReconLoss, RunLog, Stage, VaeTarget, VaeTrainConfig};
 
 /// Peak bytes of a training run on `(S, H, W)` samples with `preloaded` samples held in
 /// memory: the batch's activations kept for the backward pass, ≈ 512 bytes per voxel of the
@@ -204,81 +71,6 @@ fn check_memory(cfg: &VaeTrainConfig, dataset: &Dataset) -> Result<(), ModelErro
     fiberflow_data::budget::check(what, need).map_err(|e| ModelError::Config(e.to_string()))
 }
 
-impl VaeTrainConfig {
-    /// Checks every field before any data is read.
-    pub fn validate(&self) -> Result<(), ModelError> {
-        self.vae.validate()?;
-        let bad = |m: &str| Err(ModelError::Config(m.to_string()));
-        if self.epochs == 0 || self.batch_size == 0 || self.accumulation == 0 {
-            return bad("epochs, batch_size and accumulation must be ≥ 1");
-        }
-        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad("need lr > 0 and 0 ≤ min_lr ≤ lr");
-        }
-        if !(self.grad_clip > 0.0 && self.weight_decay >= 0.0) {
-            return bad("need grad_clip > 0 and weight_decay ≥ 0");
-        }
-        if !(0.0..1.0).contains(&self.ema_decay) {
-            return bad("ema_decay must lie in [0, 1)");
-        }
-        let weights = [
-            self.kl_start,
-            self.kl_end,
-            self.lambda_align,
-            self.lambda_cross,
-            self.align_cosine,
-            self.kl_2d,
-        ];
-        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
-            return bad("loss weights must be finite and ≥ 0");
-        }
-        Ok(())
-    }
-}
-
-/// Which stage a run trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Stage {
-    /// E3D + D3D.
-    One,
-    /// E2D + D2D against a frozen stage-1 run.
-    Two,
-}
-
-/// One epoch of the run's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub steps: usize,
-    pub lr: f64,
-    pub kl_weight: f64,
-    /// Mean training loss terms.
-    pub train: BTreeMap<String, f64>,
-    /// Validation loss terms (deterministic).
-    pub val: BTreeMap<String, f64>,
-    /// Errors of the reconstruction that matters: D3D(E3D(U)) in stage 1, D3D(E2D(U_2d))
-    /// in stage 2, against U.
-    pub val_errors: FieldErrors,
-    pub mean_grad_norm: f64,
-    pub seconds: f64,
-}
-
-/// `log.json`: everything needed to interpret and reuse the run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunLog {
-    pub stage: Stage,
-    pub config: VaeTrainConfig,
-    pub normalizer: Normalizer,
-    pub dataset: PathBuf,
-    pub dataset_manifest_sha256: String,
-    /// Stage 2: the stage-1 run it builds on.
-    pub stage1: Option<PathBuf>,
-    pub history: Vec<EpochRecord>,
-    pub best_epoch: Option<usize>,
-    pub best_val_loss: f64,
-    pub parameters: usize,
-}
-
 /// Receives progress; all methods default to nothing. `epoch` is called after the epoch's
 /// checkpoint is on disk and may stop the run there.
 pub trait TrainObserver {
@@ -287,10 +79,6 @@ pub trait TrainObserver {
         ControlFlow::Continue(())
     }
 }
-
-/// Files of a run folder.
-pub use super::checkpoint::LOG_FILE;
-pub const BEST_FILE: &str = "best_model.bpk";
 
 /// Trains stage 1 or 2 on `devices` into `out`, resuming from its checkpoint when `resume`
 /// is set. The first device holds the model, validates and caches; with several, each
@@ -480,20 +268,23 @@ pub fn train_vae(
                 .collect();
             let outputs = parallel::run_sharded(&mut workers, jobs, |w, job| {
                 let tb = to_tensors(&job.batch, &normalizer, &w.device)?;
-                let terms = batch_loss(w, &tb, job.noise, job.mu3d, beta, &cfg);
-                let value = terms.total.clone().into_scalar::<f64>();
+                let frozen = w.d3d.as_ref().zip(job.mu3d);
+                let (terms, _) = losses(&w.model, frozen, &tb, job.noise, &cfg);
+                let total = terms.total(beta, &cfg);
+                let value = total.clone().into_scalar::<f64>();
                 if !value.is_finite() {
                     return Err(ModelError::Input(format!(
                         "training loss became {value} at epoch {epoch}, batch {}; lower lr or check the data",
                         job.index
                     )));
                 }
-                let loss = terms.total.div_scalar(group as f64);
-                Ok((parallel::gradients(loss, &w.model, &ad), value, terms.parts))
+                let parts = terms.parts();
+                let loss = total.div_scalar(group as f64);
+                Ok((parallel::gradients(loss, &w.model, &ad), value, parts))
             })?;
             for (k, (grads, value, parts)) in outputs.into_iter().enumerate() {
                 for (key, v) in parts {
-                    *sums.entry(key).or_default() += v;
+                    *sums.entry(key.into()).or_default() += v;
                 }
                 *sums.entry("loss".into()).or_default() += value;
                 accumulator.accumulate(&trainer.model, grads);
@@ -540,10 +331,65 @@ pub fn train_vae(
     Ok(log)
 }
 
-/// Loss of one batch: the total to differentiate and its parts for the log.
-struct LossTerms {
-    total: Tensor<1>,
-    parts: Vec<(String, f64)>,
+/// The loss terms of one batch, as tensors (training differentiates their total).
+enum LossTerms {
+    /// Stage 1: reconstruction of the target field and the 3D posterior's KL.
+    One { rec: Tensor<1>, kl: Tensor<1> },
+    /// Stage 2: reconstruction of U_2d, alignment of μ2d with μ3d, cross-reconstruction
+    /// D3D(μ2d) of the target, and the 2D posterior's KL when `kl_2d` > 0.
+    Two {
+        rec2d: Tensor<1>,
+        align: Tensor<1>,
+        cross: Tensor<1>,
+        kl2d: Option<Tensor<1>>,
+    },
+}
+
+impl LossTerms {
+    /// The objective: stage 1 rec + β·KL; stage 2 rec2d + λ_align·align + λ_cross·cross
+    /// (+ kl_2d·KL_2d). Validation takes β = 0: β warms up over the epochs, so epochs
+    /// compare on the reconstruction.
+    fn total(&self, beta: f64, cfg: &VaeTrainConfig) -> Tensor<1> {
+        match self {
+            Self::One { rec, kl } => rec.clone() + kl.clone().mul_scalar(beta),
+            Self::Two {
+                rec2d,
+                align,
+                cross,
+                kl2d,
+            } => {
+                let total = rec2d.clone()
+                    + align.clone().mul_scalar(cfg.lambda_align)
+                    + cross.clone().mul_scalar(cfg.lambda_cross);
+                match kl2d {
+                    Some(kl) => total + kl.clone().mul_scalar(cfg.kl_2d),
+                    None => total,
+                }
+            }
+        }
+    }
+
+    /// Each term's value under its name in the run log.
+    fn parts(&self) -> Vec<(&'static str, f64)> {
+        let value = |t: &Tensor<1>| t.clone().into_scalar::<f64>();
+        match self {
+            Self::One { rec, kl } => vec![("rec", value(rec)), ("kl", value(kl))],
+            Self::Two {
+                rec2d,
+                align,
+                cross,
+                kl2d,
+            } => {
+                let mut parts = vec![
+                    ("rec2d", value(rec2d)),
+                    ("align", value(align)),
+                    ("cross", value(cross)),
+                ];
+                parts.extend(kl2d.as_ref().map(|kl| ("kl2d", value(kl))));
+                parts
+            }
+        }
+    }
 }
 
 /// The trainable branch with its optimiser and EMA, and for stage 2 the frozen stage 1.
@@ -620,62 +466,51 @@ struct BatchJob {
     mu3d: Option<Tensor<5>>,
 }
 
-/// The training loss of one batch on `w`: stage 1 reconstruction + β·KL; stage 2
-/// L_rec2d + λ_align·L_align + λ_cross·L_cross (+ kl_2d·KL).
-fn batch_loss(
-    w: &Worker,
+/// One batch through `model` (in stage 2 with the frozen D3D and the targets μ3d): its
+/// loss terms and the reconstruction that is scored, D3D(E3D(U)) in stage 1 and
+/// D3D(E2D(U_2d)) in stage 2. Training passes the posterior noise ε, validation none
+/// (z = μ); both go through here, so their terms cannot drift apart.
+fn losses(
+    model: &VaeBranch,
+    frozen: Option<(&Decoder, Tensor<5>)>,
     tb: &TensorBatch,
     noise: Option<Tensor<5>>,
-    mu3d: Option<Tensor<5>>,
-    beta: f64,
     cfg: &VaeTrainConfig,
-) -> LossTerms {
+) -> (LossTerms, Tensor<5>) {
     let mask = tb.mask.clone();
-    let (Some(d3d), Some(mu3d)) = (&w.d3d, mu3d) else {
-        let out = w
-            .model
-            .forward(cfg.target.field(tb), geometry(tb, cfg), noise);
-        let rec = recon(cfg.loss, out.reconstruction, cfg.target.field(tb), mask);
+    let Some((d3d, mu3d)) = frozen else {
+        let out = model.forward(cfg.target.field(tb), geometry(tb, cfg), noise);
+        let rec = recon(
+            cfg.loss,
+            out.reconstruction.clone(),
+            cfg.target.field(tb),
+            mask,
+        );
         let kl = kl_divergence(out.mu, out.logvar);
-        let parts = vec![
-            ("rec".into(), rec.clone().into_scalar::<f64>()),
-            ("kl".into(), kl.clone().into_scalar::<f64>()),
-        ];
-        return LossTerms {
-            total: rec + kl.mul_scalar(beta),
-            parts,
-        };
+        return (LossTerms::One { rec, kl }, out.reconstruction);
     };
-    let (mu2d, logvar2d) = w.model.encoder.forward(tb.u2d.clone(), geometry(tb, cfg));
+    let (mu2d, logvar2d) = model.encoder.forward(tb.u2d.clone(), geometry(tb, cfg));
     let z2d = match noise {
         Some(eps) => reparameterize(mu2d.clone(), logvar2d.clone(), eps),
         None => mu2d.clone(),
     };
     let rec2d = recon(
         cfg.loss,
-        without_vz(w.model.decoder.forward(z2d, geometry(tb, cfg))),
+        without_vz(model.decoder.forward(z2d, geometry(tb, cfg))),
         tb.u2d.clone(),
         mask.clone(),
     );
     let align = alignment(mu2d.clone(), mu3d, cfg.align_cosine);
-    let cross = recon(
-        cfg.loss,
-        d3d.forward(mu2d.clone(), geometry(tb, cfg)),
-        cfg.target.field(tb),
-        mask,
-    );
-    let mut parts = vec![
-        ("rec2d".into(), rec2d.clone().into_scalar::<f64>()),
-        ("align".into(), align.clone().into_scalar::<f64>()),
-        ("cross".into(), cross.clone().into_scalar::<f64>()),
-    ];
-    let mut total = rec2d + align.mul_scalar(cfg.lambda_align) + cross.mul_scalar(cfg.lambda_cross);
-    if cfg.kl_2d > 0.0 {
-        let kl = kl_divergence(mu2d, logvar2d);
-        parts.push(("kl2d".into(), kl.clone().into_scalar::<f64>()));
-        total = total + kl.mul_scalar(cfg.kl_2d);
-    }
-    LossTerms { total, parts }
+    let cross_pred = d3d.forward(mu2d.clone(), geometry(tb, cfg));
+    let cross = recon(cfg.loss, cross_pred.clone(), cfg.target.field(tb), mask);
+    let kl2d = (cfg.kl_2d > 0.0).then(|| kl_divergence(mu2d, logvar2d));
+    let terms = LossTerms::Two {
+        rec2d,
+        align,
+        cross,
+        kl2d,
+    };
+    (terms, cross_pred)
 }
 
 impl Trainer {
@@ -747,58 +582,22 @@ impl Trainer {
         for batch in loader.epoch(0) {
             let batch = batch?;
             let tb = to_tensors(&batch, normalizer, device)?;
-            let mut add = |k: &str, v: f64| *sums.entry(k.into()).or_default() += v;
-            let loss = match &mut self.frozen {
-                None => {
-                    let out = model.forward(cfg.target.field(&tb), geometry(&tb, cfg), None);
-                    let rec = recon(
-                        cfg.loss,
-                        out.reconstruction.clone(),
-                        cfg.target.field(&tb),
-                        tb.mask.clone(),
-                    )
-                    .into_scalar::<f64>();
-                    add("rec", rec);
-                    add("kl", kl_divergence(out.mu, out.logvar).into_scalar::<f64>());
-                    errors.add(
-                        cfg.target.flow(out.reconstruction, &tb),
-                        tb.u.clone(),
-                        tb.mask.clone(),
-                    );
-                    rec
-                }
-                Some(frozen) => {
-                    let mu3d = frozen.targets(&batch, normalizer, cfg, device, device)?;
-                    let (mu2d, _) = model.encoder.forward(tb.u2d.clone(), geometry(&tb, cfg));
-                    let rec2d = recon(
-                        cfg.loss,
-                        without_vz(model.decoder.forward(mu2d.clone(), geometry(&tb, cfg))),
-                        tb.u2d.clone(),
-                        tb.mask.clone(),
-                    )
-                    .into_scalar::<f64>();
-                    let align =
-                        alignment(mu2d.clone(), mu3d, cfg.align_cosine).into_scalar::<f64>();
-                    let cross_pred = frozen.e3d.decoder.forward(mu2d, geometry(&tb, cfg));
-                    let cross = recon(
-                        cfg.loss,
-                        cross_pred.clone(),
-                        cfg.target.field(&tb),
-                        tb.mask.clone(),
-                    )
-                    .into_scalar::<f64>();
-                    add("rec2d", rec2d);
-                    add("align", align);
-                    add("cross", cross);
-                    errors.add(
-                        cfg.target.flow(cross_pred, &tb),
-                        tb.u.clone(),
-                        tb.mask.clone(),
-                    );
-                    rec2d + cfg.lambda_align * align + cfg.lambda_cross * cross
-                }
+            let mu3d = match &mut self.frozen {
+                Some(frozen) => Some(frozen.targets(&batch, normalizer, cfg, device, device)?),
+                None => None,
             };
-            add("loss", loss);
+            let d3d = self.frozen.as_ref().map(|f| &f.e3d.decoder);
+            let (terms, reconstruction) = losses(&model, d3d.zip(mu3d), &tb, None, cfg);
+            let mut add = |k: &str, v: f64| *sums.entry(k.into()).or_default() += v;
+            for (k, v) in terms.parts() {
+                add(k, v);
+            }
+            add("loss", terms.total(0.0, cfg).into_scalar::<f64>());
+            errors.add(
+                cfg.target.flow(reconstruction, &tb),
+                tb.u.clone(),
+                tb.mask.clone(),
+            );
             n += 1;
         }
         if n == 0 {
@@ -879,6 +678,7 @@ impl Frozen {
 #[cfg(test)]
 mod memory_tests {
     use super::*;
+    use crate::vae::VaeConfig;
 
     #[test]
     fn the_default_fits_the_reference_resolution_and_the_reference_widths_do_not() {

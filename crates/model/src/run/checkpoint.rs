@@ -6,7 +6,6 @@
 //! optimizer state is keyed on, so a resumed run continues with its Adam moments.
 
 use crate::error::ModelError;
-use crate::train::vae::BEST_FILE;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
@@ -21,6 +20,8 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 const STATE_FILE: &str = "state.json";
 /// The run log of a run folder.
 pub const LOG_FILE: &str = "log.json";
+/// The weights a finished run is used with (the best epoch's, EMA where the run keeps one).
+pub const BEST_FILE: &str = "best_model.bpk";
 /// A checkpoint's weights, their EMA and the optimiser's state.
 pub const MODEL_WEIGHTS: &str = "model.bpk";
 pub const EMA_WEIGHTS: &str = "ema.bpk";
