@@ -58,3 +58,38 @@ fn version_and_usage_errors() {
     assert!(r.stderr.contains("Usage: fiberflow"), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
+
+/// A device name is checked while the arguments are read (a usage error, before any
+/// input is opened), and a trainer that runs on one device refuses a list.
+#[test]
+fn device_names_are_checked_with_the_arguments() {
+    let r = fails(
+        [
+            "predict",
+            "--microstructure",
+            "/nonexistent/domain.npy",
+            "--out",
+            "/nonexistent/out",
+            "--device",
+            "cuda:x",
+        ],
+        &["--device", "bad GPU device index `x`"],
+    );
+    assert_eq!(r.status.code(), Some(2), "{}", r.context());
+    assert!(!r.stderr.contains("nonexistent"), "{}", r.context());
+    fails(
+        [
+            "train",
+            "refiner",
+            "--model",
+            "/nonexistent/model",
+            "--dataset",
+            "/nonexistent/data",
+            "--out",
+            "/nonexistent/out",
+            "--device",
+            "cpu,cpu",
+        ],
+        &["train refiner trains on one device; --device cpu,cpu names several"],
+    );
+}

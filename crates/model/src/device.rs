@@ -4,22 +4,77 @@ use crate::error::ModelError;
 /// The run-time device type, for crates that do not depend on Burn themselves.
 pub use burn::prelude::Device;
 
-/// `cpu` (Burn's flex backend, all cores), `libtorch` (PyTorch's CPU kernels) or
-/// `libtorch-cuda` / `libtorch-cuda:N` (both need the `libtorch` feature), or `cuda` /
-/// `cuda:N` (CubeCL, needs the `cuda` feature).
-pub fn select(spec: &str) -> Result<Device, ModelError> {
-    match spec {
-        "cpu" => Ok(Device::flex()),
-        "libtorch" => libtorch(None),
-        s if s == "libtorch-cuda" || s.starts_with("libtorch-cuda:") => libtorch(Some(index(
-            s.strip_prefix("libtorch-cuda:").unwrap_or("0"),
-        )?)),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            cuda(index(s.strip_prefix("cuda:").unwrap_or("0"))?)
+/// A compute device named on the command line, parsed once: a misspelt name fails while
+/// the arguments are read, before any data is touched. [`DeviceSpec::open`] makes the
+/// device, which may still fail where this build lacks the backend or torch sees no such
+/// GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceSpec {
+    /// `cpu`: Burn's flex backend on all cores.
+    Cpu,
+    /// `libtorch`: PyTorch's CPU kernels (the `libtorch` feature).
+    Libtorch,
+    /// `libtorch-cuda:N` (`libtorch-cuda` is GPU 0): PyTorch's CUDA build.
+    LibtorchCuda(usize),
+    /// `cuda:N` (`cuda` is GPU 0): CubeCL's CUDA backend (the `cuda` feature).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = ModelError;
+
+    fn from_str(spec: &str) -> Result<Self, ModelError> {
+        let gpu = |prefix: &str| -> Option<Result<usize, ModelError>> {
+            match spec.strip_prefix(prefix)? {
+                "" => Some(Ok(0)),
+                rest => rest.strip_prefix(':').map(index),
+            }
+        };
+        match spec {
+            "cpu" => Ok(Self::Cpu),
+            "libtorch" => Ok(Self::Libtorch),
+            _ => {
+                if let Some(i) = gpu("libtorch-cuda") {
+                    Ok(Self::LibtorchCuda(i?))
+                } else if let Some(i) = gpu("cuda") {
+                    Ok(Self::Cuda(i?))
+                } else {
+                    Err(ModelError::Config(format!(
+                        "unknown device `{spec}`; use `cpu`, `libtorch`, `libtorch-cuda:N`, `cuda` or `cuda:N`"
+                    )))
+                }
+            }
         }
-        other => Err(ModelError::Config(format!(
-            "unknown device `{other}`; use `cpu`, `libtorch`, `libtorch-cuda:N`, `cuda` or `cuda:N`"
-        ))),
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Libtorch => write!(f, "libtorch"),
+            Self::LibtorchCuda(i) => write!(f, "libtorch-cuda:{i}"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Recorded by its name, as typed on the command line.
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl DeviceSpec {
+    /// The device, or why this build or machine cannot provide it.
+    pub fn open(self) -> Result<Device, ModelError> {
+        match self {
+            Self::Cpu => Ok(Device::flex()),
+            Self::Libtorch => libtorch(None),
+            Self::LibtorchCuda(i) => libtorch(Some(i)),
+            Self::Cuda(i) => cuda(i),
+        }
     }
 }
 
@@ -37,19 +92,48 @@ fn index(text: &str) -> Result<usize, ModelError> {
         .map_err(|_| ModelError::Config(format!("bad GPU device index `{text}`")))
 }
 
-/// A comma-separated list of [`select`] names, e.g. `cuda:0,cuda:1`, for data-parallel
+/// A comma-separated list of [`DeviceSpec`] names, e.g. `cuda:0,cuda:1`, for data-parallel
 /// training; the first device holds the model. A device named twice is refused, except
 /// `cpu`, whose repeats share the cores (that only tests the parallel path).
-pub fn select_all(spec: &str) -> Result<Vec<Device>, ModelError> {
-    let names: Vec<&str> = spec.split(',').map(str::trim).collect();
-    for (i, name) in names.iter().enumerate() {
-        if *name != "cpu" && names[..i].contains(name) {
-            return Err(ModelError::Config(format!(
-                "device `{name}` is named twice in `{spec}`"
-            )));
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(Vec<DeviceSpec>);
+
+impl std::str::FromStr for DeviceList {
+    type Err = ModelError;
+
+    fn from_str(spec: &str) -> Result<Self, ModelError> {
+        let devices: Vec<DeviceSpec> = spec
+            .split(',')
+            .map(|name| name.trim().parse())
+            .collect::<Result<_, _>>()?;
+        for (i, d) in devices.iter().enumerate() {
+            if *d != DeviceSpec::Cpu && devices[..i].contains(d) {
+                return Err(ModelError::Config(format!(
+                    "device `{d}` is named twice in `{spec}`"
+                )));
+            }
         }
+        Ok(Self(devices))
     }
-    names.into_iter().map(select).collect()
+}
+
+impl std::fmt::Display for DeviceList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.0.iter().map(DeviceSpec::to_string).collect();
+        write!(f, "{}", names.join(","))
+    }
+}
+
+impl DeviceList {
+    /// The devices in order.
+    pub fn specs(&self) -> &[DeviceSpec] {
+        &self.0
+    }
+
+    /// Opens every device, in order.
+    pub fn open(&self) -> Result<Vec<Device>, ModelError> {
+        self.0.iter().map(|d| d.open()).collect()
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -108,18 +192,37 @@ mod tests {
         r.unwrap_err().to_string()
     }
 
+    fn select(spec: &str) -> Result<Device, ModelError> {
+        spec.parse::<DeviceSpec>()?.open()
+    }
+
+    fn select_all(spec: &str) -> Result<Vec<Device>, ModelError> {
+        spec.parse::<DeviceList>()?.open()
+    }
+
     #[test]
     fn device_lists_are_parsed() {
         assert_eq!(select_all("cpu").unwrap().len(), 1);
         assert_eq!(select_all("cpu, cpu").unwrap().len(), 2);
         assert!(select_all("cpu,").is_err());
         assert!(error(select_all("cuda:1,cuda:1")).contains("twice"));
+        assert!(error(select_all("cuda,cuda:0")).contains("`cuda:0` is named twice"));
+        let list: DeviceList = "cpu, libtorch-cuda:1".parse().unwrap();
+        assert_eq!(list.specs(), [DeviceSpec::Cpu, DeviceSpec::LibtorchCuda(1)]);
+        assert_eq!(list.to_string(), "cpu,libtorch-cuda:1");
     }
 
     #[test]
     fn names_are_parsed_and_unknown_ones_refused() {
+        let parse = |s: &str| s.parse::<DeviceSpec>();
+        assert_eq!(parse("libtorch-cuda").unwrap(), DeviceSpec::LibtorchCuda(0));
+        assert_eq!(parse("cuda:3").unwrap(), DeviceSpec::Cuda(3));
+        for name in ["cpu", "libtorch", "libtorch-cuda:2", "cuda:1"] {
+            assert_eq!(parse(name).unwrap().to_string(), name);
+        }
         assert!(select("cpu").is_ok());
         assert!(error(select("tpu")).contains("unknown device"));
+        assert!(error(select("cudax")).contains("unknown device"));
         assert!(error(select("cuda:x")).contains("bad GPU device index"));
         assert!(error(select("libtorch-cuda:-1")).contains("bad GPU device index"));
         #[cfg(not(feature = "cuda"))]

@@ -80,7 +80,11 @@ impl ModuleMapper for Jitter {
 }
 
 fn torch() -> Device {
-    fiberflow_model::device::select("libtorch").unwrap()
+    "libtorch"
+        .parse::<fiberflow_model::device::DeviceSpec>()
+        .unwrap()
+        .open()
+        .unwrap()
 }
 
 /// A random tensor drawn on flex (seeded), copied to `device`.

@@ -16,6 +16,7 @@ use fiberflow_eval::{
     write_csv,
 };
 use fiberflow_model::batch::{sample_array, to_tensors};
+use fiberflow_model::device::DeviceSpec;
 use fiberflow_solver::FlowConfig;
 use fiberflow_solver::sample::solve_stack;
 use ndarray::{Array4, Axis};
@@ -115,7 +116,7 @@ pub struct EvaluateArgs {
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 #[derive(Serialize)]
@@ -177,9 +178,7 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
         output::prepare_file(file)?;
     }
     let dataset = Dataset::open(&a.dataset)?;
-    let device = a
-        .sampler
-        .device(fiberflow_model::device::select(&a.device)?);
+    let device = a.sampler.device(a.device.open()?);
     let model = match with_model {
         false => None,
         true => Some(

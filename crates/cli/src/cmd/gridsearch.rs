@@ -13,6 +13,7 @@ use clap::Args;
 use fiberflow_data::atomic::write_atomic;
 use fiberflow_data::{Dataset, Progress, Shard};
 use fiberflow_model::ModelError;
+use fiberflow_model::device::DeviceList;
 use fiberflow_model::latent::{DualVae, LatentCache, encode_dataset};
 use fiberflow_model::run::checkpoint;
 use fiberflow_model::train::diffusion::{
@@ -66,14 +67,14 @@ pub struct GridsearchArgs {
     /// `cuda:N` (`--features cuda`); a list such as `libtorch-cuda:0,libtorch-cuda:1`
     /// trains each run data-parallel (needs accumulation ≥ the device count).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceList,
 }
 
 pub fn run(mut a: GridsearchArgs) -> Result<()> {
     crate::remote::localise(&mut [&mut a.dataset], a.sha256.as_deref())?;
     let grid = Grid::load(&a.grid, a.epochs)?;
     let runs = grid.runs()?;
-    let devices = fiberflow_model::device::select_all(&a.device)?;
+    let devices = a.device.open()?;
     let device = &devices[0];
     let vae = DualVae::load(&a.vae, device)?;
     let dataset = Dataset::open(&a.dataset)?;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use fiberflow_data::json::read_json;
 use fiberflow_model::bundle::{Bundle, Card, Evaluation, ExportInfo, export};
+use fiberflow_model::device::DeviceSpec;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -53,7 +54,7 @@ struct ExportArgs {
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 #[derive(Args, Debug)]
@@ -70,7 +71,7 @@ struct InfoArgs {
     #[arg(long, default_value_t = 0.02)]
     tolerance: f64,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 pub fn run(a: ModelArgs) -> Result<()> {
@@ -94,7 +95,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
         check_samples: a.check_samples,
         check_draws: a.check_draws,
     };
-    let device = fiberflow_model::device::select(&a.device)?;
+    let device = a.device.open()?;
     let card = export(&a.run, &a.out, &info, &device)?;
     let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -155,7 +156,7 @@ fn run_info(a: InfoArgs) -> Result<()> {
         print_card(&bundle.origin, &bundle.card);
     }
     if a.check {
-        let device = fiberflow_model::device::select(&a.device)?;
+        let device = a.device.open()?;
         let model = bundle.load(&device)?;
         let measured = bundle.check(&model, &device)?;
         let mut worst: f64 = 0.0;

@@ -16,6 +16,7 @@ use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_model::batch::{sample_array, to_tensors};
+use fiberflow_model::device::DeviceSpec;
 use fiberflow_model::predict::sampling::PredictorKind;
 use fiberflow_model::predict::{EstimateRequest, PointEstimate};
 use fiberflow_solver::sample::solve_sample;
@@ -81,7 +82,7 @@ pub struct PredictArgs {
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 #[derive(Serialize)]
@@ -113,9 +114,7 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     let mut paths: Vec<&mut PathBuf> = a.model.iter_mut().collect();
     paths.extend(a.dataset.as_mut());
     crate::remote::localise(&mut paths, a.sha256.as_deref())?;
-    let device = a
-        .sampler
-        .device(fiberflow_model::device::select(&a.device)?);
+    let device = a.sampler.device(a.device.open()?);
     let model = load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision.into());
     // Before any work, so a folder another command writes is refused up front.
     let _lock = output::lock(&a.out, "predict")?;

@@ -14,6 +14,7 @@ use crate::output;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fiberflow_data::json::read_json;
+use fiberflow_model::device::DeviceSpec;
 use fiberflow_viz::{LinePlot, Series};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,7 +53,7 @@ pub struct QuickstartArgs {
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 /// One step of the pipeline: its command line and wall time, summed over the runs that
@@ -83,7 +84,8 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     );
     std::fs::create_dir_all(&eval).with_context(|| format!("{eval}: cannot create"))?;
     let e = |i: usize| a.epochs[i].to_string();
-    let dev = ["--device", a.device.as_str()];
+    let device = a.device.to_string();
+    let dev = ["--device", device.as_str()];
     // Children use this process's worker count (`fiberflow --threads N quickstart`).
     let threads = rayon::current_num_threads().to_string();
     let test_index = first_test_index(&data);

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use fiberflow_data::Progress;
 use fiberflow_data::lock::FolderLock;
+use fiberflow_model::device::{Device, DeviceList};
 use fiberflow_model::metrics::FieldErrors;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionTrainConfig, train_diffusion,
@@ -89,10 +90,21 @@ struct RunArgs {
     /// `cuda:N` (`--features cuda`); a list such as `libtorch-cuda:0,libtorch-cuda:1`
     /// trains data-parallel (needs accumulation ≥ the device count).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceList,
 }
 
 impl RunArgs {
+    /// The single device of a trainer that does not train data-parallel.
+    fn one_device(&self, what: &str) -> Result<Device> {
+        match self.device.specs() {
+            [one] => Ok(one.open()?),
+            _ => bail!(
+                "{what} trains on one device; --device {} names several",
+                self.device
+            ),
+        }
+    }
+
     /// Locks --out for this run and, with --force, empties it, but only when it holds
     /// nothing but a run's files and none of the run's inputs: a mistyped --out must
     /// not cost a dataset.
@@ -187,7 +199,7 @@ fn vae(mut a: VaeArgs) -> Result<()> {
         .collect();
     let _lock = a.run.claim_out("train vae", &inputs)?;
     let mut bar = Bar(None, Default::default());
-    let devices = fiberflow_model::device::select_all(&a.run.device)?;
+    let devices = a.run.device.open()?;
     let log = train_vae(
         &devices,
         stage,
@@ -213,7 +225,7 @@ fn diffusion(mut a: DiffusionArgs) -> Result<()> {
     let cfg: DiffusionTrainConfig = a
         .run
         .config(|c: &mut DiffusionTrainConfig, e| c.epochs = e)?;
-    let devices = fiberflow_model::device::select_all(&a.run.device)?;
+    let devices = a.run.device.open()?;
     let _lock = a
         .run
         .claim_out("train diffusion", &[&a.run.dataset, &a.vae])?;
@@ -240,7 +252,7 @@ fn diffusion(mut a: DiffusionArgs) -> Result<()> {
 fn refiner(mut a: RefinerArgs) -> Result<()> {
     crate::remote::localise(&mut [&mut a.run.dataset], a.run.sha256.as_deref())?;
     let cfg: RefineTrainConfig = a.run.config(|c: &mut RefineTrainConfig, e| c.epochs = e)?;
-    let device = fiberflow_model::device::select(&a.run.device)?;
+    let device = a.run.one_device("train refiner")?;
     let _lock = a
         .run
         .claim_out("train refiner", &[&a.run.dataset, &a.model])?;

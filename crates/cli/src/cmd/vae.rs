@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use fiberflow_data::json::read_json;
 use fiberflow_data::{Batch, Dataset, Mirror};
 use fiberflow_model::batch::{Normalizer, TensorBatch, sample_array, to_tensors};
-use fiberflow_model::device::Device;
+use fiberflow_model::device::{Device, DeviceSpec};
 use fiberflow_model::latent::{DualVae, encode_dataset};
 use fiberflow_model::metrics::{ErrorSums, FieldErrors};
 use fiberflow_model::run::checkpoint;
@@ -45,7 +45,7 @@ struct EncodeArgs {
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 #[derive(Args, Debug)]
@@ -70,7 +70,7 @@ struct InspectArgs {
     /// `cpu`, `libtorch` or `libtorch-cuda:N` (a build by scripts/setup-libtorch.sh), or
     /// `cuda:N` (`--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 pub fn run(a: VaeArgs) -> Result<()> {
@@ -81,7 +81,7 @@ pub fn run(a: VaeArgs) -> Result<()> {
 }
 
 fn encode(a: EncodeArgs) -> Result<()> {
-    let device = fiberflow_model::device::select(&a.device)?;
+    let device = a.device.open()?;
     let vae = DualVae::load(&a.vae, &device)?;
     let dataset = Dataset::open(&a.dataset)?;
     let cache = encode_dataset(&vae, &dataset, &device, &mut Bar::default())?;
@@ -178,7 +178,7 @@ impl Reconstruction {
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    let device = fiberflow_model::device::select(&a.device)?;
+    let device = a.device.open()?;
     let dataset = Dataset::open(&a.dataset)?;
     let index = match a.index {
         Some(i) => i,

@@ -332,6 +332,10 @@ pub fn train_vae(
 }
 
 /// The loss terms of one batch, as tensors (training differentiates their total).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per batch; boxing would only add an allocation"
+)]
 enum LossTerms {
     /// Stage 1: reconstruction of the target field and the 3D posterior's KL.
     One { rec: Tensor<1>, kl: Tensor<1> },

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use fiberflow_geometry::layout::SliceGrid;
 use fiberflow_geometry::{Microstructure, PackingConfig};
 use fiberflow_model::bench::{Memory, Repeats};
-use fiberflow_model::device::Device;
+use fiberflow_model::device::{Device, DeviceList, DeviceSpec};
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
 use fiberflow_model::train::diffusion::DiffusionTrainConfig;
 use fiberflow_model::train::vae::VaeTrainConfig;
@@ -81,7 +81,7 @@ pub struct BenchArgs {
     /// as `cpu,libtorch` measures the networks on each in turn and prints each device's
     /// speed-up over the first.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceList,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -119,11 +119,11 @@ impl BenchArgs {
         if self.batch == Some(0) {
             bail!("--batch must be ≥ 1");
         }
-        let names: Vec<&str> = self.device.split(',').map(str::trim).collect();
-        if let Some((i, name)) = names
+        let specs = self.device.specs();
+        if let Some((i, name)) = specs
             .iter()
             .enumerate()
-            .find(|(i, n)| names[..*i].contains(n))
+            .find(|(i, d)| specs[..*i].contains(d))
         {
             bail!(
                 "--device names `{name}` twice (position {}); each device is measured once",
@@ -240,17 +240,18 @@ struct Report {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     a.validate()?;
-    let names: Vec<String> = a.device.split(',').map(|d| d.trim().to_string()).collect();
-    let devices: Vec<(String, Device)> = names
+    let devices: Vec<(String, Device)> = a
+        .device
+        .specs()
         .iter()
-        .cloned()
-        .zip(fiberflow_model::device::select_all(&a.device)?)
+        .map(DeviceSpec::to_string)
+        .zip(a.device.open()?)
         .collect();
     let machine = Machine {
         command: std::env::args().collect(),
         cpu: cpu_model(),
         threads: rayon::current_num_threads(),
-        device: a.device.clone(),
+        device: a.device.to_string(),
     };
     println!(
         "{} on {} threads, device {}",
