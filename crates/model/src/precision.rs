@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// The float type a trained network computes in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Single precision: what the networks are trained in.

@@ -181,9 +181,7 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     let device = a.sampler.device(a.device.open()?);
     let model = match with_model {
         false => None,
-        true => Some(
-            load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision.into()),
-        ),
+        true => Some(load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision)),
     };
     let header = &dataset.manifest.header;
     if model.is_some() {
@@ -212,7 +210,7 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     }
     let options = a.sampler.options();
     if let (Some(m), ScoreArg::Model) = (&model, score) {
-        let asked = a.sampler.estimate.into();
+        let asked = a.sampler.estimate;
         super::sampler_args::note_estimate(asked, m.estimate_for(asked, &a.sampler.steering()));
     }
     let (mut per_sample, mut projected, mut seconds) = (Vec::new(), Vec::new(), 0.0);

@@ -115,7 +115,7 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     paths.extend(a.dataset.as_mut());
     crate::remote::localise(&mut paths, a.sha256.as_deref())?;
     let device = a.sampler.device(a.device.open()?);
-    let model = load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision.into());
+    let model = load_model(a.model.as_deref(), &device)?.with_precision(a.sampler.precision);
     // Before any work, so a folder another command writes is refused up front.
     let _lock = output::lock(&a.out, "predict")?;
     if a.pressure2d.is_some() && !model.log.config.pressure_condition {
@@ -165,8 +165,8 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     drop(draws);
     let std = stacked.std_axis(Axis(0), 0.0);
     let steering = a.sampler.steering();
-    let estimate = model.estimate_for(a.sampler.estimate.into(), &steering);
-    super::sampler_args::note_estimate(a.sampler.estimate.into(), estimate);
+    let estimate = model.estimate_for(a.sampler.estimate, &steering);
+    super::sampler_args::note_estimate(a.sampler.estimate, estimate);
     let draws_are_the_estimate = !a.sampler.symmetrize
         && (estimate == PointEstimate::DrawMean
             || model.log.config.predictor == PredictorKind::Direct);

@@ -1,6 +1,6 @@
 //! Sampler flags shared by `evaluate` and `predict`.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use fiberflow_model::device::Device;
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
 use fiberflow_model::precision::Precision;
@@ -8,73 +8,14 @@ use fiberflow_model::predict::sampling::SampleOptions;
 use fiberflow_model::predict::{EstimateRequest, PointEstimate, Steering};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-pub enum SamplerArg {
-    /// Ancestral DDPM (the reference's 1000-step `predict`).
-    Ddpm,
-    /// DDIM (the reference's evaluation: 50 steps, η = 0).
-    Ddim,
-    /// DPM-Solver++(2M): about as accurate as DDIM-50 in ≤ 10 steps.
-    #[value(name = "dpmpp")]
-    DpmSolver,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-pub enum SpacingArg {
-    /// torch.linspace(T−1, 0, n) truncated (the reference).
-    Linspace,
-    Leading,
-    /// Starts at T−1, best for few steps.
-    Trailing,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrecisionArg {
-    F32,
-    /// bfloat16 weights and activations: for GPUs (on the CPU it is slower than f32).
-    Bf16,
-    /// IEEE half: more mantissa than bf16, but overflows beyond ±65 504.
-    F16,
-}
-
-impl From<PrecisionArg> for Precision {
-    fn from(p: PrecisionArg) -> Self {
-        match p {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::Bf16 => Precision::Bf16,
-            PrecisionArg::F16 => Precision::F16,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EstimateArg {
-    /// The denoiser's posterior mean (Tweedie's formula at the first step), averaged over
-    /// the draws' starting noises: one network evaluation per draw, and more accurate than
-    /// the mean of a few draws. The sampler flags then shape only the draws (`U_std`);
-    /// with --known-slices or --physics-guidance the draws' mean is used.
-    PosteriorMean,
-    /// The mean of the draws.
-    DrawMean,
-}
-
-impl From<EstimateArg> for PointEstimate {
-    fn from(e: EstimateArg) -> Self {
-        match e {
-            EstimateArg::PosteriorMean => PointEstimate::PosteriorMean,
-            EstimateArg::DrawMean => PointEstimate::DrawMean,
-        }
-    }
-}
-
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct SamplerArgs {
     /// What the point prediction of a diffusion model is (the draws still give the spread;
-    /// a direct predictor has one prediction either way).
-    #[arg(long, value_enum, default_value_t = EstimateArg::PosteriorMean)]
-    pub estimate: EstimateArg,
+    /// a direct predictor has one prediction either way). With the posterior mean the
+    /// sampler flags shape only the draws (`U_std`); with --known-slices or
+    /// --physics-guidance the draws' mean is used.
+    #[arg(long, value_enum, default_value_t = PointEstimate::PosteriorMean)]
+    pub estimate: PointEstimate,
     /// Average the point prediction over the input's eight mirror images (x, y, z: exact
     /// symmetries of the flow), each mapped back (the posterior mean then takes one noise
     /// per image: 8 network evaluations): 7–10 % less error on the built-in model (the
@@ -86,16 +27,18 @@ pub struct SamplerArgs {
     /// latent networks' estimate alone. The draws (`U_std`) are never refined.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub refine: bool,
-    #[arg(long, value_enum, default_value_t = SamplerArg::DpmSolver)]
-    pub sampler: SamplerArg,
+    /// Sampler of the draws (DPM-Solver++ is about as accurate in ≤ 10 steps as DDIM in 50).
+    #[arg(long, value_enum, default_value_t = SamplerKind::DpmSolver)]
+    pub sampler: SamplerKind,
     /// Network evaluations per sample.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     /// DDIM stochasticity η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    #[arg(long, value_enum, default_value_t = SpacingArg::Trailing)]
-    pub spacing: SpacingArg,
+    /// How the sampler's timesteps are spread.
+    #[arg(long, value_enum, default_value_t = TimestepSpacing::Trailing)]
+    pub spacing: TimestepSpacing,
     /// Classifier-free guidance weight (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub guidance: f64,
@@ -108,16 +51,17 @@ pub struct SamplerArgs {
     /// sampling by re-injecting their noised latent, and returned as given.
     #[arg(long, value_delimiter = ',')]
     pub known_slices: Vec<usize>,
-    /// Float type the networks compute in (inputs, sampler and outputs stay f32).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    pub precision: PrecisionArg,
+    /// Float type the networks compute in (inputs, sampler and outputs stay f32): `bf16`
+    /// and `f16` are for GPUs (on the CPU they are slower than f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl SamplerArgs {
     /// The point estimate asked for, with `noises` draws per image and `seed`.
     pub fn request(&self, noises: usize, seed: u64) -> EstimateRequest {
         EstimateRequest {
-            kind: self.estimate.into(),
+            kind: self.estimate,
             noises,
             seed,
             symmetrize: self.symmetrize,
@@ -144,18 +88,10 @@ impl SamplerArgs {
     pub fn options(&self) -> SampleOptions {
         SampleOptions {
             sampler: SamplerConfig::new()
-                .with_kind(match self.sampler {
-                    SamplerArg::Ddpm => SamplerKind::Ddpm,
-                    SamplerArg::Ddim => SamplerKind::Ddim,
-                    SamplerArg::DpmSolver => SamplerKind::DpmSolver,
-                })
+                .with_kind(self.sampler)
                 .with_steps(self.steps)
                 .with_eta(self.eta)
-                .with_spacing(match self.spacing {
-                    SpacingArg::Linspace => TimestepSpacing::Linspace,
-                    SpacingArg::Leading => TimestepSpacing::Leading,
-                    SpacingArg::Trailing => TimestepSpacing::Trailing,
-                }),
+                .with_spacing(self.spacing),
             guidance: self.guidance,
         }
     }

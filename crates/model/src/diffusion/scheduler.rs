@@ -51,6 +51,7 @@ pub trait Scheduler {
 
 /// Which sampler to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum SamplerKind {
     /// Ancestral DDPM (Ho et al. 2020); with `steps` = T it is the reference's `predict()`.
@@ -58,6 +59,7 @@ pub enum SamplerKind {
     /// DDIM with stochasticity η (Song et al. 2021); the reference's `predict_ddim()`.
     Ddim,
     /// DPM-Solver++(2M) (Lu et al. 2022), for ≲ 20 steps.
+    #[cfg_attr(feature = "clap", value(name = "dpmpp"))]
     DpmSolver,
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the sampling timesteps are chosen; all give n distinct timesteps, noisiest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum TimestepSpacing {
     /// torch's integer linspace from T − 1 to 0 (the reference): starts at pure noise and

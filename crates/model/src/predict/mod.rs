@@ -70,6 +70,7 @@ pub fn check_memory(draws: usize, [s, h, w]: [usize; 3]) -> Result<(), ModelErro
 
 /// What the point prediction (`U_pred`, and what `evaluate` scores) of a diffusion model is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum PointEstimate {
     /// The denoiser's own estimate of the posterior mean: x̂0 at the first, noisiest step

@@ -5,7 +5,6 @@ mod predict;
 mod solver;
 mod training;
 
-use super::sampler_args::PrecisionArg;
 use crate::output;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -14,6 +13,7 @@ use fiberflow_geometry::{Microstructure, PackingConfig};
 use fiberflow_model::bench::{Memory, Repeats};
 use fiberflow_model::device::{Device, DeviceList, DeviceSpec};
 use fiberflow_model::diffusion::{SamplerConfig, SamplerKind, TimestepSpacing};
+use fiberflow_model::precision::Precision;
 use fiberflow_model::train::diffusion::DiffusionTrainConfig;
 use fiberflow_model::train::vae::VaeTrainConfig;
 use ndarray::Array3;
@@ -68,8 +68,8 @@ pub struct BenchArgs {
     sampler_steps: Vec<usize>,
     /// Float type the timed predictions' networks compute in (as `predict --precision`;
     /// `predict` and `all` only: training is timed in f32).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// The trained model timed beside the untrained architectures (`predict` and `all`): a
     /// run folder or a bundle; the built-in model when absent.
     #[arg(long)]

@@ -132,7 +132,7 @@ pub(super) fn run(a: &BenchArgs, devices: &[(String, Device)]) -> Result<Predict
     }
     Ok(PredictSection {
         sample: grid,
-        precision: a.precision.into(),
+        precision: a.precision,
         solve,
         rows,
     })
@@ -173,8 +173,7 @@ fn rows_on(
             if model.as_ref().is_none_or(|(k, _)| *k != cfg.predictor) {
                 model = Some((
                     cfg.predictor,
-                    untrained_model(&arch.vae(), target, &cfg, device)?
-                        .with_precision(a.precision.into()),
+                    untrained_model(&arch.vae(), target, &cfg, device)?.with_precision(a.precision),
                 ));
             }
             let (_, m) = model.as_ref().expect("just built");
@@ -203,7 +202,7 @@ fn trained_row(
     device: &Device,
 ) -> Result<Option<PredictRow>> {
     let model = match load_model(a.model.as_deref(), device) {
-        Ok(model) => model.with_precision(a.precision.into()),
+        Ok(model) => model.with_precision(a.precision),
         // A build without a built-in model times the untrained architectures alone.
         Err(e) if a.model.is_none() => {
             println!("predict {name:9} trained model: skipped, {e}");
