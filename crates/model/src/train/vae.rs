@@ -270,7 +270,7 @@ pub fn train_vae(
                 let tb = to_tensors(&job.batch, &normalizer, &w.device)?;
                 let frozen = w.d3d.as_ref().zip(job.mu3d);
                 let (terms, _) = losses(&w.model, frozen, &tb, job.noise, &cfg);
-                let total = terms.total(beta, &cfg);
+                let total = terms.total(beta);
                 let value = total.clone().into_scalar::<f64>();
                 if !value.is_finite() {
                     return Err(ModelError::Input(format!(
@@ -331,68 +331,39 @@ pub fn train_vae(
     Ok(log)
 }
 
-/// The loss terms of one batch, as tensors (training differentiates their total).
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one short-lived value per batch; boxing would only add an allocation"
-)]
-enum LossTerms {
-    /// Stage 1: reconstruction of the target field and the 3D posterior's KL.
-    One { rec: Tensor<1>, kl: Tensor<1> },
-    /// Stage 2: reconstruction of U_2d, alignment of μ2d with μ3d, cross-reconstruction
-    /// D3D(μ2d) of the target, and the 2D posterior's KL when `kl_2d` > 0.
-    Two {
-        rec2d: Tensor<1>,
-        align: Tensor<1>,
-        cross: Tensor<1>,
-        kl2d: Option<Tensor<1>>,
-    },
+/// The loss terms of one batch, in the objective's order: each with its name in the run
+/// log and its weight (training differentiates the weighted sum).
+struct LossTerms(Vec<(&'static str, Tensor<1>, Weight)>);
+
+/// A term's weight in the objective.
+#[derive(Clone, Copy)]
+enum Weight {
+    Fixed(f64),
+    /// The KL weight β, which warms up over the epochs.
+    Beta,
 }
 
 impl LossTerms {
     /// The objective: stage 1 rec + β·KL; stage 2 rec2d + λ_align·align + λ_cross·cross
-    /// (+ kl_2d·KL_2d). Validation takes β = 0: β warms up over the epochs, so epochs
+    /// (+ kl_2d·KL_2d). Validation takes β = 0: β changes during the warm-up, so epochs
     /// compare on the reconstruction.
-    fn total(&self, beta: f64, cfg: &VaeTrainConfig) -> Tensor<1> {
-        match self {
-            Self::One { rec, kl } => rec.clone() + kl.clone().mul_scalar(beta),
-            Self::Two {
-                rec2d,
-                align,
-                cross,
-                kl2d,
-            } => {
-                let total = rec2d.clone()
-                    + align.clone().mul_scalar(cfg.lambda_align)
-                    + cross.clone().mul_scalar(cfg.lambda_cross);
-                match kl2d {
-                    Some(kl) => total + kl.clone().mul_scalar(cfg.kl_2d),
-                    None => total,
-                }
-            }
-        }
+    fn total(&self, beta: f64) -> Tensor<1> {
+        let weighted = self.0.iter().map(|(_, term, weight)| match weight {
+            Weight::Fixed(w) => term.clone().mul_scalar(*w),
+            Weight::Beta => term.clone().mul_scalar(beta),
+        });
+        weighted
+            .reduce(|a, b| a + b)
+            .expect("every stage has loss terms")
     }
 
     /// Each term's value under its name in the run log.
     fn parts(&self) -> Vec<(&'static str, f64)> {
         let value = |t: &Tensor<1>| t.clone().into_scalar::<f64>();
-        match self {
-            Self::One { rec, kl } => vec![("rec", value(rec)), ("kl", value(kl))],
-            Self::Two {
-                rec2d,
-                align,
-                cross,
-                kl2d,
-            } => {
-                let mut parts = vec![
-                    ("rec2d", value(rec2d)),
-                    ("align", value(align)),
-                    ("cross", value(cross)),
-                ];
-                parts.extend(kl2d.as_ref().map(|kl| ("kl2d", value(kl))));
-                parts
-            }
-        }
+        self.0
+            .iter()
+            .map(|(name, t, _)| (*name, value(t)))
+            .collect()
     }
 }
 
@@ -491,7 +462,8 @@ fn losses(
             mask,
         );
         let kl = kl_divergence(out.mu, out.logvar);
-        return (LossTerms::One { rec, kl }, out.reconstruction);
+        let terms = vec![("rec", rec, Weight::Fixed(1.0)), ("kl", kl, Weight::Beta)];
+        return (LossTerms(terms), out.reconstruction);
     };
     let (mu2d, logvar2d) = model.encoder.forward(tb.u2d.clone(), geometry(tb, cfg));
     let z2d = match noise {
@@ -507,14 +479,16 @@ fn losses(
     let align = alignment(mu2d.clone(), mu3d, cfg.align_cosine);
     let cross_pred = d3d.forward(mu2d.clone(), geometry(tb, cfg));
     let cross = recon(cfg.loss, cross_pred.clone(), cfg.target.field(tb), mask);
-    let kl2d = (cfg.kl_2d > 0.0).then(|| kl_divergence(mu2d, logvar2d));
-    let terms = LossTerms::Two {
-        rec2d,
-        align,
-        cross,
-        kl2d,
-    };
-    (terms, cross_pred)
+    let mut terms = vec![
+        ("rec2d", rec2d, Weight::Fixed(1.0)),
+        ("align", align, Weight::Fixed(cfg.lambda_align)),
+        ("cross", cross, Weight::Fixed(cfg.lambda_cross)),
+    ];
+    if cfg.kl_2d > 0.0 {
+        let kl = kl_divergence(mu2d, logvar2d);
+        terms.push(("kl2d", kl, Weight::Fixed(cfg.kl_2d)));
+    }
+    (LossTerms(terms), cross_pred)
 }
 
 impl Trainer {
@@ -596,7 +570,7 @@ impl Trainer {
             for (k, v) in terms.parts() {
                 add(k, v);
             }
-            add("loss", terms.total(0.0, cfg).into_scalar::<f64>());
+            add("loss", terms.total(0.0).into_scalar::<f64>());
             errors.add(
                 cfg.target.flow(reconstruction, &tb),
                 tb.u.clone(),
