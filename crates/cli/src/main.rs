@@ -5,6 +5,7 @@ mod config_file;
 mod gridsearch;
 mod models;
 mod output;
+mod overrides;
 mod progress;
 mod remote;
 

@@ -2,7 +2,7 @@
 //! the full-resolution refiner, with resumable runs.
 
 use crate::config_file;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use fiberflow_data::Progress;
 use fiberflow_data::lock::FolderLock;
@@ -18,7 +18,6 @@ use fiberflow_model::train::vae::{EpochRecord, Stage, TrainObserver, VaeTrainCon
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -142,7 +141,7 @@ impl RunArgs {
     ) -> Result<T> {
         let mut cfg: T = config_file::load_or_default(self.config.as_deref())?;
         if !self.sets.is_empty() {
-            cfg = apply_sets(&cfg, &self.sets)?;
+            cfg = crate::overrides::apply(&cfg, &self.sets)?;
         }
         if let Some(e) = self.epochs {
             epochs(&mut cfg, e);
@@ -288,26 +287,6 @@ fn finish(bar: Bar, line: Option<String>, out: &Path) -> Result<()> {
         None => bail!("no epoch was trained"),
     }
     Ok(())
-}
-
-/// Applies `field.path=value` overrides to a config through its JSON form, so every
-/// field is reachable without a flag of its own. Values are JSON, or plain strings.
-fn apply_sets<T: Serialize + DeserializeOwned>(cfg: &T, sets: &[String]) -> Result<T> {
-    let mut value = serde_json::to_value(cfg)?;
-    for set in sets {
-        let (path, raw) = set
-            .split_once('=')
-            .with_context(|| format!("--set {set}: expected FIELD=VALUE"))?;
-        let new: Value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
-        let mut slot = &mut value;
-        for key in path.split('.') {
-            slot = slot
-                .get_mut(key)
-                .with_context(|| format!("--set {set}: no config field `{path}`"))?;
-        }
-        *slot = new;
-    }
-    serde_json::from_value(value).context("--set gave a value of the wrong type")
 }
 
 fn summary(r: &EpochRecord) -> String {

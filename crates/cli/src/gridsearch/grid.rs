@@ -287,17 +287,10 @@ fn field<'a>(parent: &'a Value, path: &[String]) -> Result<&'a Value, GridError>
 
 /// Replaces the field at a dotted `path` of the config JSON.
 fn set(config: &mut Value, path: &str, value: Value) -> Result<(), GridError> {
-    let mut slot = config;
-    for segment in path.split('.') {
-        slot = slot
-            .get_mut(segment)
-            .ok_or_else(|| GridError::UnknownField {
-                path: path.into(),
-                known: String::new(),
-            })?;
-    }
-    *slot = value;
-    Ok(())
+    crate::overrides::set(config, path, value).ok_or_else(|| GridError::UnknownField {
+        path: path.into(),
+        known: String::new(),
+    })
 }
 
 /// Whether setting `a` and `b` touches one field (equal, or one inside the other).
