@@ -6,14 +6,13 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fiberflow_data::json::read_json;
 use fiberflow_model::metrics::FieldErrors;
 use fiberflow_model::physics::PhysicsMetrics;
-use fiberflow_model::train::diffusion::{DiffusionEpoch, DiffusionRunLog};
-use fiberflow_model::train::refine::{RefineEpoch, RefineRunLog};
-use fiberflow_model::train::vae::{EpochRecord, RunLog, Stage};
+use fiberflow_model::run::AnyRunLog;
+use fiberflow_model::run::diffusion::{DiffusionEpoch, DiffusionRunLog};
+use fiberflow_model::run::refine::{RefineEpoch, RefineRunLog};
+use fiberflow_model::run::vae::{EpochRecord, RunLog, Stage};
 use fiberflow_viz::{LinePlot, Series};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -38,20 +37,10 @@ pub fn run(a: PlotArgs) -> Result<()> {
 /// Writes `loss.png` and `errors.png` (and `physics.png` for a latent-predictor run) of
 /// the run in `run` into `out`; returns their paths.
 pub fn plot_run(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
-    let path = run.join("log.json");
-    let raw: Value = read_json(&path, "pass the folder of a training run")?;
-    let plots = if raw.get("base_sha256").is_some() {
-        let log: RefineRunLog = serde_json::from_value(raw)
-            .with_context(|| format!("{} is not a readable refiner log", path.display()))?;
-        refiner_plots(&log)?
-    } else if raw.get("vae_key").is_some() {
-        let log: DiffusionRunLog = serde_json::from_value(raw)
-            .with_context(|| format!("{} is not a readable diffusion log", path.display()))?;
-        diffusion_plots(&log)?
-    } else {
-        let log: RunLog = serde_json::from_value(raw)
-            .with_context(|| format!("{} is not a readable VAE log", path.display()))?;
-        vae_plots(&log)?
+    let plots = match AnyRunLog::read(run)? {
+        AnyRunLog::Refiner(log) => refiner_plots(&log)?,
+        AnyRunLog::Diffusion(log) => diffusion_plots(&log)?,
+        AnyRunLog::Vae(log) => vae_plots(&log)?,
     };
     plots
         .into_iter()

@@ -15,6 +15,7 @@ use crate::error::ModelError;
 use crate::latent::DualVae;
 use crate::physics;
 use crate::precision::Precision;
+use crate::run::RunKind;
 use crate::run::checkpoint;
 use crate::run::checkpoint::{BEST_FILE, LOG_FILE};
 use crate::run::diffusion::DiffusionRunLog;
@@ -147,8 +148,8 @@ impl TrainedModel {
         let fix = "pass the folder of a diffusion run (fiberflow train diffusion)";
         let raw: serde_json::Value = read_json(&run_dir.join(LOG_FILE), fix)?;
         // A VAE run's log parses as JSON but not as a diffusion log; name the mix-up.
-        if let Some(stage) = raw.get("stage").and_then(|s| s.as_str()) {
-            let stage = if stage == "One" { 1 } else { 2 };
+        if RunKind::of(&raw) == Some(RunKind::Vae) {
+            let stage = if raw["stage"] == "One" { 1 } else { 2 };
             return Err(ModelError::Input(format!(
                 "{} is a VAE run (stage {stage}), not a diffusion or direct run; train one on it with `fiberflow train diffusion --vae {}` and pass that run",
                 run_dir.display(),

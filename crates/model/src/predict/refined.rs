@@ -5,6 +5,7 @@ use super::TrainedModel;
 use crate::batch::{channel_first, sample_array, to_tensors};
 use crate::error::ModelError;
 use crate::refine::{Refiner, refiner_inputs};
+use crate::run::RunKind;
 use crate::run::checkpoint;
 use crate::run::checkpoint::{BEST_FILE, LOG_FILE};
 use crate::run::refine::RefineRunLog;
@@ -29,7 +30,7 @@ impl RefinerPart {
             return Ok(None);
         }
         let raw: serde_json::Value = read_json(&path, "")?;
-        if raw.get("base_sha256").is_none() {
+        if RunKind::of(&raw) != Some(RunKind::Refiner) {
             return Ok(None);
         }
         serde_json::from_value(raw).map(Some).map_err(|e| {

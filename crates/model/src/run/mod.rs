@@ -8,6 +8,69 @@ pub mod refine;
 pub mod vae;
 
 use crate::error::ModelError;
+use checkpoint::LOG_FILE;
+use fiberflow_data::json::read_json;
+use serde_json::Value;
+use std::path::Path;
+
+/// Which trainer made a run folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Vae,
+    Diffusion,
+    Refiner,
+}
+
+impl RunKind {
+    /// The kind of run whose `log.json` reads as `raw`, told by the field that only that
+    /// trainer's log has; `None` for anything else. The one place this rule lives.
+    pub fn of(raw: &Value) -> Option<Self> {
+        if raw.get("base_sha256").is_some() {
+            Some(Self::Refiner)
+        } else if raw.get("vae_key").is_some() {
+            Some(Self::Diffusion)
+        } else if raw.get("stage").is_some() {
+            Some(Self::Vae)
+        } else {
+            None
+        }
+    }
+}
+
+/// The log of any run folder.
+#[derive(Debug, Clone)]
+pub enum AnyRunLog {
+    Vae(Box<vae::RunLog>),
+    Diffusion(Box<diffusion::DiffusionRunLog>),
+    Refiner(Box<refine::RefineRunLog>),
+}
+
+impl AnyRunLog {
+    /// Reads the `log.json` of run folder `dir`, whichever trainer wrote it.
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join(LOG_FILE);
+        let raw: Value = read_json(&path, "pass the folder of a training run")?;
+        let kind = RunKind::of(&raw).ok_or_else(|| {
+            ModelError::Input(format!("{}: not the log of a training run", path.display()))
+        })?;
+        let unreadable = |e: serde_json::Error| {
+            ModelError::Input(format!(
+                "{}: not a readable {kind:?} run log ({e})",
+                path.display()
+            ))
+        };
+        Ok(match kind {
+            RunKind::Vae => Self::Vae(serde_json::from_value(raw).map_err(unreadable)?),
+            RunKind::Diffusion => {
+                let mut log: diffusion::DiffusionRunLog =
+                    serde_json::from_value(raw).map_err(unreadable)?;
+                log.config.reconcile_older_run();
+                Self::Diffusion(Box::new(log))
+            }
+            RunKind::Refiner => Self::Refiner(serde_json::from_value(raw).map_err(unreadable)?),
+        })
+    }
+}
 
 /// The optimiser settings every training config holds, checked by one set of rules so
 /// that the trainers accept and refuse the same values.
@@ -75,7 +138,33 @@ impl OptimiserSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::OptimiserSettings;
+    use super::{AnyRunLog, OptimiserSettings, RunKind};
+    use serde_json::json;
+
+    #[test]
+    fn run_kinds_are_told_by_their_own_fields() {
+        let of = |v| RunKind::of(&v);
+        assert_eq!(
+            of(json!({"stage": "One", "config": {}})),
+            Some(RunKind::Vae)
+        );
+        assert_eq!(
+            of(json!({"vae_key": "k", "vae": "v"})),
+            Some(RunKind::Diffusion)
+        );
+        assert_eq!(
+            of(json!({"base_sha256": "s", "base": "b"})),
+            Some(RunKind::Refiner)
+        );
+        assert_eq!(of(json!({"shape": [1, 2]})), None);
+        let tmp = tempfile::tempdir().unwrap();
+        let error = |text: &str| {
+            std::fs::write(tmp.path().join("log.json"), text).unwrap();
+            AnyRunLog::read(tmp.path()).unwrap_err().to_string()
+        };
+        assert!(error(r#"{"shape": [1]}"#).contains("not the log of a training run"));
+        assert!(error(r#"{"vae_key": 3}"#).contains("not a readable Diffusion run log"));
+    }
 
     fn error(s: OptimiserSettings) -> String {
         s.validate().unwrap_err().to_string()
