@@ -21,7 +21,9 @@ use fiberflow_model::physics::{PhysicsLossConfig, flow_rate_term};
 use fiberflow_model::precision::Precision;
 use fiberflow_model::predict::inputs::{ConditionInputs, Conditioning, LatentScales};
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
-use fiberflow_model::predict::{EstimateRequest, PointEstimate, Steering, TrainedModel};
+use fiberflow_model::predict::{
+    EstimateRequest, PointEstimate, PredictRequest, Steering, TrainedModel,
+};
 use fiberflow_model::run::checkpoint;
 use fiberflow_model::train::diffusion::{
     DiffusionEpoch, DiffusionObserver, DiffusionRunLog, DiffusionTrainConfig, train_diffusion,
@@ -847,6 +849,36 @@ fn predictions_are_masked_finite_and_seeded() {
         .fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = truth.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(slice_gap < 1e-5 * scale, "{slice_gap} of {scale}");
+
+    // The prediction pipeline: its point estimate is sample_estimate's, its spread is the
+    // draws' (none from the direct predictor, whose draws coincide), both zero in fibres.
+    let request = PredictRequest {
+        options: options.clone(),
+        estimate: EstimateRequest {
+            noises: 2,
+            seed: 3,
+            ..EstimateRequest::default()
+        },
+        steering: Steering::default(),
+    };
+    let out = model.predict_stack(sample, &request, &device).unwrap();
+    let alone = model
+        .sample_estimate(sample, &options, &request.estimate, &none, &device)
+        .unwrap();
+    assert_eq!(out.mean, alone);
+    assert_eq!(out.estimate, PointEstimate::PosteriorMean);
+    assert!(out.std.iter().any(|v| *v > 0.0));
+    for field in [&out.mean, &out.std] {
+        let leaks = field
+            .indexed_iter()
+            .filter(|((k, _, y, x), v)| sample.domain[[*k, 0, *y, *x]] == 0.0 && **v != 0.0)
+            .count();
+        assert_eq!(leaks, 0);
+    }
+    let one = direct_model
+        .predict_stack(sample, &request, &device)
+        .unwrap();
+    assert!(one.std.iter().all(|v| *v == 0.0));
 
     // In bf16 and f16 every kind of draw (plain, with classifier-free guidance, from the
     // direct predictor, physics-guided, which differentiates through the half networks)

@@ -10,15 +10,13 @@ use crate::models::load_model;
 use crate::output;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use fiberflow_data::{Batch, Dataset, Mirror, Sample};
+use fiberflow_data::{Dataset, Sample};
 use fiberflow_eval::physics::permeability;
 use fiberflow_eval::{EvalConfig, Flow, evaluate_sample};
 use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
-use fiberflow_model::batch::{sample_array, to_tensors};
 use fiberflow_model::device::DeviceSpec;
-use fiberflow_model::predict::sampling::PredictorKind;
-use fiberflow_model::predict::{EstimateRequest, PointEstimate};
+use fiberflow_model::predict::{PredictOutput, PredictRequest};
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_viz::{ComparisonFigure, VtiVolume, magnitude};
 use ndarray::{Array4, Axis};
@@ -141,57 +139,19 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         dy_m: sample.dxyz[1],
         dz_m: sample.dxyz[2],
     };
-    let batch = Batch {
-        indices: vec![a.index.unwrap_or(0)],
-        samples: vec![sample],
-        mirrors: vec![Mirror::default()],
+    let request = PredictRequest {
+        options: a.sampler.options(),
+        estimate: a.sampler.request(a.samples, a.seed),
+        steering: a.sampler.steering(),
     };
-    let tb = to_tensors(&batch, &model.vae.normalizer, &device)?;
-    let started = Instant::now();
-    let draws = model
-        .predict_steered(
-            &tb,
-            &a.sampler.options(),
-            a.samples,
-            a.seed,
-            &a.sampler.steering(),
-        )?
-        .into_iter()
-        .map(|t| sample_array(t, 0))
-        .collect::<Result<Vec<_>, _>>()?;
-    let draws_s = started.elapsed().as_secs_f64();
-    let views: Vec<_> = draws.iter().map(|d| d.view()).collect();
-    let stacked = ndarray::stack(Axis(0), &views)?;
-    drop(draws);
-    let std = stacked.std_axis(Axis(0), 0.0);
-    let steering = a.sampler.steering();
-    let estimate = model.estimate_for(a.sampler.estimate, &steering);
+    let PredictOutput {
+        mean,
+        std,
+        estimate,
+        draws_s,
+        total_s: predict_s,
+    } = model.predict_stack(&sample, &request, &device)?;
     super::sampler_args::note_estimate(a.sampler.estimate, estimate);
-    let draws_are_the_estimate = !a.sampler.symmetrize
-        && (estimate == PointEstimate::DrawMean
-            || model.log.config.predictor == PredictorKind::Direct);
-    let mean = if draws_are_the_estimate {
-        let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw");
-        match a.sampler.refine {
-            true => model.refined(&batch.samples[0], mean, &steering.known_slices, &device)?,
-            false => mean,
-        }
-    } else {
-        drop(stacked);
-        let request = EstimateRequest {
-            kind: estimate,
-            ..a.sampler.request(a.samples, a.seed)
-        };
-        model.sample_estimate(
-            &batch.samples[0],
-            &a.sampler.options(),
-            &request,
-            &steering,
-            &device,
-        )?
-    };
-    let predict_s = started.elapsed().as_secs_f64();
-    let sample = &batch.samples[0];
     // |U| and the error too: a field near f32's limit is finite while they are not.
     let speed = magnitude(mean.view())?;
     let error = truth.as_ref().map(|u| &mean - u);

@@ -3,10 +3,12 @@
 //! VAE it references.
 
 pub mod inputs;
+mod pipeline;
 mod refined;
 pub mod sampling;
 mod symmetry;
 
+pub use pipeline::{PredictOutput, PredictRequest};
 pub use refined::RefinerPart;
 
 use crate::batch::TensorBatch;

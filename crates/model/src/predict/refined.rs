@@ -2,7 +2,7 @@
 //! top of the model it refines, and refining a point estimate.
 
 use super::TrainedModel;
-use crate::batch::{channel_first, sample_array, to_tensors};
+use crate::batch::{channel_first, sample_array};
 use crate::error::ModelError;
 use crate::refine::{Refiner, refiner_inputs};
 use crate::run::RunKind;
@@ -11,7 +11,7 @@ use crate::run::checkpoint::{BEST_FILE, LOG_FILE};
 use crate::run::refine::RefineRunLog;
 use burn::prelude::*;
 use fiberflow_data::json::read_json;
-use fiberflow_data::{Batch, Mirror, Sample};
+use fiberflow_data::{Mirror, Sample};
 use ndarray::{Array4, Axis};
 use std::path::{Path, PathBuf};
 
@@ -87,13 +87,8 @@ impl TrainedModel {
         };
         let (_, _, h, w) = estimate.dim();
         part.net.config().check_size(h, w)?;
-        let batch = Batch {
-            indices: vec![0],
-            samples: vec![sample.clone()],
-            mirrors: vec![Mirror::default()],
-        };
         let norm = &self.vae.normalizer;
-        let tb = to_tensors(&batch, norm, device)?;
+        let tb = self.stack_tensors(sample.clone(), Mirror::default(), device)?;
         let inputs = refiner_inputs(&tb, part.net.config().pressure)?;
         let x = norm.normalize(channel_first(estimate.insert_axis(Axis(0)), device));
         let u = norm.denormalize(part.net.forward(x, inputs)) * tb.mask;

@@ -7,11 +7,11 @@
 //! reflected crops, here with exact symmetries of the physics).
 
 use super::{EstimateRequest, PointEstimate, Steering, TrainedModel};
-use crate::batch::{sample_array, to_tensors};
+use crate::batch::sample_array;
 use crate::error::ModelError;
 use crate::predict::sampling::SampleOptions;
 use burn::prelude::*;
-use fiberflow_data::{Batch, Field, Mirror, Sample};
+use fiberflow_data::{Field, Mirror, Sample};
 use ndarray::Array4;
 
 impl TrainedModel {
@@ -51,12 +51,7 @@ impl TrainedModel {
         for &mirror in &images {
             let mut image = sample.clone();
             mirror.apply(&mut image);
-            let batch = Batch {
-                indices: vec![0],
-                samples: vec![image],
-                mirrors: vec![mirror],
-            };
-            let tb = to_tensors(&batch, &self.vae.normalizer, device)?;
+            let tb = self.stack_tensors(image, mirror, device)?;
             self.check_input(&tb)?;
             // Known slices follow their slices through a z mirror.
             let steering = Steering {
