@@ -55,6 +55,18 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 venv=$(cd "$venv" && pwd)
+# A --cpu venv is marked, so that neither kind of build picks up the other's venv: a full
+# build cannot import torch from a CPU-only venv, and --cpu would strip a full one.
+cpu_marker=$venv/fiberflow-cpu-only
+if [ "$cpu" = true ] && [ ! -e "$cpu_marker" ] && [ -d "$venv/lib" ] &&
+    find "$venv/lib" -maxdepth 3 -name torch -type d | grep -q .; then
+    echo "error: $venv holds a full torch; --cpu would remove its CUDA libraries (choose another FIBERFLOW_TORCH_VENV)" >&2
+    exit 1
+fi
+if [ "$cpu" = false ] && [ -e "$cpu_marker" ]; then
+    echo "error: $venv is a CPU-only venv made with --cpu; run with --cpu, or choose another FIBERFLOW_TORCH_VENV" >&2
+    exit 1
+fi
 # The installed version, read from the package metadata (importing torch needs the CUDA
 # libraries, which a --cpu venv lacks). The version is the last line printed.
 # (Output captured, not sent to /dev/null: on some CI runners that is a regular file, and
@@ -65,6 +77,7 @@ if ! found=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.vers
     pip=("$venv/bin/pip" install --disable-pip-version-check --no-cache-dir --quiet)
     if [ "$cpu" = true ]; then
         "${pip[@]}" --no-deps "torch==$torch_version" "${cpu_only_deps[@]}"
+        : >"$cpu_marker"
     else
         "${pip[@]}" "torch==$torch_version"
     fi
@@ -75,6 +88,10 @@ if [ "$cpu" = true ]; then
     torch_dir=$("$venv/bin/python" -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])")
     # torch-sys links torch's CUDA library whenever the file exists; without it the build
     # is CPU-only and needs none of the NVIDIA libraries beyond the two installed above.
+    # (torch-sys also names libtorch.so, a stub whose own list still names the CUDA
+    # library; rustc links with --as-needed, so the stub, which the code never calls, is
+    # left out. Torch-sys cannot check the version of a folder without `build-version`,
+    # so the version check above is the only one.)
     rm -f "$torch_dir"/lib/libtorch_cuda*.so "$torch_dir"/lib/libc10_cuda.so \
         "$torch_dir"/lib/libtorch_nvshmem.so "$torch_dir"/lib/libcaffe2_nvrtc.so
     export LIBTORCH="$torch_dir"

@@ -459,7 +459,8 @@ fn dataset_commands_name_the_broken_file() {
 }
 
 /// A Python with PyTorch: `FIBERFLOW_TORCH_PYTHON`, or the venv of
-/// scripts/setup-libtorch.sh (which CI creates before the test run).
+/// scripts/setup-libtorch.sh without `--cpu` (CI's CPU-only venv cannot import torch, so
+/// there the check is skipped).
 fn torch_python() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch/venv/bin/python");
     std::env::var_os("FIBERFLOW_TORCH_PYTHON")

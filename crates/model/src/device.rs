@@ -59,7 +59,7 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
-/// Recorded by its name, as typed on the command line.
+/// Recorded by its canonical name (`cuda` as `cuda:0`), which parses back to it.
 impl serde::Serialize for DeviceSpec {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

@@ -1,7 +1,7 @@
 //! One stack's prediction as numbered stages, in the manner of a diffusers pipeline
 //! (von Platen et al., *Diffusers*, 2022): the trained networks, the sampler and the VAE
-//! composed for inference, knowing nothing of training. `predict` and `bench` call it
-//! with a microstructure and its 2D flow; `evaluate` scores the point estimate alone.
+//! composed for inference, knowing nothing of training. `predict` calls it with a
+//! microstructure and its 2D flow; `evaluate` scores the point estimate alone.
 
 use super::sampling::{PredictorKind, SampleOptions};
 use super::{EstimateRequest, PointEstimate, Steering, TrainedModel};
@@ -64,6 +64,9 @@ impl TrainedModel {
         request: &PredictRequest,
         device: &Device,
     ) -> Result<PredictOutput, ModelError> {
+        if request.estimate.noises == 0 {
+            return Err(ModelError::Config("a prediction needs ≥ 1 draw".into()));
+        }
         let started = Instant::now();
         // 1. Condition: the stack as network inputs.
         let tb = self.stack_tensors(sample.clone(), Mirror::default(), device)?;
@@ -88,9 +91,7 @@ impl TrainedModel {
             && (estimate == PointEstimate::DrawMean
                 || self.log.config.predictor == PredictorKind::Direct);
         let mean = if draws_are_the_estimate {
-            let mean = stacked
-                .mean_axis(Axis(0))
-                .ok_or_else(|| ModelError::Config("a prediction needs ≥ 1 draw".into()))?;
+            let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw, checked above");
             match request.estimate.refine {
                 true => self.refined(sample, mean, &request.steering.known_slices, device)?,
                 false => mean,

@@ -22,6 +22,15 @@ pub enum RunKind {
 }
 
 impl RunKind {
+    /// The kind's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vae => "VAE",
+            Self::Diffusion => "diffusion",
+            Self::Refiner => "refiner",
+        }
+    }
+
     /// The kind of run whose `log.json` reads as `raw`, told by the field that only that
     /// trainer's log has; `None` for anything else. The one place this rule lives.
     pub fn of(raw: &Value) -> Option<Self> {
@@ -55,8 +64,9 @@ impl AnyRunLog {
         })?;
         let unreadable = |e: serde_json::Error| {
             ModelError::Input(format!(
-                "{}: not a readable {kind:?} run log ({e})",
-                path.display()
+                "{}: not a readable {} run log ({e})",
+                path.display(),
+                kind.name()
             ))
         };
         Ok(match kind {
@@ -163,7 +173,7 @@ mod tests {
             AnyRunLog::read(tmp.path()).unwrap_err().to_string()
         };
         assert!(error(r#"{"shape": [1]}"#).contains("not the log of a training run"));
-        assert!(error(r#"{"vae_key": 3}"#).contains("not a readable Diffusion run log"));
+        assert!(error(r#"{"vae_key": 3}"#).contains("not a readable diffusion run log"));
     }
 
     fn error(s: OptimiserSettings) -> String {

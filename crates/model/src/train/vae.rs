@@ -347,14 +347,18 @@ impl LossTerms {
     /// The objective: stage 1 rec + β·KL; stage 2 rec2d + λ_align·align + λ_cross·cross
     /// (+ kl_2d·KL_2d). Validation takes β = 0: β changes during the warm-up, so epochs
     /// compare on the reconstruction.
+    /// Terms of weight 0 are left out, so a non-finite one cannot make the sum NaN.
     fn total(&self, beta: f64) -> Tensor<1> {
-        let weighted = self.0.iter().map(|(_, term, weight)| match weight {
-            Weight::Fixed(w) => term.clone().mul_scalar(*w),
-            Weight::Beta => term.clone().mul_scalar(beta),
+        let weighted = self.0.iter().filter_map(|(_, term, weight)| {
+            let w = match weight {
+                Weight::Fixed(w) => *w,
+                Weight::Beta => beta,
+            };
+            (w != 0.0).then(|| term.clone().mul_scalar(w))
         });
         weighted
             .reduce(|a, b| a + b)
-            .expect("every stage has loss terms")
+            .expect("every stage has a reconstruction term of weight 1")
     }
 
     /// Each term's value under its name in the run log.
