@@ -2,6 +2,30 @@
 //! (von Platen et al., *Diffusers*, 2022): the trained networks, the sampler and the VAE
 //! composed for inference, knowing nothing of training. `predict` calls it with a
 //! microstructure and its 2D flow; `evaluate` scores the point estimate alone.
+//!
+//! ```no_run
+//! # use fiberflow_model::bundle::Bundle;
+//! # use fiberflow_model::predict::{EstimateRequest, PredictRequest, Steering};
+//! # use fiberflow_model::predict::sampling::SampleOptions;
+//! # use fiberflow_model::diffusion::{SamplerConfig, SamplerKind};
+//! # use burn::prelude::*;
+//! # fn stack() -> fiberflow_data::Sample { unimplemented!() }
+//! let device = Device::flex();
+//! let model = Bundle::builtin()?.expect("this build carries a model").load(&device)?;
+//! let request = PredictRequest {
+//!     options: SampleOptions {
+//!         sampler: SamplerConfig::new().with_kind(SamplerKind::DpmSolver).with_steps(10),
+//!         guidance: 0.0,
+//!     },
+//!     // The refined posterior mean over the eight mirror images; 4 draws for the spread.
+//!     estimate: EstimateRequest { noises: 4, ..EstimateRequest::default() },
+//!     steering: Steering::default(),
+//! };
+//! // domain (S, 1, H, W), U_2d (S, 3, H, W) and p_2d of the stack, in SI units.
+//! let out = model.predict_stack(&stack(), &request, &device)?;
+//! println!("U_pred {:?}, mean std {}", out.mean.dim(), out.std.mean().unwrap_or(0.0));
+//! # Ok::<(), fiberflow_model::ModelError>(())
+//! ```
 
 use super::sampling::{PredictorKind, SampleOptions};
 use super::{EstimateRequest, PointEstimate, Steering, TrainedModel};
