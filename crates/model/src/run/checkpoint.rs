@@ -181,6 +181,34 @@ pub fn end_epoch<M: Module, L: Serialize>(
     commit_epoch(out, log, |dir| save_state(dir, model, ema, optim))
 }
 
+/// A run log that keeps its best epoch by a validation error: the diffusion and refiner
+/// runs.
+pub trait BestByError: Serialize {
+    type Epoch;
+    /// The history, the lowest validation error so far and the epoch that had it.
+    fn progress(&mut self) -> (&mut Vec<Self::Epoch>, &mut f64, &mut Option<usize>);
+}
+
+/// Ends epoch `epoch` of a trainer that picks its best epoch by `error`: records `record`
+/// in `log`, updates the best when `error` is the lowest so far, commits as
+/// [`end_epoch`], and returns the record for the observer.
+pub fn close_epoch<'l, L: BestByError, M: Module>(
+    out: &Path,
+    log: &'l mut L,
+    (epoch, record, error): (usize, L::Epoch, f64),
+    modules: (&M, &M, &ModuleOptimizer),
+) -> Result<&'l L::Epoch, ModelError> {
+    let (history, best, best_epoch) = log.progress();
+    let improved = error < *best;
+    if improved {
+        *best = error;
+        *best_epoch = Some(epoch);
+    }
+    history.push(record);
+    end_epoch(out, &*log, improved, modules)?;
+    Ok(log.progress().0.last().expect("just pushed"))
+}
+
 /// Reads what [`save_state`] wrote into modules of the same architecture.
 pub fn load_state<M: Module>(
     dir: &Path,

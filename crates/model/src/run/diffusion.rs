@@ -223,6 +223,18 @@ pub struct DiffusionEpoch {
     pub seconds: f64,
 }
 
+impl super::checkpoint::BestByError for DiffusionRunLog {
+    type Epoch = DiffusionEpoch;
+
+    fn progress(&mut self) -> (&mut Vec<DiffusionEpoch>, &mut f64, &mut Option<usize>) {
+        (
+            &mut self.history,
+            &mut self.best_val_error,
+            &mut self.best_epoch,
+        )
+    }
+}
+
 /// `log.json` of a diffusion run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffusionRunLog {

@@ -78,6 +78,18 @@ pub struct RefineEpoch {
     pub seconds: f64,
 }
 
+impl super::checkpoint::BestByError for RefineRunLog {
+    type Epoch = RefineEpoch;
+
+    fn progress(&mut self) -> (&mut Vec<RefineEpoch>, &mut f64, &mut Option<usize>) {
+        (
+            &mut self.history,
+            &mut self.best_val_error,
+            &mut self.best_epoch,
+        )
+    }
+}
+
 /// `log.json` of a refiner run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefineRunLog {

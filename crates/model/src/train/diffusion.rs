@@ -361,17 +361,10 @@ pub fn train_diffusion(
             mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
             seconds: started.elapsed().as_secs_f64(),
         };
-        let improved = val_errors.relative_l2_total_normalised < log.best_val_error;
-        if improved {
-            log.best_val_error = val_errors.relative_l2_total_normalised;
-            log.best_epoch = Some(epoch);
-        }
-        log.history.push(record);
-        checkpoint::end_epoch(out, &log, improved, (&model, &ema_model, &optim))?;
-        if observer
-            .epoch(log.history.last().expect("just pushed"))
-            .is_break()
-        {
+        let error = val_errors.relative_l2_total_normalised;
+        let modules = (&model, &ema_model, &optim);
+        let record = checkpoint::close_epoch(out, &mut log, (epoch, record, error), modules)?;
+        if observer.epoch(record).is_break() {
             break;
         }
     }
