@@ -30,6 +30,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one `bench all` run, each section of its report checked
 fn bench_all_writes_every_section() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
@@ -177,6 +178,7 @@ fn bench_refuses_bad_arguments_before_measuring() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one trained VAE checked from its draws to its validation numbers
 fn vae_inspect_draws_both_stages_and_matches_the_validation() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_file(dir.path(), "gen.toml", TINY_GENERATOR);

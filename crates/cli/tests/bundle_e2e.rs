@@ -66,6 +66,7 @@ fn the_builtin_model_predicts_a_stack_without_training() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one exported bundle, then each way of damaging it
 fn export_info_predict_round_trip_and_damaged_bundles() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_file(tmp.path(), "gen.toml", TINY_GENERATOR);

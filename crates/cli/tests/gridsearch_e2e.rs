@@ -193,6 +193,7 @@ fn check_complete(out: &Path) {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one search killed and restarted, its runs checked at each stage
 fn a_killed_search_restarts_with_exactly_the_missing_runs() {
     let f = fixture();
     let tmp = tempfile::tempdir_in(&f.root).unwrap();

@@ -10,6 +10,7 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use std::fs;
 
 #[test]
+#[allow(clippy::too_many_lines)] // the whole quickstart, run once and resumed, its outputs checked in turn
 fn quickstart_runs_the_pipeline_and_resumes_without_retraining() {
     let tmp = tempfile::tempdir().unwrap();
     // Three times the default viscosity: a command that computed K with the solver's

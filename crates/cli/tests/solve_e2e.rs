@@ -322,6 +322,7 @@ fn solve_that_does_not_converge_warns_and_says_so() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // a table of bad inputs, each with its expected message
 fn solve_rejects_bad_input_with_a_clear_message() {
     let tmp = tempdir();
     let dir = tmp.path();

@@ -7,6 +7,7 @@
 //! any number of machines (`--shard i/n`), and a restarted run reproduces them exactly.
 
 use crate::manifest::{DatasetHeader, SampleRecord};
+use crate::origin::GeneratedBy;
 use crate::sample::{Sample, Shape};
 use fiberflow_geometry::budget::array_bytes;
 use fiberflow_geometry::layout::SliceGrid;
@@ -124,12 +125,13 @@ impl GeneratorConfig {
                 width: grid.size,
             },
             voxel_size: grid.voxel(self.packing.window_um),
-            generator: json!({
-                "config": self,
-                "grid": grid,
-                "seed": base_seed,
-                "sampling": SAMPLING_VERSION,
-            }),
+            generator: serde_json::to_value(GeneratedBy {
+                config: self.clone(),
+                grid: *grid,
+                seed: base_seed,
+                sampling: Some(SAMPLING_VERSION),
+            })
+            .expect("a config of numbers and strings serialises"),
             solver: serde_json::to_value(&self.flow).unwrap_or_default(),
         }
     }

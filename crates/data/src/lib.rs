@@ -18,6 +18,7 @@ pub mod json;
 pub mod loader;
 pub mod lock;
 pub mod manifest;
+pub mod origin;
 pub mod progress;
 pub mod python_random;
 pub mod reference;

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::atomic::{AtomicFile, write_atomic};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+use crate::origin::Origin;
 use crate::progress::Progress;
 use crate::sample::{DXYZ, Field};
 use crate::split::{SPLIT_SEED, SplitMode, Splits, Subset};
@@ -68,7 +69,7 @@ pub fn export_reference(
     std::fs::create_dir_all(&x).map_err(DataError::io(&x, "create directory"))?;
 
     let shape = dataset.manifest.header.shape;
-    let recorded = &dataset.manifest.header.generator;
+    let origin = dataset.manifest.header.origin(&dataset.dir)?;
     let mut outputs = Vec::new();
     for field in [Field::Domain, Field::U2d, Field::U, Field::P] {
         let [s, c, h, w] = shape.dims(field);
@@ -78,7 +79,7 @@ pub fn export_reference(
             TorchDType::F32
         };
         let (dtype, squeeze) =
-            source_layout(recorded, field.name(), n, c).unwrap_or((default, false));
+            source_layout(&origin, field.name(), n, c).unwrap_or((default, false));
         let dims = if squeeze {
             vec![n, s, h, w]
         } else {
@@ -146,26 +147,25 @@ fn reference_order(ours: &Splits, theirs: &Splits) -> Vec<usize> {
 /// The dtype and rank a dataset imported from the reference recorded for `name`
 /// (`(dtype, true)` when a one-channel field had no channel axis); `None` for others.
 fn source_layout(
-    generator: &Value,
+    origin: &Origin,
     name: &str,
     n: usize,
     channels: usize,
 ) -> Option<(TorchDType, bool)> {
-    if generator["source"] != "reference" {
+    let Origin::Imported(imported) = origin else {
         return None;
-    }
-    let file = generator["files"]
-        .as_array()?
+    };
+    let file = imported
+        .files
         .iter()
-        .find(|f| f["file"] == format!("{name}.pt"))?;
-    let dtype = match file["dtype"].as_str()? {
+        .find(|f| f.file == format!("{name}.pt"))?;
+    let dtype = match file.dtype.as_str() {
         "Bool" => TorchDType::Bool,
         "U8" => TorchDType::U8,
         "F64" => TorchDType::F64,
         _ => TorchDType::F32,
     };
-    let rank = file["shape"].as_array()?.len();
-    let squeeze = rank == 4 && channels == 1 && file["shape"][0] == n;
+    let squeeze = file.shape.len() == 4 && channels == 1 && file.shape[0] == n;
     Some((dtype, squeeze))
 }
 

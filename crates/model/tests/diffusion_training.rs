@@ -208,6 +208,7 @@ fn probe(cfg: &UNetConfig, file: &Path) -> Vec<f32> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one training run whose folder, cache and resume are checked in turn
 fn training_writes_its_run_and_encodes_the_latent_cache_once() {
     let _serial = serial();
     let s = Setup::new();
@@ -643,6 +644,7 @@ fn relative_error(prediction: Tensor<5>, batch: &Batch, factors: [f64; 3]) -> f6
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one trained model, every prediction path checked on it (training it once is the cost)
 fn predictions_are_masked_finite_and_seeded() {
     let _serial = serial();
     let s = Setup::new();

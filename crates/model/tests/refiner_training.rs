@@ -7,7 +7,7 @@
 mod common;
 
 use common::{serial, tiny_dataset};
-use fiberflow_data::{Dataset, Progress, Subset};
+use fiberflow_data::{Dataset, Field, Mirror, Progress, Subset};
 use fiberflow_model::bundle::{Bundle, ExportInfo, FORMAT, export};
 use fiberflow_model::device::Device;
 use fiberflow_model::predict::sampling::{PredictorKind, SampleOptions};
@@ -145,6 +145,7 @@ fn estimate(model: &TrainedModel, sample: &fiberflow_data::Sample, refine: bool)
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one refiner run followed from its cache to its bundle (training it once is the cost)
 fn a_refiner_run_caches_the_models_estimates_and_predicts_as_the_refined_model() {
     let _serial = serial();
     let s = Setup::new();
@@ -203,10 +204,45 @@ fn a_refiner_run_caches_the_models_estimates_and_predicts_as_the_refined_model()
         .fold(0f32, f32::max);
     assert_eq!(fibre, 0.0);
     let known = refined_model
-        .refined(&sample, unrefined.clone(), &[1], &Device::flex())
+        .refined(&sample, unrefined.clone(), (&[1], false), &Device::flex())
         .unwrap();
     let truth = &sample.u * &sample.domain;
     assert_eq!(known.index_axis(Axis(0), 1), truth.index_axis(Axis(0), 1));
+    // Symmetrized, the refinement is mirror-equivariant: the mirrored sample and estimate
+    // refine to the mirrored answer, which the refiner alone does not.
+    let dev = Device::flex();
+    let refine = |s: &fiberflow_data::Sample, e: &Array4<f32>, sym: bool| {
+        refined_model
+            .refined(s, e.clone(), (&[], sym), &dev)
+            .unwrap()
+    };
+    let mirror = Mirror {
+        x: false,
+        y: true,
+        z: true,
+    };
+    let (mut image, mut image_estimate) = (sample.clone(), unrefined.clone());
+    mirror.apply(&mut image);
+    mirror.apply_to(Field::U, &mut image_estimate);
+    let mirrored = |sym: bool| {
+        let mut back = refine(&image, &image_estimate, sym);
+        mirror.apply_to(Field::U, &mut back);
+        back
+    };
+    let (sym, plain) = (
+        refine(&sample, &unrefined, true),
+        refine(&sample, &unrefined, false),
+    );
+    assert!(
+        gap(&mirrored(true), &sym) < 1e-5,
+        "{}",
+        gap(&mirrored(true), &sym)
+    );
+    assert!(
+        gap(&mirrored(false), &plain) > 1e-5,
+        "{}",
+        gap(&mirrored(false), &plain)
+    );
 
     // Resuming with the same configuration goes on; with another, it is refused.
     let more = s.refine(
@@ -269,6 +305,25 @@ fn a_refiner_run_caches_the_models_estimates_and_predicts_as_the_refined_model()
     assert!(gap(&estimate(&from_bundle, &sample, true), &refined) < 1e-6);
     let now = bundle.check(&from_bundle, &Device::flex()).unwrap();
     assert!((now[0][0] - card.check[0].relative_l2[0]).abs() < 1e-5);
+
+    // Unpacked, its runs load on their own (each log pointing at the unpacked run it
+    // builds on) and predict as the bundle does; a folder in use is refused.
+    let unpacked = s.tmp.path().join("unpacked");
+    let runs = bundle.unpack(&unpacked).unwrap();
+    let base_again = TrainedModel::load(&runs.predictor, &Device::flex()).unwrap();
+    assert!(base_again.refiner.is_none());
+    assert!(
+        base_again.log.vae.starts_with(&unpacked),
+        "{:?}",
+        base_again.log.vae
+    );
+    assert!(base_again.vae.stage1_dir.starts_with(&unpacked));
+    assert_eq!(estimate(&base_again, &sample, false), unrefined);
+    let refined_again =
+        TrainedModel::load(runs.refiner.as_ref().unwrap(), &Device::flex()).unwrap();
+    assert!(gap(&estimate(&refined_again, &sample, true), &refined) < 1e-6);
+    let e = bundle.unpack(&unpacked).unwrap_err().to_string();
+    assert!(e.contains("not an empty folder"), "{e}");
 }
 
 #[test]
@@ -281,10 +336,26 @@ fn the_refiner_learns_and_refuses_what_it_cannot_use() {
         mirror_augmentation: false,
         ..config(40, 3e-3)
     };
-    let log = s.refine("fit", fit, false).unwrap();
+    let log = s.refine("fit", fit.clone(), false).unwrap();
     let first = log.history[0].train_loss;
     let last = log.history.last().unwrap().train_loss;
     assert!(last < 0.3 * first, "train loss {first} -> {last}");
+    // Balanced by default: each component weighs the inverse of the estimates' mean
+    // squared relative error, so vz (the least accurate) weighs least; unbalanced, 1.
+    let w = log.component_weights;
+    assert!(
+        w[2] < w[0] && w[2] < w[1] && w.iter().all(|w| w.is_finite() && *w > 0.0),
+        "{w:?}"
+    );
+    let plain = RefineTrainConfig {
+        balance_components: false,
+        epochs: 1,
+        ..fit
+    };
+    assert_eq!(
+        s.refine("plain", plain, false).unwrap().component_weights,
+        [1.0; 3]
+    );
 
     // Another dataset than the model's: its test split would not be held out.
     let other = s.tmp.path().join("other");

@@ -288,7 +288,7 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
     "x86_64+avx2+fma",
     "aarch64+neon"
 ))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the hot loop's slices, passed apart so they stay borrowed disjointly
 fn update_chunk<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
     trt: &Trt,

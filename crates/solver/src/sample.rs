@@ -138,10 +138,132 @@ pub fn solve_sample(
 ) -> Result<FlowSample, SolverError> {
     cfg.validate()?;
     let (ns, h, w) = slices.dim();
+    let blocked = check_geometry(slices, planes.as_ref(), voxel)?;
+    let scales = Scales::new(cfg, voxel.dx_m);
+
+    // 2D: slices are independent, so they run side by side.
+    let started_2d = Instant::now();
+    let flows_2d = solve_slices(slices, &blocked, cfg)?;
+    let wall_2d_s = started_2d.elapsed().as_secs_f64();
+    let mut u2d = Array4::<f32>::zeros((ns, 3, h, w));
+    let mut p2d = Array4::<f32>::zeros((ns, 1, h, w));
+    for (k, solved) in flows_2d.iter().enumerate() {
+        if let Some((flow, _)) = solved {
+            let fluid = slices.index_axis(Axis(0), k);
+            write_slice(flow, (0, 0, 0.0), fluid, &scales, (&mut u2d, &mut p2d), k);
+        }
+    }
+    let porosity = slices.iter().filter(|&&v| v != 0).count() as f64 / slices.len() as f64;
+    let mut report = report_2d(&flows_2d, &scales, (porosity, wall_2d_s), blocked);
+    let Some(planes) = planes else {
+        return Ok(FlowSample {
+            u2d,
+            u: None,
+            p: p2d.clone(),
+            p2d,
+            report,
+        });
+    };
+
+    // 3D, optionally warm-started from the 2D solutions interpolated onto the planes.
+    let nz = planes.dim().0;
+    let warm = cfg
+        .lbm
+        .warm_start
+        .then(|| interpolated_2d(&flows_2d, planes, (ns, h, w)));
+    let t = Instant::now();
+    let flow = solve_lattice(planes, Dim::Three, &cfg.lbm, warm.as_deref(), progress)?;
+    let wall = t.elapsed().as_secs_f64();
+    let mut u = Array4::<f32>::zeros((ns, 3, h, w));
+    let mut p = Array4::<f32>::zeros((ns, 1, h, w));
+    for k in 0..ns {
+        // Slice k sits at plane coordinate k·NZ/S.
+        let between = bracket(k as f64 * nz as f64 / ns as f64, nz);
+        write_slice(
+            &flow,
+            between,
+            slices.index_axis(Axis(0), k),
+            &scales,
+            (&mut u, &mut p),
+            k,
+        );
+    }
+    report.k_3d_m2 = Some(flow.permeability * scales.permeability);
+    report.planes_3d = Some(nz);
+    report.solve_3d = Some(SolveStats::of(&flow, wall));
+    report.mean_velocity_3d_m_s = Some(flow.mean_velocity.map(|v| v * scales.velocity));
+    Ok(FlowSample {
+        u2d,
+        u: Some(u),
+        p,
+        p2d,
+        report,
+    })
+}
+
+/// The report of the 2D solves (`None`: a blocked slice, whose zero flow is exact); the
+/// 3D solve fills in its part.
+fn report_2d(
+    flows_2d: &[Option<(LatticeFlow, f64)>],
+    scales: &Scales,
+    (porosity, wall_2d_s): (f64, f64),
+    blocked_slices: Vec<usize>,
+) -> FlowReport {
+    FlowReport {
+        k_3d_m2: None,
+        k_2d_m2: flows_2d
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map_or(0.0, |(f, _)| f.permeability * scales.permeability)
+            })
+            .collect(),
+        porosity,
+        planes_3d: None,
+        solve_3d: None,
+        solve_2d: flows_2d
+            .iter()
+            .map(|f| match f {
+                Some((f, t)) => SolveStats::of(f, *t),
+                None => SolveStats {
+                    iterations: 0,
+                    converged: true,
+                    residual: 0.0,
+                    field_residual: 0.0,
+                    wall_s: 0.0,
+                },
+            })
+            .collect(),
+        wall_2d_s,
+        mean_velocity_3d_m_s: None,
+        blocked_slices,
+    }
+}
+
+impl SolveStats {
+    fn of(flow: &LatticeFlow, wall_s: f64) -> Self {
+        Self {
+            iterations: flow.iterations,
+            converged: flow.converged,
+            residual: flow.residual,
+            field_residual: flow.field_residual,
+            wall_s,
+        }
+    }
+}
+
+/// Checks a sample's geometry before any solve and returns the slices that do not
+/// percolate along x on their own (solved as zero flow in 2D).
+fn check_geometry(
+    slices: ArrayView3<u8>,
+    planes: Option<&ArrayView3<u8>>,
+    voxel: VoxelSize,
+) -> Result<Vec<usize>, SolverError> {
+    let (ns, h, w) = slices.dim();
     if ns == 0 {
         return Err(SolverError::Geometry("no slice to solve".into()));
     }
-    if let Some(p) = &planes
+    if let Some(p) = planes
         && (p.dim().1, p.dim().2) != (h, w)
     {
         return Err(SolverError::Geometry(format!(
@@ -167,18 +289,23 @@ pub fn solve_sample(
             what: "every slice".into(),
         });
     }
-    if let Some(p) = &planes
+    if let Some(p) = planes
         && !percolates_x(p.view())
     {
         return Err(SolverError::NotPercolating {
             what: "3D volume".into(),
         });
     }
-    let scales = Scales::new(cfg, voxel.dx_m);
+    Ok(blocked)
+}
 
-    // 2D: slices are independent, so they run side by side.
-    let started_2d = Instant::now();
-    let flows_2d: Vec<Option<(LatticeFlow, f64)>> = slices
+/// The 2D flow of every slice but the `blocked` ones, with its wall time.
+fn solve_slices(
+    slices: ArrayView3<u8>,
+    blocked: &[usize],
+    cfg: &FlowConfig,
+) -> Result<Vec<Option<(LatticeFlow, f64)>>, SolverError> {
+    slices
         .axis_iter(Axis(0))
         .into_par_iter()
         .enumerate()
@@ -190,116 +317,37 @@ pub fn solve_sample(
             let flow = solve_lattice(slice.insert_axis(Axis(0)), Dim::Two, &cfg.lbm, None, None)?;
             Ok(Some((flow, t.elapsed().as_secs_f64())))
         })
-        .collect::<Result<_, SolverError>>()?;
-    let wall_2d_s = started_2d.elapsed().as_secs_f64();
-    let mut u2d = Array4::<f32>::zeros((ns, 3, h, w));
-    let mut p2d = Array4::<f32>::zeros((ns, 1, h, w));
-    for (k, solved) in flows_2d.iter().enumerate() {
-        if let Some((flow, _)) = solved {
-            let fluid = slices.index_axis(Axis(0), k);
-            write_slice(flow, (0, 0, 0.0), fluid, &scales, &mut u2d, &mut p2d, k);
-        }
-    }
-    let stats = |flow: &LatticeFlow, wall_s: f64| SolveStats {
-        iterations: flow.iterations,
-        converged: flow.converged,
-        residual: flow.residual,
-        field_residual: flow.field_residual,
-        wall_s,
-    };
-    let mut report = FlowReport {
-        k_3d_m2: None,
-        k_2d_m2: flows_2d
-            .iter()
-            .map(|f| {
-                f.as_ref()
-                    .map_or(0.0, |(f, _)| f.permeability * scales.permeability)
-            })
-            .collect(),
-        porosity: slices.iter().filter(|&&v| v != 0).count() as f64 / slices.len() as f64,
-        planes_3d: None,
-        solve_3d: None,
-        solve_2d: flows_2d
-            .iter()
-            .map(|f| match f {
-                Some((f, t)) => stats(f, *t),
-                // Nothing to solve: the zero flow is exact.
-                None => SolveStats {
-                    iterations: 0,
-                    converged: true,
-                    residual: 0.0,
-                    field_residual: 0.0,
-                    wall_s: 0.0,
-                },
-            })
-            .collect(),
-        wall_2d_s,
-        mean_velocity_3d_m_s: None,
-        blocked_slices: blocked,
-    };
-    let Some(planes) = planes else {
-        return Ok(FlowSample {
-            u2d,
-            u: None,
-            p: p2d.clone(),
-            p2d,
-            report,
-        });
-    };
+        .collect()
+}
 
-    // 3D, optionally warm-started from the 2D solutions interpolated onto the planes.
+/// The 2D solutions interpolated linearly onto the 3D lattice's planes (vz = 0, zero in
+/// fibre): the 3D solve's warm start.
+fn interpolated_2d(
+    flows_2d: &[Option<(LatticeFlow, f64)>],
+    planes: ArrayView3<u8>,
+    (ns, h, w): (usize, usize, usize),
+) -> Vec<[f32; 3]> {
     let nz = planes.dim().0;
-    let warm = cfg.lbm.warm_start.then(|| {
-        let mut init = vec![[0.0f32; 3]; nz * h * w];
-        for j in 0..nz {
-            let (k0, k1, t) = bracket(j as f64 * ns as f64 / nz as f64, ns);
-            for c in 0..h * w {
-                if planes[[j, c / w, c % w]] != 0 {
-                    let at = |k: usize| {
-                        flows_2d[k]
-                            .as_ref()
-                            .map_or([0.0; 3], |(f, _)| f.velocity[c])
-                    };
-                    let (a, b) = (at(k0), at(k1));
-                    init[j * h * w + c] = [
-                        (1.0 - t) * a[0] + t * b[0],
-                        (1.0 - t) * a[1] + t * b[1],
-                        0.0,
-                    ];
-                }
+    let mut init = vec![[0.0f32; 3]; nz * h * w];
+    for j in 0..nz {
+        let (k0, k1, t) = bracket(j as f64 * ns as f64 / nz as f64, ns);
+        for c in 0..h * w {
+            if planes[[j, c / w, c % w]] != 0 {
+                let at = |k: usize| {
+                    flows_2d[k]
+                        .as_ref()
+                        .map_or([0.0; 3], |(f, _)| f.velocity[c])
+                };
+                let (a, b) = (at(k0), at(k1));
+                init[j * h * w + c] = [
+                    (1.0 - t) * a[0] + t * b[0],
+                    (1.0 - t) * a[1] + t * b[1],
+                    0.0,
+                ];
             }
         }
-        init
-    });
-    let t = Instant::now();
-    let flow = solve_lattice(planes, Dim::Three, &cfg.lbm, warm.as_deref(), progress)?;
-    let wall = t.elapsed().as_secs_f64();
-    let mut u = Array4::<f32>::zeros((ns, 3, h, w));
-    let mut p = Array4::<f32>::zeros((ns, 1, h, w));
-    for k in 0..ns {
-        // Slice k sits at plane coordinate k·NZ/S.
-        let between = bracket(k as f64 * nz as f64 / ns as f64, nz);
-        write_slice(
-            &flow,
-            between,
-            slices.index_axis(Axis(0), k),
-            &scales,
-            &mut u,
-            &mut p,
-            k,
-        );
     }
-    report.k_3d_m2 = Some(flow.permeability * scales.permeability);
-    report.planes_3d = Some(nz);
-    report.solve_3d = Some(stats(&flow, wall));
-    report.mean_velocity_3d_m_s = Some(flow.mean_velocity.map(|v| v * scales.velocity));
-    Ok(FlowSample {
-        u2d,
-        u: Some(u),
-        p,
-        p2d,
-        report,
-    })
+    init
 }
 
 /// Neighbouring integer positions around `pos` on a periodic axis of `n`, and the weight of the upper one.
@@ -316,8 +364,7 @@ fn write_slice(
     (j0, j1, t): (usize, usize, f32),
     fluid: ArrayView2<u8>,
     scales: &Scales,
-    u: &mut Array4<f32>,
-    p: &mut Array4<f32>,
+    (u, p): (&mut Array4<f32>, &mut Array4<f32>),
     k: usize,
 ) {
     let hw = flow.grid.ny * flow.grid.nx;

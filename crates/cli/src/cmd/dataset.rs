@@ -2,7 +2,7 @@
 //! `.pt` layout, inspect, merge
 //! shards, and (re)write the split and the train-only statistics of a dataset.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::progress::Bar;
 use anyhow::{Context, Result, bail};
@@ -91,35 +91,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
             format,
             out,
             split,
-        } => {
-            let dataset = Dataset::open(&dir)?;
-            let _lock = crate::output::lock(&out, "dataset export")?;
-            if format == "reference" {
-                if split.is_some() {
-                    bail!(
-                        "--split is for --format npy: the reference's files hold every sample \
-                         and its own split selects the subsets"
-                    );
-                }
-                let export = export_reference(&dataset, &out, &mut bar)?;
-                for file in &export.files {
-                    println!("wrote {}", file.display());
-                }
-                println!(
-                    "the reference's random.Random(2024) 70/15/15 split of these files selects \
-                     exactly this dataset's train, validation and test samples ({})",
-                    if export.identity {
-                        "in dataset order"
-                    } else {
-                        "reordered: fiberflow_export.json maps each position to its sample"
-                    }
-                );
-            } else {
-                for file in export_npy(&dataset, &out, split, &mut bar)? {
-                    println!("wrote {}", file.display());
-                }
-            }
-        }
+        } => export(&dir, &format, &out, split, &mut bar)?,
         DatasetCommand::Info { dir, json } => {
             let info = DatasetInfo::gather(&Dataset::open(&dir)?)?;
             if json {
@@ -164,26 +136,68 @@ pub fn run(args: DatasetArgs) -> Result<()> {
                 );
             }
         }
-        DatasetCommand::Split { dir, mode, force } => {
-            let manifest = Manifest::load(&dir)?;
-            let _lock = crate::output::lock(&dir, "dataset split")?;
-            let splits = Splits::new(manifest.len(), mode);
-            let unchanged = Splits::load(&dir, manifest.len()).is_ok_and(|old| old == splits);
-            splits.save(&dir, force)?;
-            println!(
-                "wrote {}: {mode}, train {}, val {}, test {}",
-                dir.join(fiberflow_data::split::SPLITS_FILE).display(),
-                splits.train.len(),
-                splits.val.len(),
-                splits.test.len()
+        DatasetCommand::Split { dir, mode, force } => split(&dir, mode, force)?,
+    }
+    Ok(())
+}
+
+/// `dataset export`: the reference's `.pt` layout or NumPy files.
+fn export(
+    dir: &Path,
+    format: &str,
+    out: &Path,
+    split: Option<Subset>,
+    bar: &mut Bar,
+) -> Result<()> {
+    let dataset = Dataset::open(dir)?;
+    let _lock = crate::output::lock(out, "dataset export")?;
+    if format == "reference" {
+        if split.is_some() {
+            bail!(
+                "--split is for --format npy: the reference's files hold every sample \
+                 and its own split selects the subsets"
             );
-            if !unchanged && dir.join(STATISTICS_FILE).exists() {
-                println!(
-                    "note: statistics.json is now stale; run `fiberflow dataset stats {} --force`",
-                    dir.display()
-                );
-            }
         }
+        let export = export_reference(&dataset, out, bar)?;
+        for file in &export.files {
+            println!("wrote {}", file.display());
+        }
+        println!(
+            "the reference's random.Random(2024) 70/15/15 split of these files selects \
+             exactly this dataset's train, validation and test samples ({})",
+            if export.identity {
+                "in dataset order"
+            } else {
+                "reordered: fiberflow_export.json maps each position to its sample"
+            }
+        );
+    } else {
+        for file in export_npy(&dataset, out, split, bar)? {
+            println!("wrote {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+/// `dataset split`: writes the split and says when it makes the statistics stale.
+fn split(dir: &Path, mode: SplitMode, force: bool) -> Result<()> {
+    let manifest = Manifest::load(dir)?;
+    let _lock = crate::output::lock(dir, "dataset split")?;
+    let splits = Splits::new(manifest.len(), mode);
+    let unchanged = Splits::load(dir, manifest.len()).is_ok_and(|old| old == splits);
+    splits.save(dir, force)?;
+    println!(
+        "wrote {}: {mode}, train {}, val {}, test {}",
+        dir.join(fiberflow_data::split::SPLITS_FILE).display(),
+        splits.train.len(),
+        splits.val.len(),
+        splits.test.len()
+    );
+    if !unchanged && dir.join(STATISTICS_FILE).exists() {
+        println!(
+            "note: statistics.json is now stale; run `fiberflow dataset stats {} --force`",
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -10,13 +10,15 @@ use crate::output;
 use crate::progress::Bar;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use fiberflow_data::{Dataset, Loader, LoaderConfig, Progress, Statistics, Subset};
+use fiberflow_data::{Batch, Dataset, Loader, LoaderConfig, Progress, Statistics, Subset};
 use fiberflow_eval::{
     EvalConfig, ProjectionConfig, SampleMetrics, Summary, evaluate_sample, project_divergence_free,
     write_csv,
 };
+use fiberflow_geometry::layout::VoxelSize;
 use fiberflow_model::batch::{sample_array, to_tensors};
-use fiberflow_model::device::DeviceSpec;
+use fiberflow_model::device::{Device, DeviceSpec};
+use fiberflow_model::predict::TrainedModel;
 use fiberflow_solver::FlowConfig;
 use fiberflow_solver::sample::solve_stack;
 use ndarray::{Array4, Axis};
@@ -167,16 +169,8 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be ≥ 1");
     }
-    // Only what is used is fetched: a baseline needs no model.
     let with_model = matches!(score, ScoreArg::Model | ScoreArg::Vae);
-    let mut paths = vec![&mut a.dataset];
-    if with_model {
-        paths.extend(a.model.as_mut());
-    }
-    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
-    for file in std::iter::once(&a.json).chain(&a.csv) {
-        output::prepare_file(file)?;
-    }
+    prepare(&mut a, with_model)?;
     let dataset = Dataset::open(&a.dataset)?;
     let device = a.sampler.device(a.device.open()?);
     let model = match with_model {
@@ -191,14 +185,14 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
             [shape.slices, shape.height, shape.width],
         )?;
     }
-    let flow = match score {
-        ScoreArg::Solve3d => flow_config_of(&header.generator)?,
-        _ => FlowConfig::default(),
-    };
+    // The solver settings the data was made with: the 3D solve baseline solves as the
+    // generator did, and the permeability uses the same physics.
+    let flow = header.origin(&dataset.dir)?.flow_config();
     let stats = Statistics::load(&dataset)?;
     let max = [stats.u.vx.max_abs, stats.u.vy.max_abs, stats.u.vz.max_abs];
-    let physics = physics_of(&header.generator);
-    let cfg = EvalConfig::new(header.voxel_size, max)?.with_flow(physics.0, physics.1)?;
+    let physics = &flow.physics;
+    let cfg = EvalConfig::new(header.voxel_size, max)?
+        .with_flow(physics.viscosity_pa_s, physics.pressure_gradient_pa_per_m)?;
     let loader = Loader::new(&dataset, a.split.subset(), LoaderConfig::sequential())?;
     let n = a.limit.unwrap_or(usize::MAX).min(loader.len());
     if n == 0 {
@@ -208,76 +202,31 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
             a.dataset.display()
         );
     }
-    let options = a.sampler.options();
     if let (Some(m), ScoreArg::Model) = (&model, score) {
         let asked = a.sampler.estimate;
         super::sampler_args::note_estimate(asked, m.estimate_for(asked, &a.sampler.steering()));
     }
+    let scorer = Scorer {
+        score,
+        model: model.as_ref(),
+        args: &a,
+        flow: &flow,
+        voxel: header.voxel_size,
+        device: &device,
+    };
     let (mut per_sample, mut projected, mut seconds) = (Vec::new(), Vec::new(), 0.0);
     let mut seconds_2d = 0.0;
     let mut bar = Bar::default();
     bar.start("evaluating", n as u64);
     for batch in loader.epoch(0).take(n) {
         let batch = batch?;
-        let index = batch.indices[0];
-        let sample = &batch.samples[0];
         let started = Instant::now();
-        let pred: Array4<f32> = match (&model, score) {
-            (_, ScoreArg::Copy2d) => &sample.u2d * &sample.domain,
-            (_, ScoreArg::Solve3d) => {
-                let slices = sample
-                    .domain
-                    .index_axis(Axis(1), 0)
-                    .mapv(|v| u8::from(v > 0.5));
-                let solved = solve_stack(slices.view(), header.voxel_size, &flow, None)
-                    .with_context(|| format!("sample {index}: the 3D solve of its slices"))?;
-                seconds_2d += solved.report.wall_2d_s;
-                if !solved.report.converged() {
-                    eprintln!(
-                        "warning: sample {index}: the 3D solve of its slices did not converge"
-                    );
-                }
-                solved.u.context("the solver skipped the 3D solve")?
-            }
-            (Some(m), ScoreArg::Vae) => {
-                let tb = to_tensors(&batch, &m.vae.normalizer, &device)?;
-                m.check_input(&tb)?;
-                sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?
-            }
-            (Some(m), ScoreArg::Model) => m.sample_estimate(
-                sample,
-                &options,
-                &a.sampler
-                    .request(a.samples, a.seed.wrapping_add(index as u64)),
-                &a.sampler.steering(),
-                &device,
-            )?,
-            (None, _) => unreachable!("a model is loaded unless a baseline is scored"),
-        };
+        let (pred, solve_2d_s) = scorer.predict(&batch)?;
         seconds += started.elapsed().as_secs_f64();
-        let id = format!("{index:06}");
-        per_sample.push(evaluate_sample(
-            id.clone(),
-            pred.view(),
-            sample.u.view(),
-            sample.domain.view(),
-            &cfg,
-        )?);
-        if a.project {
-            let p = project_divergence_free(
-                pred.view(),
-                sample.domain.view(),
-                &header.voxel_size,
-                &ProjectionConfig::default(),
-            )?;
-            projected.push(evaluate_sample(
-                id,
-                p.velocity.view(),
-                sample.u.view(),
-                sample.domain.view(),
-                &cfg,
-            )?);
-        }
+        seconds_2d += solve_2d_s;
+        let (metrics, metrics_projected) = scorer.metrics(&pred, &batch, &cfg)?;
+        per_sample.push(metrics);
+        projected.extend(metrics_projected);
         bar.step();
     }
     bar.finish();
@@ -312,27 +261,98 @@ pub fn run(mut a: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The solver settings a generated dataset was made with, or the defaults for one that
-/// does not record them (an imported reference dataset).
-fn flow_config_of(generator: &serde_json::Value) -> Result<FlowConfig> {
-    match generator.get("config").and_then(|c| c.get("flow")) {
-        Some(flow) => serde_json::from_value(flow.clone())
-            .context("the dataset header's solver settings (generator.config.flow)"),
-        None => Ok(FlowConfig::default()),
+/// Fetches the inputs given by URL (only what is used: a baseline needs no model) and
+/// checks that the reports can be written, before anything is computed.
+fn prepare(a: &mut EvaluateArgs, with_model: bool) -> Result<()> {
+    let mut paths = vec![&mut a.dataset];
+    if with_model {
+        paths.extend(a.model.as_mut());
     }
+    crate::remote::localise(&mut paths, a.sha256.as_deref())?;
+    for file in std::iter::once(&a.json).chain(&a.csv) {
+        output::prepare_file(file)?;
+    }
+    Ok(())
 }
 
-/// Viscosity and pressure gradient from a generated dataset's header, or the defaults.
-pub fn physics_of(generator: &serde_json::Value) -> (f64, f64) {
-    let p = &generator["config"]["flow"]["physics"];
-    (
-        p["viscosity_pa_s"]
-            .as_f64()
-            .unwrap_or(fiberflow_eval::DEFAULT_VISCOSITY_PA_S),
-        p["pressure_gradient_pa_per_m"]
-            .as_f64()
-            .unwrap_or(fiberflow_eval::DEFAULT_PRESSURE_GRADIENT_PA_PER_M),
-    )
+/// What one run scores and everything that needs, fixed for the run.
+struct Scorer<'a> {
+    score: ScoreArg,
+    model: Option<&'a TrainedModel>,
+    args: &'a EvaluateArgs,
+    /// The dataset's solver settings, for the 3D solve baseline.
+    flow: &'a FlowConfig,
+    voxel: VoxelSize,
+    device: &'a Device,
+}
+
+impl Scorer<'_> {
+    /// The scored field `(S, 3, H, W)` of a one-sample batch, and the wall time of the
+    /// 2D solves it included (the 3D solve baseline's).
+    fn predict(&self, batch: &Batch) -> Result<(Array4<f32>, f64)> {
+        let (index, sample) = (batch.indices[0], &batch.samples[0]);
+        let a = self.args;
+        Ok(match (self.model, self.score) {
+            (_, ScoreArg::Copy2d) => (&sample.u2d * &sample.domain, 0.0),
+            (_, ScoreArg::Solve3d) => {
+                let slices = sample
+                    .domain
+                    .index_axis(Axis(1), 0)
+                    .mapv(|v| u8::from(v > 0.5));
+                let solved = solve_stack(slices.view(), self.voxel, self.flow, None)
+                    .with_context(|| format!("sample {index}: the 3D solve of its slices"))?;
+                if !solved.report.converged() {
+                    eprintln!(
+                        "warning: sample {index}: the 3D solve of its slices did not converge"
+                    );
+                }
+                let wall_2d_s = solved.report.wall_2d_s;
+                (
+                    solved.u.context("the solver skipped the 3D solve")?,
+                    wall_2d_s,
+                )
+            }
+            (Some(m), ScoreArg::Vae) => {
+                let tb = to_tensors(batch, &m.vae.normalizer, self.device)?;
+                m.check_input(&tb)?;
+                (
+                    sample_array(m.vae.decode(m.vae.encode_3d(&tb), &tb), 0)?,
+                    0.0,
+                )
+            }
+            (Some(m), ScoreArg::Model) => {
+                let request = a
+                    .sampler
+                    .request(a.samples, a.seed.wrapping_add(index as u64));
+                let options = a.sampler.options();
+                let steering = a.sampler.steering();
+                let u = m.sample_estimate(sample, &options, &request, &steering, self.device)?;
+                (u, 0.0)
+            }
+            (None, _) => unreachable!("a model is loaded unless a baseline is scored"),
+        })
+    }
+
+    /// The metrics of `pred` against the sample's truth, and with `--project` those of
+    /// its divergence-free projection.
+    fn metrics(
+        &self,
+        pred: &Array4<f32>,
+        batch: &Batch,
+        cfg: &EvalConfig,
+    ) -> Result<(SampleMetrics, Option<SampleMetrics>)> {
+        let sample = &batch.samples[0];
+        let id = format!("{:06}", batch.indices[0]);
+        let (truth, mask) = (sample.u.view(), sample.domain.view());
+        let metrics = evaluate_sample(id.clone(), pred.view(), truth, mask, cfg)?;
+        if !self.args.project {
+            return Ok((metrics, None));
+        }
+        let config = ProjectionConfig::default();
+        let p = project_divergence_free(pred.view(), mask, &self.voxel, &config)?;
+        let projected = evaluate_sample(id, p.velocity.view(), truth, mask, cfg)?;
+        Ok((metrics, Some(projected)))
+    }
 }
 
 fn print_summary(s: &Summary, mode: &str, path: &Path) {

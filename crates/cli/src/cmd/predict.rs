@@ -3,7 +3,6 @@
 //! a point prediction and the per-voxel standard deviation of the draws, written as NumPy arrays, a VTK
 //! volume for ParaView, a comparison figure and a summary.
 
-use super::evaluate::physics_of;
 use super::sampler_args::SamplerArgs;
 use super::solve::{FlowArgs, SolidArg};
 use crate::models::load_model;
@@ -152,37 +151,18 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         total_s: predict_s,
     } = model.predict_stack(&sample, &request, &device)?;
     super::sampler_args::note_estimate(a.sampler.estimate, estimate);
-    // |U| and the error too: a field near f32's limit is finite while they are not.
     let speed = magnitude(mean.view())?;
     let error = truth.as_ref().map(|u| &mean - u);
-    let derived = speed.iter().chain(error.iter().flatten());
-    if let Some(bad) = mean
-        .iter()
-        .chain(&std)
-        .chain(derived)
-        .find(|v| !v.is_finite())
-    {
-        bail!(
-            "the prediction holds a non-finite value ({bad}); nothing was written (check the inputs' scale against the model's training data)"
-        );
-    }
-    output::npy(&a.out.join("U_pred.npy"), &mean)?;
-    output::npy(&a.out.join("U_std.npy"), &std)?;
-    let mut volume = VtiVolume::new(voxel, sample.domain.view())?
-        .with_vector("U_pred", mean.view())?
-        .with_scalar("|U_pred|", speed.view())?
-        .with_vector("U_std", std.view())?;
-    let mut figure = ComparisonFigure::new(voxel, sample.domain.view(), mean.view())?
-        .with_std(std.view())?
-        .with_title(format!("fiberflow prediction, {} draws", a.samples));
-    if let (Some(u), Some(e)) = (&truth, &error) {
-        volume = volume
-            .with_vector("U_true", u.view())?
-            .with_vector("error", e.view())?;
-        figure = figure.with_truth(u.view())?;
-    }
-    volume.write(&a.out.join("prediction.vti"))?;
-    figure.write_png(slice, &a.out.join("comparison.png"))?;
+    check_finite([Some(&mean), Some(&std), Some(&speed), error.as_ref()])?;
+    let fields = Fields {
+        voxel,
+        sample: &sample,
+        mean: &mean,
+        std: &std,
+        speed: &speed,
+        truth: truth.as_ref().zip(error.as_ref()),
+    };
+    fields.write(&a.out, slice, a.samples)?;
 
     let k_of = |u: &Array4<f32>| -> Result<f64> {
         Ok(permeability(
@@ -193,17 +173,7 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     };
     let k_pred = k_of(&mean)?;
     let errors = match &truth {
-        Some(u) => {
-            let cfg = EvalConfig::new(voxel, [1.0; 3])?.with_flow(mu, g)?;
-            let m = evaluate_sample(
-                "prediction",
-                mean.view(),
-                u.view(),
-                sample.domain.view(),
-                &cfg,
-            )?;
-            Some([m.rel_l2_u, m.rel_l2_v, m.rel_l2_w, m.rel_l2_total])
-        }
+        Some(u) => Some(relative_errors(&mean, u, &sample, voxel, (mu, g))?),
         None => None,
     };
     let summary = Summary {
@@ -221,23 +191,100 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
         args: &a,
     };
     output::json(&a.out.join("summary.json"), &summary)?;
-    match errors {
-        Some(e) => println!(
-            "K = {k_pred:.4e} m² (truth {:.4e}); relative L2 error vx {:.3} vy {:.3} vz {:.3}; {:.2} s to predict -> {}",
-            summary.k_true_m2.unwrap_or(f64::NAN),
-            e[0],
-            e[1],
-            e[2],
-            summary.seconds_predict,
-            a.out.display()
-        ),
-        None => println!(
-            "K = {k_pred:.4e} m²; {:.2} s to predict -> {}",
-            summary.seconds_predict,
-            a.out.display()
-        ),
+    summary.print(&a.out);
+    Ok(())
+}
+
+impl Summary<'_> {
+    /// One line: the permeability, the errors where the truth is known, the time.
+    fn print(&self, out: &Path) {
+        let k_pred = self.k_pred_m2;
+        match self.relative_l2_error {
+            Some(e) => println!(
+                "K = {k_pred:.4e} m² (truth {:.4e}); relative L2 error vx {:.3} vy {:.3} vz {:.3}; {:.2} s to predict -> {}",
+                self.k_true_m2.unwrap_or(f64::NAN),
+                e[0],
+                e[1],
+                e[2],
+                self.seconds_predict,
+                out.display()
+            ),
+            None => println!(
+                "K = {k_pred:.4e} m²; {:.2} s to predict -> {}",
+                self.seconds_predict,
+                out.display()
+            ),
+        }
+    }
+}
+
+/// Refuses to write a prediction with a non-finite value, checked on |U| and the error
+/// too: a field near f32's limit is finite while they are not.
+fn check_finite(fields: [Option<&Array4<f32>>; 4]) -> Result<()> {
+    if let Some(bad) = fields
+        .iter()
+        .flatten()
+        .flat_map(|f| f.iter())
+        .find(|v| !v.is_finite())
+    {
+        bail!(
+            "the prediction holds a non-finite value ({bad}); nothing was written (check the inputs' scale against the model's training data)"
+        );
     }
     Ok(())
+}
+
+/// A prediction's fields and what they are compared with, for the output files.
+struct Fields<'a> {
+    voxel: VoxelSize,
+    sample: &'a Sample,
+    mean: &'a Array4<f32>,
+    std: &'a Array4<f32>,
+    /// |U_pred|.
+    speed: &'a Array4<f32>,
+    /// The true flow and the error, for a dataset sample.
+    truth: Option<(&'a Array4<f32>, &'a Array4<f32>)>,
+}
+
+impl Fields<'_> {
+    /// `U_pred.npy`, `U_std.npy`, `prediction.vti` and `comparison.png` (slice `slice`)
+    /// under `out`.
+    fn write(&self, out: &Path, slice: usize, draws: usize) -> Result<()> {
+        output::npy(&out.join("U_pred.npy"), self.mean)?;
+        output::npy(&out.join("U_std.npy"), self.std)?;
+        let domain = self.sample.domain.view();
+        let mut volume = VtiVolume::new(self.voxel, domain)?
+            .with_vector("U_pred", self.mean.view())?
+            .with_scalar("|U_pred|", self.speed.view())?
+            .with_vector("U_std", self.std.view())?;
+        let mut figure = ComparisonFigure::new(self.voxel, domain, self.mean.view())?
+            .with_std(self.std.view())?
+            .with_title(format!("fiberflow prediction, {draws} draws"));
+        if let Some((u, e)) = self.truth {
+            volume = volume
+                .with_vector("U_true", u.view())?
+                .with_vector("error", e.view())?;
+            figure = figure.with_truth(u.view())?;
+        }
+        volume.write(&out.join("prediction.vti"))?;
+        figure.write_png(slice, &out.join("comparison.png"))?;
+        Ok(())
+    }
+}
+
+/// Relative L2 errors vx, vy, vz and total of `mean` against the truth `u`, as `evaluate`
+/// reports them.
+fn relative_errors(
+    mean: &Array4<f32>,
+    u: &Array4<f32>,
+    sample: &Sample,
+    voxel: VoxelSize,
+    (mu, g): (f64, f64),
+) -> Result<[f64; 4]> {
+    let cfg = EvalConfig::new(voxel, [1.0; 3])?.with_flow(mu, g)?;
+    let domain = sample.domain.view();
+    let m = evaluate_sample("prediction", mean.view(), u.view(), domain, &cfg)?;
+    Ok([m.rel_l2_u, m.rel_l2_v, m.rel_l2_w, m.rel_l2_total])
 }
 
 /// What `predict` works on.
@@ -283,7 +330,9 @@ fn input_sample(a: &PredictArgs) -> Result<Input> {
         }
         let sample = dataset.open_sample(index)?.load()?;
         let truth = sample.u.clone();
-        let physics = physics_of(&dataset.manifest.header.generator);
+        let origin = dataset.manifest.header.origin(&dataset.dir)?;
+        let p = origin.flow_config().physics;
+        let physics = (p.viscosity_pa_s, p.pressure_gradient_pa_per_m);
         return Ok(Input {
             sample,
             solve_s: 0.0,

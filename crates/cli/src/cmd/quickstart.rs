@@ -69,207 +69,54 @@ struct Step {
 /// the posterior mean over the eight mirror images; the draws give the spread).
 const DRAWS: &str = "4";
 
+/// The folders of one quickstart under its output folder.
+struct Paths {
+    data: String,
+    vae1: String,
+    vae2: String,
+    diffusion: String,
+    eval: String,
+    predict: String,
+}
+
+impl Paths {
+    fn new(out: &Path) -> Self {
+        let p = |name: &str| out.join(name).display().to_string();
+        Self {
+            data: p("data"),
+            vae1: p("vae-stage1"),
+            vae2: p("vae-stage2"),
+            diffusion: p("diffusion"),
+            eval: p("eval"),
+            predict: p("predict"),
+        }
+    }
+}
+
 pub fn run(a: QuickstartArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the fiberflow binary")?;
     let out = &a.out;
     let _lock = output::lock(out, "quickstart")?;
-    let p = |name: &str| out.join(name).display().to_string();
-    let (data, v1, v2, diff, eval, pred) = (
-        p("data"),
-        p("vae-stage1"),
-        p("vae-stage2"),
-        p("diffusion"),
-        p("eval"),
-        p("predict"),
-    );
-    std::fs::create_dir_all(&eval).with_context(|| format!("{eval}: cannot create"))?;
-    let e = |i: usize| a.epochs[i].to_string();
+    let paths = Paths::new(out);
+    std::fs::create_dir_all(&paths.eval)
+        .with_context(|| format!("{}: cannot create", paths.eval))?;
     let device = a.device.to_string();
     let dev = ["--device", device.as_str()];
     // Children use this process's worker count (`fiberflow --threads N quickstart`).
     let threads = rayon::current_num_threads().to_string();
-    let test_index = first_test_index(&data);
-    let mut generate = args(
-        &[
-            "generate",
-            "--out",
-            &data,
-            "--samples",
-            &a.samples.to_string(),
-            "--size",
-            &a.size.to_string(),
-            "--slices",
-            &a.slices.to_string(),
-            "--pitch-um",
-            &a.pitch_um.to_string(),
-            "--seed",
-            &a.seed.to_string(),
-        ],
-        &[],
-    );
-    if let Some(c) = &a.generator_config {
-        generate.extend(["--config".to_string(), c.display().to_string()]);
-    }
-    let plan: Vec<(&'static str, Vec<String>)> = vec![
-        ("generate", generate),
-        (
-            "train VAE stage 1",
-            args(
-                &[
-                    "train",
-                    "vae",
-                    "--stage",
-                    "1",
-                    "--dataset",
-                    &data,
-                    "--out",
-                    &v1,
-                    "--epochs",
-                    &e(0),
-                    "--resume",
-                ],
-                &dev,
-            ),
-        ),
-        (
-            "train VAE stage 2",
-            args(
-                &[
-                    "train",
-                    "vae",
-                    "--stage",
-                    "2",
-                    "--dataset",
-                    &data,
-                    "--stage1",
-                    &v1,
-                    "--out",
-                    &v2,
-                    "--epochs",
-                    &e(1),
-                    "--resume",
-                ],
-                &dev,
-            ),
-        ),
-        (
-            "train diffusion",
-            args(
-                &[
-                    "train",
-                    "diffusion",
-                    "--dataset",
-                    &data,
-                    "--vae",
-                    &v2,
-                    "--out",
-                    &diff,
-                    "--epochs",
-                    &e(2),
-                    "--resume",
-                ],
-                &dev,
-            ),
-        ),
-        (
-            "evaluate model",
-            args(
-                &[
-                    "evaluate",
-                    "--model",
-                    &diff,
-                    "--dataset",
-                    &data,
-                    "--samples",
-                    DRAWS,
-                    "--json",
-                    &format!("{eval}/model.json"),
-                    "--csv",
-                    &format!("{eval}/model.csv"),
-                ],
-                &dev,
-            ),
-        ),
-        (
-            "evaluate VAE only",
-            args(
-                &[
-                    "evaluate",
-                    "--model",
-                    &diff,
-                    "--dataset",
-                    &data,
-                    "--score",
-                    "vae",
-                    "--json",
-                    &format!("{eval}/vae_only.json"),
-                ],
-                &dev,
-            ),
-        ),
-        (
-            "evaluate copy-2D baseline",
-            args(
-                &[
-                    "evaluate",
-                    "--model",
-                    &diff,
-                    "--dataset",
-                    &data,
-                    "--score",
-                    "copy2d",
-                    "--json",
-                    &format!("{eval}/copy2d.json"),
-                ],
-                &dev,
-            ),
-        ),
-        (
-            "evaluate solve-from-slices baseline",
-            args(
-                &[
-                    "evaluate",
-                    "--dataset",
-                    &data,
-                    "--score",
-                    "solve3d",
-                    "--json",
-                    &format!("{eval}/solve3d.json"),
-                ],
-                &[],
-            ),
-        ),
-        ("predict", vec![]),
-    ];
+    let mut plan = vec![("generate", generate_args(&a, &paths.data))];
+    plan.extend(training_steps(&a, &paths, &dev));
+    plan.extend(evaluation_steps(&paths, &dev));
+    plan.push(("predict", vec![]));
     // Earlier runs' times, so a resumed run reports the whole work, not its own seconds.
     let earlier: Vec<Step> = read_json(&out.join("timings.json"), "").unwrap_or_default();
     let mut steps = Vec::new();
     let started = Instant::now();
     for (name, argv) in plan {
         // The test index is known only once the dataset exists.
-        let argv = if name == "predict" {
-            let index = test_index
-                .clone()
-                .or_else(|| first_test_index(&data))
-                .context("the dataset has no test sample")?;
-            args(
-                &[
-                    "predict",
-                    "--model",
-                    &diff,
-                    "--dataset",
-                    &data,
-                    "--index",
-                    &index,
-                    "--samples",
-                    DRAWS,
-                    "--out",
-                    &pred,
-                ],
-                &dev,
-            )
-        } else {
-            argv
+        let argv = match name {
+            "predict" => predict_args(&paths, &dev)?,
+            _ => argv,
         };
         eprintln!("\n== quickstart: {name}");
         let t = Instant::now();
@@ -309,6 +156,126 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         out.join("report.html").display()
     );
     Ok(())
+}
+
+/// `fiberflow generate` of the quickstart's dataset.
+fn generate_args(a: &QuickstartArgs, data: &str) -> Vec<String> {
+    let (samples, size, slices) = (
+        a.samples.to_string(),
+        a.size.to_string(),
+        a.slices.to_string(),
+    );
+    let (pitch, seed) = (a.pitch_um.to_string(), a.seed.to_string());
+    let mut argv = args(
+        &[
+            "generate",
+            "--out",
+            data,
+            "--samples",
+            &samples,
+            "--size",
+            &size,
+            "--slices",
+            &slices,
+            "--pitch-um",
+            &pitch,
+            "--seed",
+            &seed,
+        ],
+        &[],
+    );
+    if let Some(c) = &a.generator_config {
+        argv.extend(["--config".to_string(), c.display().to_string()]);
+    }
+    argv
+}
+
+/// Both VAE stages and the diffusion model, each resuming its run.
+fn training_steps(a: &QuickstartArgs, p: &Paths, dev: &[&str]) -> Vec<(&'static str, Vec<String>)> {
+    let e = |i: usize| a.epochs[i].to_string();
+    let (e1, e2, e3) = (e(0), e(1), e(2));
+    let vae = |stage: &str, extra: &[&str], out: &str, epochs: &str| {
+        let mut argv = vec!["train", "vae", "--stage", stage, "--dataset", &p.data];
+        argv.extend(extra);
+        argv.extend(["--out", out, "--epochs", epochs, "--resume"]);
+        args(&argv, dev)
+    };
+    let diffusion = [
+        "train",
+        "diffusion",
+        "--dataset",
+        &p.data,
+        "--vae",
+        &p.vae2,
+        "--out",
+        &p.diffusion,
+        "--epochs",
+        &e3,
+        "--resume",
+    ];
+    vec![
+        ("train VAE stage 1", vae("1", &[], &p.vae1, &e1)),
+        (
+            "train VAE stage 2",
+            vae("2", &["--stage1", &p.vae1], &p.vae2, &e2),
+        ),
+        ("train diffusion", args(&diffusion, dev)),
+    ]
+}
+
+/// The model on the test split with its draws, and beside it the VAE alone, copy-2D and
+/// the 3D solve of the slices, each into its JSON report under `eval/`.
+fn evaluation_steps(p: &Paths, dev: &[&str]) -> Vec<(&'static str, Vec<String>)> {
+    let json = |name: &str| format!("{}/{name}.json", p.eval);
+    let score = |score: &str, name: &str, extra: &[&str]| {
+        let report = json(name);
+        let mut argv = vec!["evaluate"];
+        if score != "solve3d" {
+            argv.extend(["--model", &p.diffusion]);
+        }
+        argv.extend(["--dataset", &p.data]);
+        if score != "model" {
+            argv.extend(["--score", score]);
+        }
+        argv.extend(["--json", &report]);
+        argv.extend(extra);
+        // The 3D solve runs no network, so it takes no device.
+        args(&argv, if score == "solve3d" { &[] } else { dev })
+    };
+    let csv = format!("{}/model.csv", p.eval);
+    vec![
+        (
+            "evaluate model",
+            score("model", "model", &["--csv", &csv, "--samples", DRAWS]),
+        ),
+        ("evaluate VAE only", score("vae", "vae_only", &[])),
+        ("evaluate copy-2D baseline", score("copy2d", "copy2d", &[])),
+        (
+            "evaluate solve-from-slices baseline",
+            score("solve3d", "solve3d", &[]),
+        ),
+    ]
+}
+
+/// `fiberflow predict` of the first test sample with the trained model.
+fn predict_args(p: &Paths, dev: &[&str]) -> Result<Vec<String>> {
+    let index = first_test_index(&p.data).context("the dataset has no test sample")?;
+    Ok(args(
+        &[
+            "predict",
+            "--model",
+            &p.diffusion,
+            "--dataset",
+            &p.data,
+            "--index",
+            &index,
+            "--samples",
+            DRAWS,
+            "--out",
+            &p.predict,
+        ],
+        dev,
+    ))
 }
 
 fn args(a: &[&str], extra: &[&str]) -> Vec<String> {

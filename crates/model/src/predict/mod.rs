@@ -387,8 +387,10 @@ impl TrainedModel {
                     inputs.geometry.clone(),
                     options,
                     &mut rng,
-                    (steering.physics > 0.0).then_some(&guidance),
-                    known.as_ref().map(|(k, _)| k),
+                    (
+                        (steering.physics > 0.0).then_some(&guidance),
+                        known.as_ref().map(|(k, _)| k),
+                    ),
                 )?;
                 let u = self
                     .vae

@@ -117,7 +117,10 @@ impl TrainedModel {
         let mean = if draws_are_the_estimate {
             let mean = stacked.mean_axis(Axis(0)).expect("≥ 1 draw, checked above");
             match request.estimate.refine {
-                true => self.refined(sample, mean, &request.steering.known_slices, device)?,
+                true => {
+                    let known = &request.steering.known_slices;
+                    self.refined(sample, mean, (known, false), device)?
+                }
                 false => mean,
             }
         } else {

@@ -2,6 +2,7 @@
 //! top of the model it refines, and refining a point estimate.
 
 use super::TrainedModel;
+use super::symmetry::mirror_mean;
 use crate::batch::{channel_first, sample_array};
 use crate::error::ModelError;
 use crate::refine::{Refiner, refiner_inputs};
@@ -11,7 +12,7 @@ use crate::run::checkpoint::{BEST_FILE, LOG_FILE};
 use crate::run::refine::RefineRunLog;
 use burn::prelude::*;
 use fiberflow_data::json::read_json;
-use fiberflow_data::{Mirror, Sample};
+use fiberflow_data::{Field, Sample};
 use ndarray::{Array4, Axis};
 use std::path::{Path, PathBuf};
 
@@ -74,12 +75,16 @@ impl TrainedModel {
 
     /// The refined point estimate `(S, 3, H, W)` in m/s of `sample` from its estimate
     /// `estimate`, masked; slices listed in `known` are data and come back as the truth.
-    /// Without a refiner, the estimate as given.
+    /// With `symmetrize`, the refiner's mean over the eight mirror images of the sample
+    /// and the estimate, each mapped back: the refiner is trained on every mirror but is
+    /// not equivariant, and the mirror average removes the part of its error that is not,
+    /// for 8 refiner evaluations (far cheaper than the latent networks' 8). Without a
+    /// refiner, the estimate as given.
     pub fn refined(
         &self,
         sample: &Sample,
         estimate: Array4<f32>,
-        known: &[usize],
+        (known, symmetrize): (&[usize], bool),
         device: &Device,
     ) -> Result<Array4<f32>, ModelError> {
         let Some(part) = &self.refiner else {
@@ -88,11 +93,19 @@ impl TrainedModel {
         let (_, _, h, w) = estimate.dim();
         part.net.config().check_size(h, w)?;
         let norm = &self.vae.normalizer;
-        let tb = self.stack_tensors(sample.clone(), Mirror::default(), device)?;
-        let inputs = refiner_inputs(&tb, part.net.config().pressure)?;
-        let x = norm.normalize(channel_first(estimate.insert_axis(Axis(0)), device));
-        let u = norm.denormalize(part.net.forward(x, inputs)) * tb.mask;
-        let mut u = sample_array(u, 0)?;
+        let mut u = mirror_mean(symmetrize, |mirror| {
+            let mut image = sample.clone();
+            mirror.apply(&mut image);
+            let mut x = estimate.clone();
+            mirror.apply_to(Field::U, &mut x);
+            let tb = self.stack_tensors(image, mirror, device)?;
+            let inputs = refiner_inputs(&tb, part.net.config().pressure)?;
+            let x = norm.normalize(channel_first(x.insert_axis(Axis(0)), device));
+            let u = norm.denormalize(part.net.forward(x, inputs)) * tb.mask;
+            let mut u = sample_array(u, 0)?;
+            mirror.apply_to(Field::U, &mut u);
+            Ok(u)
+        })?;
         for &k in known {
             let truth = &sample.u.index_axis(Axis(0), k) * &sample.domain.index_axis(Axis(0), k);
             u.index_axis_mut(Axis(0), k).assign(&truth);

@@ -76,7 +76,7 @@ impl LatentPredictor<'_> {
         options: &SampleOptions,
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor<5>, ModelError> {
-        self.sample_steered(cond, geometry, options, rng, None, None)
+        self.sample_steered(cond, geometry, options, rng, (None, None))
     }
 
     /// [`Self::sample`] with optional physics guidance and known latent parts; the
@@ -88,8 +88,7 @@ impl LatentPredictor<'_> {
         geometry: Tensor<5>,
         options: &SampleOptions,
         rng: &mut ChaCha8Rng,
-        physics: Option<&PhysicsGuidance>,
-        known: Option<&KnownLatent>,
+        (physics, known): (Option<&PhysicsGuidance>, Option<&KnownLatent>),
     ) -> Result<Tensor<5>, ModelError> {
         if !(options.guidance.is_finite() && options.guidance >= 0.0) {
             return Err(ModelError::Config(format!(

@@ -32,11 +32,6 @@ impl TrainedModel {
     ) -> Result<Array4<f32>, ModelError> {
         let symmetrize = request.symmetrize;
         let estimate = (request.kind, request.noises, request.seed);
-        let images: Vec<Mirror> = if symmetrize {
-            Mirror::all().collect()
-        } else {
-            vec![Mirror::default()]
-        };
         let slices = sample.domain.dim().0;
         let estimate = match estimate {
             (kind, _, seed)
@@ -47,8 +42,7 @@ impl TrainedModel {
             }
             other => other,
         };
-        let mut sum: Option<Array4<f32>> = None;
-        for &mirror in &images {
+        let mean = mirror_mean(symmetrize, |mirror| {
             let mut image = sample.clone();
             mirror.apply(&mut image);
             let tb = self.stack_tensors(image, mirror, device)?;
@@ -68,16 +62,34 @@ impl TrainedModel {
             let u = self.point_estimate(&tb, options, estimate, &steering)?;
             let mut u = sample_array(u, 0)?;
             mirror.apply_to(Field::U, &mut u);
-            sum = Some(match sum {
-                Some(s) => s + &u,
-                None => u.as_standard_layout().into_owned(),
-            });
-        }
-        let sum = sum.ok_or_else(|| ModelError::Config("no mirror image".into()))?;
-        let mean = sum / images.len() as f32;
+            Ok(u)
+        })?;
         match request.refine {
-            true => self.refined(sample, mean, &steering.known_slices, device),
+            true => self.refined(sample, mean, (&steering.known_slices, symmetrize), device),
             false => Ok(mean),
         }
     }
+}
+
+/// The mean of `estimate(mirror)` over the eight mirrors (`symmetrize`) or the identity
+/// alone; `estimate` maps its answer back to the input's frame.
+pub(super) fn mirror_mean(
+    symmetrize: bool,
+    mut estimate: impl FnMut(Mirror) -> Result<Array4<f32>, ModelError>,
+) -> Result<Array4<f32>, ModelError> {
+    let images: Vec<Mirror> = if symmetrize {
+        Mirror::all().collect()
+    } else {
+        vec![Mirror::default()]
+    };
+    let mut sum: Option<Array4<f32>> = None;
+    for &mirror in &images {
+        let u = estimate(mirror)?;
+        sum = Some(match sum {
+            Some(s) => s + &u,
+            None => u.as_standard_layout().into_owned(),
+        });
+    }
+    let sum = sum.ok_or_else(|| ModelError::Config("no mirror image".into()))?;
+    Ok(sum / images.len() as f32)
 }

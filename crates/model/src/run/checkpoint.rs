@@ -12,6 +12,7 @@ use burn::store::ModuleRecord;
 use fiberflow_data::json::{read_json, write_json};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// The checkpoint folder inside a run folder.
@@ -191,13 +192,15 @@ pub trait BestByError: Serialize {
 
 /// Ends epoch `epoch` of a trainer that picks its best epoch by `error`: records `record`
 /// in `log`, updates the best when `error` is the lowest so far, commits as
-/// [`end_epoch`], and returns the record for the observer.
-pub fn close_epoch<'l, L: BestByError, M: Module>(
+/// [`end_epoch`], then hands the record to `observe`, whose answer (stop or go on) it
+/// returns.
+pub fn close_epoch<L: BestByError, M: Module>(
     out: &Path,
-    log: &'l mut L,
+    log: &mut L,
     (epoch, record, error): (usize, L::Epoch, f64),
     modules: (&M, &M, &ModuleOptimizer),
-) -> Result<&'l L::Epoch, ModelError> {
+    observe: impl FnOnce(&L::Epoch) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, ModelError> {
     let (history, best, best_epoch) = log.progress();
     let improved = error < *best;
     if improved {
@@ -206,7 +209,7 @@ pub fn close_epoch<'l, L: BestByError, M: Module>(
     }
     history.push(record);
     end_epoch(out, &*log, improved, modules)?;
-    Ok(log.progress().0.last().expect("just pushed"))
+    Ok(observe(log.progress().0.last().expect("just pushed")))
 }
 
 /// Reads what [`save_state`] wrote into modules of the same architecture.

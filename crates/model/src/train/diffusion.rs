@@ -8,10 +8,8 @@
 //! error), `checkpoint/` (model, EMA, optimiser, state) written atomically for `--resume`.
 //! The VAE is referenced, never copied.
 
-use super::clip::clip_global_norm;
-use super::ema;
 use super::parallel;
-use super::schedule;
+use super::state::{TrainState, run_epochs};
 use crate::batch::to_tensors;
 use crate::diffusion::{ChaCha8Rng, NoiseSchedule, seeded_rng, standard_normal};
 use crate::error::ModelError;
@@ -22,9 +20,10 @@ use crate::predict::inputs::{ConditionInputs, Conditioning, LatentScales, condit
 use crate::predict::sampling::{LatentPredictor, PredictorKind, SampleOptions};
 use crate::run::checkpoint;
 use crate::run::checkpoint::LOG_FILE;
+use crate::run::optimiser_settings;
 use crate::unet::UNet;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use fiberflow_data::json::write_json;
@@ -62,8 +61,7 @@ impl PhysicsContext<'_> {
         weights: &PhysicsLossConfig,
         x0: Tensor<5>,
         mu2d: Tensor<5>,
-        split: &Split,
-        chunk: &[usize],
+        (split, chunk): (&Split, &[usize]),
         device: &Device,
     ) -> Result<Tensor<1>, ModelError> {
         let indices: Vec<usize> = chunk.iter().map(|&i| split.indices[i]).collect();
@@ -119,7 +117,7 @@ impl Split {
 /// cache when it is missing) into `out`. The first of `devices` holds the model, caches
 /// and validates; with several, each optimiser step's `accumulation` batches are computed
 /// in parallel ([`parallel`](super::parallel)), with the same result as on one device.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one per CLI input of `fiberflow train diffusion`
 pub fn train_diffusion(
     devices: &[Device],
     dataset_dir: &Path,
@@ -137,12 +135,94 @@ pub fn train_diffusion(
     parallel::check_devices(devices.len(), cfg.accumulation)?;
     let device = &devices[0];
     let vae = DualVae::load(vae_dir, device)?;
-    let cz = vae.config.latent_channels;
-    cfg.fit_to_latent(cz, vae.config.downsample_factor());
+    let dataset = fit_config(&mut cfg, &vae, dataset_dir)?;
+    // Before any encoding: a run resumed with another configuration is refused at once.
+    let resumed = checkpoint::resume_from::<DiffusionRunLog>(out, resume)?;
+    if let Some((_, saved)) = &resumed {
+        check_same_config(&saved.config, &cfg, out)?;
+    }
+    let (train, val, scales) = latent_splits(&dataset, &vae, &cfg, device, observer)?;
+    let schedule = cfg.diffusion.init()?;
+    let ads: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let mut workers = workers(&ads, &cfg, vae_dir, &dataset, scales)?;
+
+    std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
+    device.seed(cfg.seed);
+    let optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
+    let mut state = TrainState::new(cfg.unet.init(&ads[0])?, optim);
+    let mut log = DiffusionRunLog {
+        config: cfg.clone(),
+        vae: vae.stage2_dir.clone(),
+        vae_key: vae.key.clone(),
+        dataset: dataset.dir.clone(),
+        dataset_manifest_sha256: vae.dataset_manifest_sha256.clone(),
+        dxyz: Some(dataset.manifest.header.voxel_size.as_array()),
+        scales,
+        history: Vec::new(),
+        best_epoch: None,
+        best_val_error: f64::INFINITY,
+        val_physics_truth: PhysicsMetrics::default(),
+        parameters: state.model.num_params(),
+    };
+    if let Some((dir, mut saved)) = resumed {
+        saved.config.reconcile_older_run();
+        check_same_inputs(&saved, &log, out)?;
+        state = state.load(&dir)?;
+        log = saved;
+        write_json(&out.join(LOG_FILE), &log)?;
+    }
+    let validation = Validation::new((&schedule, &cfg, &val), (&vae, scales), &dataset, device)?;
+    log.val_physics_truth = truth_physics(&vae, &validation.batches, device)?;
+    let epochs = EpochRun::new((&schedule, &cfg, &train), &ads[0]);
+    let run = (out, cfg.epochs);
+    run_epochs(
+        run,
+        &mut log,
+        state,
+        observer,
+        |state, epoch, _, observer| {
+            let started = Instant::now();
+            let (state, trained) = epochs.train(state, &mut workers, epoch, observer)?;
+            let record = epochs.record(epoch, trained, validation.score(&state.ema)?, started);
+            let error = record.val_errors.relative_l2_total_normalised;
+            Ok((state, record, error))
+        },
+        |o, r| o.epoch(r),
+    )?;
+    Ok(log)
+}
+
+/// A run in `out` resumes only on the VAE and latent scales (so the dataset) it started
+/// with, which `fresh` holds.
+fn check_same_inputs(
+    saved: &DiffusionRunLog,
+    fresh: &DiffusionRunLog,
+    out: &Path,
+) -> Result<(), ModelError> {
+    if saved.vae_key != fresh.vae_key || saved.scales != fresh.scales {
+        return Err(ModelError::Config(format!(
+            "{} was trained with another VAE or dataset; resume with the same --vae and --dataset, or train into a new --out",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Fits `cfg` to the VAE's latent and checks it against the dataset, which it opens
+/// (with the config's sample limits).
+fn fit_config(
+    cfg: &mut DiffusionTrainConfig,
+    vae: &DualVae,
+    dataset_dir: &Path,
+) -> Result<Dataset, ModelError> {
+    let f = vae.config.downsample_factor();
+    cfg.fit_to_latent(vae.config.latent_channels, f);
     cfg.validate()?;
     let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
     let shape = dataset.manifest.header.shape;
-    let f = vae.config.downsample_factor();
     cfg.unet.check_input([
         1,
         cfg.unet.in_channels,
@@ -151,38 +231,53 @@ pub fn train_diffusion(
         shape.width / f,
     ])?;
     cfg.check_dataset(&dataset)?;
-    // Before any encoding: a run resumed with another configuration is refused at once.
-    let resumed = checkpoint::resume_from::<DiffusionRunLog>(out, resume)?;
-    if let Some((_, saved)) = &resumed {
-        let mut saved = saved.config.clone();
-        saved.reconcile_older_run();
-        if saved != cfg {
-            return Err(ModelError::Config(format!(
-                "{} was trained with another configuration (pressure_condition = {}, fold_features = {}, mirror_augmentation = {}); resume with the same one, or train into a new --out",
-                out.display(),
-                saved.pressure_condition,
-                saved.conditioning().fold,
-                saved.mirrors()
-            )));
-        }
+    Ok(dataset)
+}
+
+/// A run in `out` resumes only with the configuration it started with (`saved`, read as
+/// today's fields where it predates some).
+fn check_same_config(
+    saved: &DiffusionTrainConfig,
+    cfg: &DiffusionTrainConfig,
+    out: &Path,
+) -> Result<(), ModelError> {
+    let mut saved = saved.clone();
+    saved.reconcile_older_run();
+    if saved == *cfg {
+        return Ok(());
     }
-    let cache = match LatentCache::open(&dataset, &vae)? {
+    Err(ModelError::Config(format!(
+        "{} was trained with another configuration (pressure_condition = {}, fold_features = {}, mirror_augmentation = {}); resume with the same one, or train into a new --out",
+        out.display(),
+        saved.pressure_condition,
+        saved.conditioning().fold,
+        saved.mirrors()
+    )))
+}
+
+/// The training and validation splits from the dataset's latent cache (encoded first
+/// where missing, mirrored training views too when augmenting), as residuals when the
+/// config asks, scaled to unit standard deviation by the training split's scales.
+fn latent_splits(
+    dataset: &Dataset,
+    vae: &DualVae,
+    cfg: &DiffusionTrainConfig,
+    device: &Device,
+    observer: &mut dyn DiffusionObserver,
+) -> Result<(Split, Split, LatentScales), ModelError> {
+    let cache = match LatentCache::open(dataset, vae)? {
         Some(c) => c,
-        None => encode_dataset(&vae, &dataset, device, observer)?,
+        None => encode_dataset(vae, dataset, device, observer)?,
     };
     let conditioning = cfg.conditioning();
     if cfg.mirrors() {
         let indices = dataset.indices(Some(Subset::Train));
-        cache.encode_mirrors(&vae, &dataset, &indices, device, observer)?;
+        cache.encode_mirrors(vae, dataset, &indices, device, observer)?;
     }
-    let train_views = (&dataset, &cache, &vae, cfg.mirrors());
+    let train_views = (dataset, &cache, vae, cfg.mirrors());
     let mut train = load_split(train_views, Subset::Train, conditioning, device)?;
-    let mut val = load_split(
-        (&dataset, &cache, &vae, false),
-        Subset::Val,
-        conditioning,
-        device,
-    )?;
+    let val_views = (dataset, &cache, vae, false);
+    let mut val = load_split(val_views, Subset::Val, conditioning, device)?;
     if train.indices.is_empty() || val.indices.is_empty() {
         return Err(ModelError::Input(
             "the train and validation splits must both hold samples; generate more".into(),
@@ -204,17 +299,23 @@ pub fn train_diffusion(
         scale(&mut split.target, scales.target);
         scale(&mut split.cond, scales.condition);
     }
-    let schedule = cfg.diffusion.init()?;
-    let ads: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let ad = ads[0].clone();
-    // One worker per device, each with its own frozen VAE for the physics losses.
-    let mut workers = ads
-        .iter()
+    Ok((train, val, scales))
+}
+
+/// One worker per autodiff device, each with its own frozen VAE for the physics losses.
+fn workers<'a>(
+    ads: &[Device],
+    cfg: &DiffusionTrainConfig,
+    vae_dir: &Path,
+    dataset: &'a Dataset,
+    scales: LatentScales,
+) -> Result<Vec<Worker<'a>>, ModelError> {
+    ads.iter()
         .map(|a| {
             let physics = if cfg.physics.enabled() {
                 Some(PhysicsContext {
                     vae: DualVae::load(vae_dir, a)?,
-                    dataset: &dataset,
+                    dataset,
                     scales,
                 })
             } else {
@@ -226,59 +327,73 @@ pub fn train_diffusion(
                 device: a.clone(),
             })
         })
-        .collect::<Result<Vec<_>, ModelError>>()?;
+        .collect()
+}
 
-    std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
-    device.seed(cfg.seed);
-    let mut model = cfg.unet.init(&ad)?;
-    let mut ema_model = model.valid();
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .init();
-    let mut log = DiffusionRunLog {
-        config: cfg.clone(),
-        vae: vae.stage2_dir.clone(),
-        vae_key: vae.key.clone(),
-        dataset: dataset.dir.clone(),
-        dataset_manifest_sha256: vae.dataset_manifest_sha256.clone(),
-        dxyz: Some(dataset.manifest.header.voxel_size.as_array()),
-        scales,
-        history: Vec::new(),
-        best_epoch: None,
-        best_val_error: f64::INFINITY,
-        val_physics_truth: PhysicsMetrics::default(),
-        parameters: model.num_params(),
-    };
-    if let Some((dir, mut saved)) = resumed {
-        saved.config.reconcile_older_run();
-        if saved.vae_key != log.vae_key || saved.scales != log.scales {
-            return Err(ModelError::Config(format!(
-                "{} was trained with another VAE or dataset; resume with the same --vae and --dataset, or train into a new --out",
-                out.display()
-            )));
+/// What one epoch of optimiser steps adds up.
+struct EpochTotals {
+    loss_sum: f64,
+    /// Sum and count of the physics losses, on the steps that computed them.
+    physics: (f64, usize),
+    /// Global gradient norm of each step, before clipping.
+    norms: Vec<f64>,
+    /// The last step's learning rate.
+    lr: f64,
+}
+
+/// The epochs of a run: the training split, what a step needs and the step counts.
+struct EpochRun<'a> {
+    schedule: &'a NoiseSchedule,
+    cfg: &'a DiffusionTrainConfig,
+    train: &'a Split,
+    /// The main autodiff device, which holds the model.
+    ad: &'a Device,
+    batches: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+}
+
+impl<'a> EpochRun<'a> {
+    fn new(
+        (schedule, cfg, train): (&'a NoiseSchedule, &'a DiffusionTrainConfig, &'a Split),
+        ad: &'a Device,
+    ) -> Self {
+        let batches = train.samples().div_ceil(cfg.batch_size);
+        let steps_per_epoch = batches.div_ceil(cfg.accumulation);
+        Self {
+            schedule,
+            cfg,
+            train,
+            ad,
+            batches,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * cfg.epochs,
         }
-        (model, ema_model, optim) = checkpoint::load_state(&dir, model, ema_model, optim)?;
-        log = saved;
-        write_json(&out.join(LOG_FILE), &log)?;
     }
 
-    let val_batches = val_batches(&dataset)?;
-    log.val_physics_truth = truth_physics(&vae, &val_batches, device)?;
-    let batches = train.samples().div_ceil(cfg.batch_size);
-    let steps_per_epoch = batches.div_ceil(cfg.accumulation);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    for epoch in log.history.len()..cfg.epochs {
-        let started = Instant::now();
+    /// Epoch `epoch`: every training sample once, in an order and with draws that depend
+    /// on (seed, epoch) only, each step's `accumulation` batches shared among `workers`.
+    fn train<O: DiffusionObserver + ?Sized>(
+        &self,
+        mut state: TrainState<UNet>,
+        workers: &mut [Worker],
+        epoch: usize,
+        observer: &mut O,
+    ) -> Result<(TrainState<UNet>, EpochTotals), ModelError> {
+        let cfg = self.cfg;
         let mut rng = seeded_rng(cfg.seed);
         rng.set_stream(1 + epoch as u64);
-        let order = epoch_order(train.samples(), train.views, &mut rng);
-        let (mut loss_sum, mut norms, mut lr) = (0.0, Vec::new(), 0.0);
-        let mut physics_sums = (0.0, 0usize);
+        let order = epoch_order(self.train.samples(), self.train.views, &mut rng);
+        let mut totals = EpochTotals {
+            loss_sum: 0.0,
+            physics: (0.0, 0),
+            norms: Vec::new(),
+            lr: 0.0,
+        };
+        let settings = optimiser_settings!(cfg, accumulation: cfg.accumulation);
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
         for (step_in_epoch, group) in chunks.chunks(cfg.accumulation).enumerate() {
-            let step = epoch * steps_per_epoch + step_in_epoch;
-            let with_physics = step % cfg.physics.every == 0;
+            let step = epoch * self.steps_per_epoch + step_in_epoch;
             let first = step_in_epoch * cfg.accumulation;
             // Each batch's draws come from its own generator, seeded in batch order.
             let jobs: Vec<(usize, &[usize], ChaCha8Rng)> = group
@@ -287,88 +402,142 @@ pub fn train_diffusion(
                 .map(|(k, chunk)| (first + k, *chunk, ChaCha8Rng::from_rng(&mut rng)))
                 .collect();
             for (w, worker) in workers.iter_mut().enumerate() {
-                worker.model = Some(parallel::replica(&model, w, &worker.device));
+                worker.model = Some(parallel::replica(&state.model, w, &worker.device));
             }
-            let n = group.len() as f64;
-            let outputs = parallel::run_sharded(&mut workers, jobs, |w, (b, chunk, mut rng)| {
-                let unet = w.model.as_ref().expect("set for this step");
-                let physics = w.physics.as_ref().filter(|_| with_physics);
-                let losses = batch_loss(
-                    unet, &schedule, &cfg, &train, chunk, &mut rng, true, physics, &w.device,
-                )?;
-                let value = losses.prediction.clone().into_scalar::<f64>();
-                let physics_value = losses.physics.clone().map(|p| p.into_scalar::<f64>());
-                if !(value.is_finite() && physics_value.is_none_or(f64::is_finite)) {
-                    return Err(ModelError::Input(format!(
-                        "training loss became {value} (physics {physics_value:?}) at epoch {epoch}, batch {b}; lower lr or the physics weights"
-                    )));
-                }
-                let loss = match losses.physics {
-                    Some(p) => losses.prediction + p,
-                    None => losses.prediction,
-                };
-                let grads = parallel::gradients(loss.div_scalar(n), unet, &ad);
-                Ok((grads, value, physics_value))
-            })?;
+            let outputs = self.losses(workers, jobs, (epoch, step))?;
             let mut accumulator = GradientsAccumulator::<UNet>::new();
             for (k, (grads, value, physics_value)) in outputs.into_iter().enumerate() {
-                loss_sum += value;
+                totals.loss_sum += value;
                 if let Some(p) = physics_value {
-                    physics_sums = (physics_sums.0 + p, physics_sums.1 + 1);
+                    totals.physics = (totals.physics.0 + p, totals.physics.1 + 1);
                 }
-                accumulator.accumulate(&model, grads);
-                observer.batch(epoch, first + k, batches, value);
+                accumulator.accumulate(&state.model, grads);
+                observer.batch(epoch, first + k, self.batches, value);
             }
-            for worker in &mut workers {
+            for worker in workers.iter_mut() {
                 worker.model = None;
             }
-            let mut grads = accumulator.grads();
-            norms.push(clip_global_norm(&model, &mut grads, cfg.grad_clip));
-            lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
-            model = optim.step(lr, model, grads);
-            let decay = ema::warmup_decay(step as u64, cfg.ema_decay);
-            ema_model = ema::update(ema_model, &model.valid(), decay);
+            let norm;
+            let steps = (step, self.total_steps);
+            (state, norm, totals.lr) = state.step(accumulator.grads(), steps, &settings);
+            totals.norms.push(norm);
         }
-        let val_loss = validation_loss(&ema_model, &schedule, &cfg, &val, device)?;
+        Ok((state, totals))
+    }
+
+    /// The history record of epoch `epoch`, started at `started`: its training totals
+    /// and its validation (loss, decoded errors, physics terms).
+    fn record(
+        &self,
+        epoch: usize,
+        trained: EpochTotals,
+        (val_loss, val_errors, val_physics): (f64, FieldErrors, PhysicsMetrics),
+        started: Instant,
+    ) -> DiffusionEpoch {
+        let (physics_sum, physics_steps) = trained.physics;
+        DiffusionEpoch {
+            epoch,
+            steps: (epoch + 1) * self.steps_per_epoch,
+            lr: trained.lr,
+            train_loss: trained.loss_sum / self.batches as f64,
+            train_physics: (physics_steps > 0).then(|| physics_sum / physics_steps as f64),
+            val_loss,
+            val_errors,
+            val_physics,
+            mean_grad_norm: trained.norms.iter().sum::<f64>() / trained.norms.len().max(1) as f64,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Each job's loss (with the physics terms on the steps that take them) on its
+    /// worker's replica: gradients scaled for the accumulation, value, physics value.
+    fn losses(
+        &self,
+        workers: &mut [Worker],
+        jobs: Vec<(usize, &[usize], ChaCha8Rng)>,
+        (epoch, step): (usize, usize),
+    ) -> Result<Vec<(GradientsParams, f64, Option<f64>)>, ModelError> {
+        let (cfg, schedule, train) = (self.cfg, self.schedule, self.train);
+        let with_physics = step % cfg.physics.every == 0;
+        let n = jobs.len() as f64;
+        parallel::run_sharded(workers, jobs, |w, (b, chunk, mut rng)| {
+            let unet = w.model.as_ref().expect("set for this step");
+            let physics = w.physics.as_ref().filter(|_| with_physics);
+            let losses = batch_loss(
+                unet, schedule, cfg, train, chunk, &mut rng, true, physics, &w.device,
+            )?;
+            let value = losses.prediction.clone().into_scalar::<f64>();
+            let physics_value = losses.physics.clone().map(|p| p.into_scalar::<f64>());
+            if !(value.is_finite() && physics_value.is_none_or(f64::is_finite)) {
+                return Err(ModelError::Input(format!(
+                    "training loss became {value} (physics {physics_value:?}) at epoch {epoch}, batch {b}; lower lr or the physics weights"
+                )));
+            }
+            let loss = match losses.physics {
+                Some(p) => losses.prediction + p,
+                None => losses.prediction,
+            };
+            let grads = parallel::gradients(loss.div_scalar(n), unet, self.ad);
+            Ok((grads, value, physics_value))
+        })
+    }
+}
+
+/// What an epoch's validation needs: the validation split's latents and samples, the
+/// frozen VAE and the latent scales.
+struct Validation<'a> {
+    schedule: &'a NoiseSchedule,
+    cfg: &'a DiffusionTrainConfig,
+    val: &'a Split,
+    vae: &'a DualVae,
+    scales: LatentScales,
+    batches: Vec<Batch>,
+    device: &'a Device,
+}
+
+impl<'a> Validation<'a> {
+    fn new(
+        (schedule, cfg, val): (&'a NoiseSchedule, &'a DiffusionTrainConfig, &'a Split),
+        (vae, scales): (&'a DualVae, LatentScales),
+        dataset: &Dataset,
+        device: &'a Device,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            schedule,
+            cfg,
+            val,
+            vae,
+            scales,
+            batches: val_batches(dataset)?,
+            device,
+        })
+    }
+
+    /// The EMA weights' validation loss, decoded errors and physics terms.
+    fn score(&self, ema: &UNet) -> Result<(f64, FieldErrors, PhysicsMetrics), ModelError> {
+        let cfg = self.cfg;
+        let val_loss = validation_loss(ema, self.schedule, cfg, self.val, self.device)?;
         let predictor = LatentPredictor {
-            unet: &ema_model,
-            schedule: &schedule,
+            unet: ema,
+            schedule: self.schedule,
             kind: cfg.predictor,
         };
         let options = SampleOptions {
             sampler: cfg.val_sampler.clone(),
             guidance: 0.0,
         };
-        let (val_errors, val_physics) = decoded_scores(
+        let (errors, physics) = decoded_scores(
             &predictor,
-            &vae,
-            &scales,
-            &val_batches,
+            self.vae,
+            &self.scales,
+            &self.batches,
             &options,
             cfg.seed,
             cfg.conditioning(),
-            device,
+            self.device,
         )?;
-        let record = DiffusionEpoch {
-            epoch,
-            steps: (epoch + 1) * steps_per_epoch,
-            lr,
-            train_loss: loss_sum / batches as f64,
-            train_physics: (physics_sums.1 > 0).then(|| physics_sums.0 / physics_sums.1 as f64),
-            val_loss,
-            val_errors,
-            val_physics,
-            mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        let error = val_errors.relative_l2_total_normalised;
-        let modules = (&model, &ema_model, &optim);
-        let record = checkpoint::close_epoch(out, &mut log, (epoch, record, error), modules)?;
-        if observer.epoch(record).is_break() {
-            break;
-        }
+        Ok((val_loss, errors, physics))
     }
-    Ok(log)
 }
 
 /// The losses of one batch.
@@ -381,7 +550,7 @@ struct BatchLoss {
 
 /// The losses of the samples `chunk` of `split`; `train` enables the condition dropout,
 /// `physics` adds the physics losses of the decoded x̂0.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // training and validation pass the same inputs differently
 fn batch_loss(
     model: &UNet,
     schedule: &NoiseSchedule,
@@ -438,7 +607,9 @@ fn batch_loss(
         }
     };
     let physics = match (physics, mu2d) {
-        (Some(p), Some(mu2d)) => Some(p.loss(&cfg.physics, x0_hat, mu2d, split, chunk, device)?),
+        (Some(p), Some(mu2d)) => {
+            Some(p.loss(&cfg.physics, x0_hat, mu2d, (split, chunk), device)?)
+        }
         _ => None,
     };
     Ok(BatchLoss {
@@ -484,7 +655,7 @@ fn validation_loss(
 /// mean physics terms of the unmasked decoded flow, one sample at a time with noise
 /// seeded by (seed, sample index). Errors are over normalised components, so the total
 /// weighs vz like vx.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the latent predictor's inference inputs, one by one
 pub fn decoded_scores(
     predictor: &LatentPredictor,
     vae: &DualVae,

@@ -9,4 +9,5 @@ pub mod ema;
 pub mod parallel;
 pub mod refine;
 pub mod schedule;
+pub(crate) mod state;
 pub mod vae;

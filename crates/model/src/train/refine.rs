@@ -12,21 +12,20 @@
 //! `best_model.bpk` (EMA weights of the epoch with the lowest validation error),
 //! `checkpoint/` for `--resume`, `estimates/`.
 
-use super::clip::clip_global_norm;
 use super::diffusion::epoch_order;
-use super::ema;
-use super::schedule;
+use super::state::{TrainState, run_epochs};
 use crate::batch::{TensorBatch, channel_first, to_tensors};
 use crate::diffusion::seeded_rng;
 use crate::error::ModelError;
 use crate::latent::cache::{read_tensor, write_tensors};
-use crate::loss::normalized_mse;
+use crate::loss::{squared_relative_errors, weighted_normalized_mse};
 use crate::metrics::{ErrorSums, FieldErrors};
 use crate::predict::sampling::SampleOptions;
 use crate::predict::{EstimateRequest, Steering, TrainedModel};
 use crate::refine::{Refiner, refiner_inputs};
 use crate::run::checkpoint;
 use crate::run::checkpoint::LOG_FILE;
+use crate::run::optimiser_settings;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -140,11 +139,11 @@ impl Source<'_> {
     }
 }
 
-/// The estimates of a batch refined by `refiner` (`None`: as they are), their loss, the
-/// truth and the mask, in normalised units.
+/// The estimates of a batch refined by `refiner` (`None`: as they are), their loss under
+/// the component `weights`, the truth and the mask, in normalised units.
 fn forward(
     refiner: Option<&Refiner>,
-    model: &TrainedModel,
+    (model, weights): (&TrainedModel, [f64; 3]),
     (batch, estimates): (Batch, Array5<f32>),
     device: &Device,
 ) -> Result<(Tensor<5>, Tensor<1>, TensorBatch), ModelError> {
@@ -155,14 +154,14 @@ fn forward(
         Some(r) => r.forward(estimate, refiner_inputs(&tb, r.config().pressure)?),
         None => estimate,
     };
-    let loss = normalized_mse(refined.clone(), tb.u.clone(), tb.mask.clone());
+    let loss = weighted_normalized_mse(refined.clone(), tb.u.clone(), tb.mask.clone(), weights);
     Ok((refined, loss, tb))
 }
 
 /// Validation loss and errors of `refiner` (`None`: of the estimates themselves).
 fn validate(
     refiner: Option<&Refiner>,
-    model: &TrainedModel,
+    model: (&TrainedModel, [f64; 3]),
     source: &Source,
     val: &[usize],
     device: &Device,
@@ -177,9 +176,35 @@ fn validate(
     Ok((loss / val.len().max(1) as f64, sums.errors()))
 }
 
+/// The balanced loss's weights: per component, 1 / the mean over `indices` of the
+/// unrefined estimates' squared relative error (1 where that is zero).
+fn component_weights(
+    model: &TrainedModel,
+    source: &Source,
+    indices: &[usize],
+    device: &Device,
+) -> Result<[f64; 3], ModelError> {
+    let mut sums = [0.0; 3];
+    for &i in indices {
+        let batch = source.batch(&[(i, Mirror::default())])?;
+        let (estimate, _, tb) = forward(None, (model, [1.0; 3]), batch, device)?;
+        let errors = squared_relative_errors(estimate, tb.u, tb.mask)
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+        for (sum, e) in sums.iter_mut().zip(errors) {
+            *sum += e;
+        }
+    }
+    let n = indices.len() as f64;
+    Ok(sums.map(|s| if s > 0.0 { n / s } else { 1.0 }))
+}
+
 /// Trains a refiner of the model at `base` (run folder or bundle) into `out`, on the
 /// training split of `dataset_dir`, which must be the data the model was trained on (its
 /// test split then stays unseen by both).
+#[allow(clippy::too_many_arguments)] // one per CLI input of `fiberflow train refiner`
 pub fn train_refiner(
     device: &Device,
     base: &Path,
@@ -190,22 +215,7 @@ pub fn train_refiner(
     observer: &mut dyn RefineObserver,
 ) -> Result<RefineRunLog, ModelError> {
     cfg.validate()?;
-    let model = TrainedModel::load(base, device)?;
-    if model.refiner.is_some() {
-        return Err(ModelError::Config(format!(
-            "{} is already refined; train a refiner of the model it refines",
-            base.display()
-        )));
-    }
-    let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
-    let manifest = dataset.manifest.sha256(&dataset.dir)?;
-    if manifest != model.log.dataset_manifest_sha256 {
-        return Err(ModelError::Config(format!(
-            "{} is not the dataset {} was trained on (its manifest differs); a refiner trains on the model's own training split, so that the test split stays unseen",
-            dataset_dir.display(),
-            base.display()
-        )));
-    }
+    let (model, dataset, manifest) = open_inputs((base, dataset_dir), &cfg, device)?;
     let header = &dataset.manifest.header.shape;
     let shape = [header.slices, 3, header.height, header.width];
     cfg.refiner.check_size(shape[2], shape[3])?;
@@ -240,15 +250,19 @@ pub fn train_refiner(
         out,
         shape,
     };
-    let (_, input_val_errors) = validate(None, &model, &source, &val, device)?;
+    let (_, input_val_errors) = validate(None, (&model, [1.0; 3]), &source, &val, device)?;
+    let weights = match &resumed {
+        Some((_, saved)) => saved.component_weights,
+        None if cfg.balance_components => component_weights(&model, &source, &train, device)?,
+        None => [1.0; 3],
+    };
 
     let ad = device.clone().autodiff();
     device.seed(cfg.seed);
-    let mut refiner = cfg.refiner.init(&ad)?;
-    let mut ema_refiner = refiner.valid();
-    let mut optim = AdamWConfig::new()
+    let optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
+    let mut state = TrainState::new(cfg.refiner.init(&ad)?, optim);
     let mut log = RefineRunLog {
         config: cfg.clone(),
         base: checkpoint::absolute(base),
@@ -256,22 +270,94 @@ pub fn train_refiner(
         dataset: dataset.dir.clone(),
         dataset_manifest_sha256: manifest,
         input_val_errors,
+        component_weights: weights,
         history: Vec::new(),
         best_epoch: None,
         best_val_error: f64::INFINITY,
-        parameters: refiner.num_params(),
+        parameters: state.model.num_params(),
     };
     if let Some((dir, saved)) = resumed {
-        (refiner, ema_refiner, optim) = checkpoint::load_state(&dir, refiner, ema_refiner, optim)?;
+        state = state.load(&dir)?;
         log = saved;
         write_json(&out.join(LOG_FILE), &log)?;
     }
-    let views = if cfg.mirror_augmentation { 8 } else { 1 };
-    let mirrors: Vec<Mirror> = Mirror::all().collect();
-    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    for epoch in log.history.len()..cfg.epochs {
+    let epochs = Epochs {
+        cfg: &cfg,
+        scored: (&model, weights),
+        source: &source,
+        splits: (&train, &val),
+        devices: (&ad, device),
+    };
+    let run = (out, cfg.epochs);
+    run_epochs(
+        run,
+        &mut log,
+        state,
+        observer,
+        |state, epoch, log, observer| {
+            let (state, record) = epochs.run(state, epoch, observer)?;
+            let error = log.selection_error(&record.val_errors);
+            Ok((state, record, error))
+        },
+        |o, r| o.epoch(r),
+    )?;
+    Ok(log)
+}
+
+/// The refined model and its dataset (with the config's sample limits) and the dataset's
+/// manifest hash, refused unless the model is unrefined and was trained on that dataset.
+fn open_inputs(
+    (base, dataset_dir): (&Path, &Path),
+    cfg: &RefineTrainConfig,
+    device: &Device,
+) -> Result<(TrainedModel, Dataset, String), ModelError> {
+    let model = TrainedModel::load(base, device)?;
+    if model.refiner.is_some() {
+        return Err(ModelError::Config(format!(
+            "{} is already refined; train a refiner of the model it refines",
+            base.display()
+        )));
+    }
+    let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
+    let manifest = dataset.manifest.sha256(&dataset.dir)?;
+    if manifest != model.log.dataset_manifest_sha256 {
+        return Err(ModelError::Config(format!(
+            "{} is not the dataset {} was trained on (its manifest differs); a refiner trains on the model's own training split, so that the test split stays unseen",
+            dataset_dir.display(),
+            base.display()
+        )));
+    }
+    Ok((model, dataset, manifest))
+}
+
+/// What every epoch of a refiner run uses.
+struct Epochs<'a> {
+    cfg: &'a RefineTrainConfig,
+    /// The refined model and the loss's component weights.
+    scored: (&'a TrainedModel, [f64; 3]),
+    source: &'a Source<'a>,
+    /// Training and validation sample indices.
+    splits: (&'a [usize], &'a [usize]),
+    /// The autodiff device that trains and the plain one that validates.
+    devices: (&'a Device, &'a Device),
+}
+
+impl Epochs<'_> {
+    /// Epoch `epoch`: every training sample once through one of its mirrors, in an order
+    /// that depends on (seed, epoch) only, then the EMA weights validated.
+    fn run<O: RefineObserver + ?Sized>(
+        &self,
+        mut state: TrainState<Refiner>,
+        epoch: usize,
+        observer: &mut O,
+    ) -> Result<(TrainState<Refiner>, RefineEpoch), ModelError> {
+        let (cfg, (train, val), (ad, device)) = (self.cfg, self.splits, self.devices);
         let started = Instant::now();
+        let views = if cfg.mirror_augmentation { 8 } else { 1 };
+        let mirrors: Vec<Mirror> = Mirror::all().collect();
+        let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+        let total_steps = steps_per_epoch * cfg.epochs;
+        let settings = optimiser_settings!(cfg, accumulation: 1);
         let mut rng = seeded_rng(cfg.seed);
         rng.set_stream(1 + epoch as u64);
         let order = epoch_order(train.len(), views, &mut rng);
@@ -282,23 +368,23 @@ pub fn train_refiner(
                 .iter()
                 .map(|&e| (train[e / views], mirrors[e % views]))
                 .collect();
-            let (_, loss, _) = forward(Some(&refiner), &model, source.batch(&entries)?, &ad)?;
+            let batch = self.source.batch(&entries)?;
+            let (_, loss, _) = forward(Some(&state.model), self.scored, batch, ad)?;
             let value = loss.clone().into_scalar::<f64>();
             if !value.is_finite() {
                 return Err(ModelError::Input(format!(
                     "training loss became {value} at epoch {epoch}, batch {b}; lower lr"
                 )));
             }
-            let mut grads = GradientsParams::from_grads(loss.backward(), &refiner);
-            norms.push(clip_global_norm(&refiner, &mut grads, cfg.grad_clip));
-            lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
-            refiner = optim.step(lr, refiner, grads);
-            let decay = ema::warmup_decay(step as u64, cfg.ema_decay);
-            ema_refiner = ema::update(ema_refiner, &refiner.valid(), decay);
+            let grads = GradientsParams::from_grads(loss.backward(), &state.model);
+            let norm;
+            (state, norm, lr) = state.step(grads, (step, total_steps), &settings);
+            norms.push(norm);
             loss_sum += value;
             observer.batch(epoch, b, steps_per_epoch, value);
         }
-        let (val_loss, val_errors) = validate(Some(&ema_refiner), &model, &source, &val, device)?;
+        let (val_loss, val_errors) =
+            validate(Some(&state.ema), self.scored, self.source, val, device)?;
         let record = RefineEpoch {
             epoch,
             steps: (epoch + 1) * steps_per_epoch,
@@ -309,12 +395,6 @@ pub fn train_refiner(
             mean_grad_norm: norms.iter().sum::<f64>() / norms.len().max(1) as f64,
             seconds: started.elapsed().as_secs_f64(),
         };
-        let error = val_errors.relative_l2_total_normalised;
-        let modules = (&refiner, &ema_refiner, &optim);
-        let record = checkpoint::close_epoch(out, &mut log, (epoch, record, error), modules)?;
-        if observer.epoch(record).is_break() {
-            break;
-        }
+        Ok((state, record))
     }
-    Ok(log)
 }

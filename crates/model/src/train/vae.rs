@@ -27,7 +27,7 @@ use fiberflow_data::json::{read_json, write_json};
 use fiberflow_data::{Dataset, Loader, LoaderConfig, Mirror, Statistics, Subset};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use crate::run::vae::{EpochRecord, ReconLoss, RunLog, Stage, VaeTarget, VaeTrainConfig};
@@ -84,7 +84,7 @@ pub trait TrainObserver {
 /// is set. The first device holds the model, validates and caches; with several, each
 /// optimiser step's `accumulation` batches are computed in parallel
 /// ([`parallel`](super::parallel)), with the same result as on one device.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one per CLI input of `fiberflow train vae`
 pub fn train_vae(
     devices: &[Device],
     stage: Stage,
@@ -95,8 +95,79 @@ pub fn train_vae(
     resume: bool,
     observer: &mut dyn TrainObserver,
 ) -> Result<RunLog, ModelError> {
-    let stage1 = match (stage, stage1_dir) {
-        (Stage::One, None) => None,
+    let stage1 = stage1_run(stage, stage1_dir, &mut cfg)?;
+    cfg.validate()?;
+    parallel::check_devices(devices.len(), cfg.accumulation)?;
+    let device = &devices[0];
+    let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
+    let shape = dataset.manifest.header.shape;
+    cfg.vae.check_input(shape.height, shape.width)?;
+    check_memory(&cfg, &dataset)?;
+    let manifest_sha256 = dataset.manifest.sha256(&dataset.dir)?;
+    let normalizer = normalizer_for(stage1.as_ref(), &dataset, &manifest_sha256, &cfg)?;
+
+    std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
+    device.seed(cfg.seed);
+    let ads: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let mut trainer = match &stage1 {
+        None => Trainer::stage1(&cfg, &ads[0])?,
+        Some((dir, _)) => Trainer::stage2(&cfg, device, &ads[0], &dir.join(BEST_FILE))?,
+    };
+    let mut log = RunLog {
+        stage,
+        config: cfg.clone(),
+        normalizer,
+        dataset: dataset.dir.clone(),
+        dataset_manifest_sha256: manifest_sha256,
+        stage1: stage1.map(|(d, _)| d),
+        history: Vec::new(),
+        best_epoch: None,
+        best_val_loss: f64::INFINITY,
+        parameters: trainer.model.num_params(),
+    };
+    if let Some((dir, saved)) = checkpoint::resume_from::<RunLog>(out, resume)? {
+        check_resumable(&saved, &log, out)?;
+        trainer.load(&dir)?;
+        log = saved;
+        // A kill between the checkpoint and log.json leaves the log one epoch behind.
+        write_json(&out.join(LOG_FILE), &log)?;
+    }
+    let run = EpochRun::new(&dataset, &cfg, (device, &ads), &trainer, &normalizer)?;
+    for epoch in log.history.len()..cfg.epochs {
+        let started = Instant::now();
+        // The sampling noise of each epoch depends on (seed, epoch) only.
+        device.seed(cfg.seed.wrapping_add(1 + epoch as u64));
+        let beta = schedule::kl_weight(epoch, cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_end);
+        let (train, grad_norms, lr) = run.train(&mut trainer, (epoch, beta), observer)?;
+        let (val, val_errors) = trainer.validate(&run.val, &cfg, device, &normalizer)?;
+        let record = EpochRecord {
+            epoch,
+            steps: (epoch + 1) * run.steps_per_epoch,
+            lr,
+            kl_weight: beta,
+            train,
+            val_errors,
+            mean_grad_norm: grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64,
+            seconds: started.elapsed().as_secs_f64(),
+            val,
+        };
+        if end_epoch(out, &mut log, &trainer, record, observer)?.is_break() {
+            break;
+        }
+    }
+    Ok(log)
+}
+
+/// The finished stage-1 run that stage 2 builds on (absolute, so the diffusion stage finds
+/// it from any working directory), whose architecture, normalisation and target `cfg`
+/// takes over; `None` for stage 1.
+fn stage1_run(
+    stage: Stage,
+    stage1_dir: Option<&Path>,
+    cfg: &mut VaeTrainConfig,
+) -> Result<Option<(PathBuf, RunLog)>, ModelError> {
+    match (stage, stage1_dir) {
+        (Stage::One, None) => Ok(None),
         (Stage::Two, Some(dir)) => {
             let log: RunLog = read_json(&dir.join(LOG_FILE), "train stage 1 first")?;
             if log.stage != Stage::One {
@@ -113,31 +184,27 @@ pub fn train_vae(
                     log.config.epochs
                 )));
             }
-            // The architecture is the stage-1 one.
             cfg.vae = log.config.vae.clone();
             cfg.normalization = log.config.normalization;
             cfg.target = log.config.target;
-            // Absolute, so the diffusion stage finds it from any working directory.
-            Some((checkpoint::absolute(dir), log))
+            Ok(Some((checkpoint::absolute(dir), log)))
         }
-        (Stage::One, Some(_)) => {
-            return Err(ModelError::Config("--stage1 is only for stage 2".into()));
-        }
-        (Stage::Two, None) => {
-            return Err(ModelError::Config(
-                "stage 2 needs --stage1 DIR (a finished stage-1 run)".into(),
-            ));
-        }
-    };
-    cfg.validate()?;
-    parallel::check_devices(devices.len(), cfg.accumulation)?;
-    let device = &devices[0];
-    let dataset = Dataset::open(dataset_dir)?.with_limits(cfg.train_samples, cfg.val_samples)?;
-    let shape = dataset.manifest.header.shape;
-    cfg.vae.check_input(shape.height, shape.width)?;
-    check_memory(&cfg, &dataset)?;
-    let manifest_sha256 = dataset.manifest.sha256(&dataset.dir)?;
-    let normalizer = match &stage1 {
+        (Stage::One, Some(_)) => Err(ModelError::Config("--stage1 is only for stage 2".into())),
+        (Stage::Two, None) => Err(ModelError::Config(
+            "stage 2 needs --stage1 DIR (a finished stage-1 run)".into(),
+        )),
+    }
+}
+
+/// Stage 1 normalises by the training split's statistics; stage 2 keeps stage 1's, which
+/// must have been trained on the same dataset (manifest `manifest_sha256`).
+fn normalizer_for(
+    stage1: Option<&(PathBuf, RunLog)>,
+    dataset: &Dataset,
+    manifest_sha256: &str,
+    cfg: &VaeTrainConfig,
+) -> Result<Normalizer, ModelError> {
+    match stage1 {
         Some((dir, log)) => {
             if log.dataset_manifest_sha256 != manifest_sha256 {
                 return Err(ModelError::Config(format!(
@@ -147,188 +214,239 @@ pub fn train_vae(
                     manifest_sha256
                 )));
             }
-            log.normalizer
+            Ok(log.normalizer)
         }
-        None => Normalizer::from_statistics(&Statistics::load(&dataset)?, cfg.normalization)?,
-    };
+        None => Normalizer::from_statistics(&Statistics::load(dataset)?, cfg.normalization),
+    }
+}
 
-    std::fs::create_dir_all(out).map_err(|e| ModelError::checkpoint(out, e))?;
-    device.seed(cfg.seed);
-    let ads: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let ad = ads[0].clone();
-    let mut trainer = match &stage1 {
-        None => Trainer::stage1(&cfg, &ad)?,
-        Some((dir, _)) => Trainer::stage2(&cfg, device, &ad, &dir.join(BEST_FILE))?,
-    };
-    // Stage 2's frozen D3D, once per device.
-    let d3ds: Vec<Option<Decoder>> = ads
-        .iter()
-        .map(|a| trainer.frozen.as_ref().map(|f| f.d3d.clone().to_device(a)))
-        .collect();
-    let mut log = RunLog {
-        stage,
-        config: cfg.clone(),
-        normalizer,
-        dataset: dataset.dir.clone(),
-        dataset_manifest_sha256: manifest_sha256,
-        stage1: stage1.as_ref().map(|(d, _)| d.clone()),
-        history: Vec::new(),
-        best_epoch: None,
-        best_val_loss: f64::INFINITY,
-        parameters: trainer.model.num_params(),
-    };
-    if let Some((dir, saved)) = checkpoint::resume_from::<RunLog>(out, resume)? {
-        if saved.config != cfg || saved.stage != stage {
-            return Err(ModelError::Config(format!(
-                "{} was trained with another configuration or stage; resume with the same config, or train into a new --out",
-                out.display()
-            )));
-        }
-        if saved.dataset_manifest_sha256 != log.dataset_manifest_sha256
-            || saved.normalizer != log.normalizer
-            || saved.stage1 != log.stage1
-        {
-            return Err(ModelError::Config(format!(
-                "{} was trained on another dataset, normalisation or stage-1 run; resume with the same --dataset and --stage1, or train into a new --out",
-                out.display()
-            )));
-        }
-        trainer.load(&dir)?;
-        log = saved;
-        // A kill between the checkpoint and log.json leaves the log one epoch behind.
-        write_json(&out.join(LOG_FILE), &log)?;
+/// A run in `out` resumes only with the configuration, stage, data, normalisation and
+/// stage-1 run it started with (`fresh` holds those of this invocation).
+fn check_resumable(saved: &RunLog, fresh: &RunLog, out: &Path) -> Result<(), ModelError> {
+    if saved.config != fresh.config || saved.stage != fresh.stage {
+        return Err(ModelError::Config(format!(
+            "{} was trained with another configuration or stage; resume with the same config, or train into a new --out",
+            out.display()
+        )));
+    }
+    if saved.dataset_manifest_sha256 != fresh.dataset_manifest_sha256
+        || saved.normalizer != fresh.normalizer
+        || saved.stage1 != fresh.stage1
+    {
+        return Err(ModelError::Config(format!(
+            "{} was trained on another dataset, normalisation or stage-1 run; resume with the same --dataset and --stage1, or train into a new --out",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Records a finished epoch: keeps the weights of the best validation loss, commits the
+/// checkpoint and the log atomically and tells the observer, which may stop the run.
+fn end_epoch(
+    out: &Path,
+    log: &mut RunLog,
+    trainer: &Trainer,
+    record: EpochRecord,
+    observer: &mut dyn TrainObserver,
+) -> Result<ControlFlow<()>, ModelError> {
+    let val_loss = record.val["loss"];
+    if val_loss < log.best_val_loss {
+        log.best_val_loss = val_loss;
+        log.best_epoch = Some(record.epoch);
+        checkpoint::save_atomic(&trainer.inference_model(), &out.join(BEST_FILE))?;
+    }
+    log.history.push(record);
+    checkpoint::commit_epoch(out, log, |dir| trainer.save(dir))?;
+    Ok(observer.epoch(log.history.last().expect("just pushed")))
+}
+
+/// One epoch's mean loss terms by name, the global gradient norm of each step and the last
+/// learning rate.
+type EpochTrained = (BTreeMap<String, f64>, Vec<f64>, f64);
+
+/// What every epoch of a run shares: the loaders, the devices with stage 2's frozen D3D
+/// on each, and the step counts.
+struct EpochRun<'a> {
+    cfg: &'a VaeTrainConfig,
+    normalizer: &'a Normalizer,
+    /// The main device without autodiff: stage 2's frozen targets are computed there.
+    device: &'a Device,
+    /// Autodiff devices; the first is the main one.
+    ads: &'a [Device],
+    /// Stage 2's frozen D3D, once per device.
+    d3ds: Vec<Option<Decoder>>,
+    shape: fiberflow_data::Shape,
+    train: Loader,
+    val: Loader,
+    batches: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+}
+
+impl<'a> EpochRun<'a> {
+    fn new(
+        dataset: &'a Dataset,
+        cfg: &'a VaeTrainConfig,
+        (device, ads): (&'a Device, &'a [Device]),
+        trainer: &Trainer,
+        normalizer: &'a Normalizer,
+    ) -> Result<Self, ModelError> {
+        let loader_cfg = |subset: Subset| LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: subset == Subset::Train,
+            seed: cfg.seed,
+            preload: cfg.preload,
+            augment: if subset == Subset::Train && cfg.augment {
+                Mirror {
+                    x: true,
+                    y: true,
+                    z: true,
+                }
+            } else {
+                Mirror::default()
+            },
+            drop_last: false,
+        };
+        let train = Loader::new(dataset, Some(Subset::Train), loader_cfg(Subset::Train))?;
+        let val = Loader::new(dataset, Some(Subset::Val), loader_cfg(Subset::Val))?;
+        let batches = train.batches_per_epoch();
+        let steps_per_epoch = batches.div_ceil(cfg.accumulation);
+        Ok(Self {
+            cfg,
+            normalizer,
+            device,
+            ads,
+            d3ds: ads
+                .iter()
+                .map(|a| trainer.frozen.as_ref().map(|f| f.d3d.clone().to_device(a)))
+                .collect(),
+            shape: dataset.manifest.header.shape,
+            train,
+            val,
+            batches,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * cfg.epochs,
+        })
     }
 
-    let loader_cfg = |subset: Subset| LoaderConfig {
-        batch_size: cfg.batch_size,
-        shuffle: subset == Subset::Train,
-        seed: cfg.seed,
-        preload: cfg.preload,
-        augment: if subset == Subset::Train && cfg.augment {
-            Mirror {
-                x: true,
-                y: true,
-                z: true,
-            }
-        } else {
-            Mirror::default()
-        },
-        drop_last: false,
-    };
-    let train_loader = Loader::new(&dataset, Some(Subset::Train), loader_cfg(Subset::Train))?;
-    let val_loader = Loader::new(&dataset, Some(Subset::Val), loader_cfg(Subset::Val))?;
-    let batches = train_loader.batches_per_epoch();
-    let steps_per_epoch = batches.div_ceil(cfg.accumulation);
-    let total_steps = steps_per_epoch * cfg.epochs;
-
-    for epoch in log.history.len()..cfg.epochs {
-        let started = Instant::now();
-        // The sampling noise of each epoch depends on (seed, epoch) only.
-        device.seed(cfg.seed.wrapping_add(1 + epoch as u64));
-        let beta = schedule::kl_weight(epoch, cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_end);
+    /// One epoch of optimiser steps at KL weight `beta`: the mean of each loss term over
+    /// the batches, the global gradient norm of each step and the last learning rate.
+    fn train(
+        &self,
+        trainer: &mut Trainer,
+        (epoch, beta): (usize, f64),
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochTrained, ModelError> {
+        let cfg = self.cfg;
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut accumulator = GradientsAccumulator::<VaeBranch>::new();
         let (mut grad_norms, mut lr) = (Vec::new(), 0.0);
-        let mut epoch_batches = train_loader.epoch(epoch as u64);
-        for step_in_epoch in 0..steps_per_epoch {
+        let mut epoch_batches = self.train.epoch(epoch as u64);
+        for step_in_epoch in 0..self.steps_per_epoch {
             let first = step_in_epoch * cfg.accumulation;
-            let group = cfg.accumulation.min(batches - first);
-            // Every draw in batch order on the main thread, whatever the device count.
+            let group = cfg.accumulation.min(self.batches - first);
             let mut jobs = Vec::with_capacity(group);
             for k in 0..group {
                 let batch = epoch_batches
                     .next()
                     .expect("the loader yields batches_per_epoch batches")?;
-                let target = &ads[k % ads.len()];
-                let noise = (trainer.frozen.is_none() || cfg.kl_2d > 0.0).then(|| {
-                    let [s, h, w] = [shape.slices, shape.height, shape.width];
-                    let b = batch.indices.len();
-                    standard_noise(cfg.vae.latent_shape([b, 0, s, h, w]), &ad).to_device(target)
-                });
-                let mu3d = match &mut trainer.frozen {
-                    Some(f) => Some(f.targets(&batch, &normalizer, &cfg, device, target)?),
-                    None => None,
-                };
-                jobs.push(BatchJob {
-                    index: first + k,
-                    batch,
-                    noise,
-                    mu3d,
-                });
+                jobs.push(self.job(trainer, batch, first + k)?);
             }
-            let mut workers: Vec<Worker> = ads
-                .iter()
-                .zip(&d3ds)
-                .enumerate()
-                .map(|(w, (a, d3d))| Worker {
-                    model: parallel::replica(&trainer.model, w, a),
-                    d3d: d3d.clone(),
-                    device: a.clone(),
-                })
-                .collect();
-            let outputs = parallel::run_sharded(&mut workers, jobs, |w, job| {
-                let tb = to_tensors(&job.batch, &normalizer, &w.device)?;
-                let frozen = w.d3d.as_ref().zip(job.mu3d);
-                let (terms, _) = losses(&w.model, frozen, &tb, job.noise, &cfg);
-                let total = terms.total(beta);
-                let value = total.clone().into_scalar::<f64>();
-                if !value.is_finite() {
-                    return Err(ModelError::Input(format!(
-                        "training loss became {value} at epoch {epoch}, batch {}; lower lr or check the data",
-                        job.index
-                    )));
-                }
-                let parts = terms.parts();
-                let loss = total.div_scalar(group as f64);
-                Ok((parallel::gradients(loss, &w.model, &ad), value, parts))
-            })?;
+            let outputs = self.losses(trainer, jobs, (epoch, beta, group))?;
             for (k, (grads, value, parts)) in outputs.into_iter().enumerate() {
                 for (key, v) in parts {
                     *sums.entry(key.into()).or_default() += v;
                 }
                 *sums.entry("loss".into()).or_default() += value;
                 accumulator.accumulate(&trainer.model, grads);
-                observer.batch(epoch, first + k, batches, value);
+                observer.batch(epoch, first + k, self.batches, value);
             }
             let mut grads = accumulator.grads();
             grad_norms.push(clip_global_norm(&trainer.model, &mut grads, cfg.grad_clip));
-            let step = epoch * steps_per_epoch + step_in_epoch;
-            lr = schedule::learning_rate(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr);
-            trainer.step(lr, grads, &cfg, step as u64);
+            let step = epoch * self.steps_per_epoch + step_in_epoch;
+            lr = schedule::learning_rate(
+                step,
+                self.total_steps,
+                cfg.warmup_steps,
+                cfg.lr,
+                cfg.min_lr,
+            );
+            trainer.step(lr, grads, cfg, step as u64);
         }
         let train = sums
             .into_iter()
-            .map(|(k, v)| (k, v / batches as f64))
+            .map(|(k, v)| (k, v / self.batches as f64))
             .collect();
-        let (val, val_errors) = trainer.validate(&val_loader, &cfg, device, &normalizer)?;
-        let record = EpochRecord {
-            epoch,
-            steps: (epoch + 1) * steps_per_epoch,
-            lr,
-            kl_weight: beta,
-            train,
-            val_errors,
-            mean_grad_norm: grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64,
-            seconds: started.elapsed().as_secs_f64(),
-            val,
-        };
-        let val_loss = record.val["loss"];
-        let improved = val_loss < log.best_val_loss;
-        if improved {
-            log.best_val_loss = val_loss;
-            log.best_epoch = Some(epoch);
-            checkpoint::save_atomic(&trainer.inference_model(), &out.join(BEST_FILE))?;
-        }
-        log.history.push(record);
-        checkpoint::commit_epoch(out, &log, |dir| trainer.save(dir))?;
-        if observer
-            .epoch(log.history.last().expect("just pushed"))
-            .is_break()
-        {
-            break;
-        }
+        Ok((train, grad_norms, lr))
     }
-    Ok(log)
+
+    /// Batch `index` of the epoch with its random draws and frozen targets, made on the
+    /// main thread in batch order whatever the device count, for the device that will
+    /// run it.
+    fn job(
+        &self,
+        trainer: &mut Trainer,
+        batch: fiberflow_data::Batch,
+        index: usize,
+    ) -> Result<BatchJob, ModelError> {
+        let (cfg, ad) = (self.cfg, &self.ads[0]);
+        let target = &self.ads[(index % self.cfg.accumulation) % self.ads.len()];
+        let noise = (trainer.frozen.is_none() || cfg.kl_2d > 0.0).then(|| {
+            let [s, h, w] = [self.shape.slices, self.shape.height, self.shape.width];
+            let b = batch.indices.len();
+            standard_noise(cfg.vae.latent_shape([b, 0, s, h, w]), ad).to_device(target)
+        });
+        let mu3d = match &mut trainer.frozen {
+            Some(f) => Some(f.targets(&batch, self.normalizer, cfg, self.device, target)?),
+            None => None,
+        };
+        Ok(BatchJob {
+            index,
+            batch,
+            noise,
+            mu3d,
+        })
+    }
+
+    /// The loss of each job on its device replica, with its gradients (scaled for the
+    /// accumulation over `group` batches), value and terms.
+    #[allow(clippy::type_complexity)] // one tuple per job, taken apart by the caller
+    fn losses(
+        &self,
+        trainer: &Trainer,
+        jobs: Vec<BatchJob>,
+        (epoch, beta, group): (usize, f64, usize),
+    ) -> Result<Vec<(GradientsParams, f64, Vec<(&'static str, f64)>)>, ModelError> {
+        let (cfg, normalizer, ad) = (self.cfg, self.normalizer, &self.ads[0]);
+        let mut workers: Vec<Worker> = self
+            .ads
+            .iter()
+            .zip(&self.d3ds)
+            .enumerate()
+            .map(|(w, (a, d3d))| Worker {
+                model: parallel::replica(&trainer.model, w, a),
+                d3d: d3d.clone(),
+                device: a.clone(),
+            })
+            .collect();
+        parallel::run_sharded(&mut workers, jobs, |w, job| {
+            let tb = to_tensors(&job.batch, normalizer, &w.device)?;
+            let frozen = w.d3d.as_ref().zip(job.mu3d);
+            let (terms, _) = losses(&w.model, frozen, &tb, job.noise, cfg);
+            let total = terms.total(beta);
+            let value = total.clone().into_scalar::<f64>();
+            if !value.is_finite() {
+                return Err(ModelError::Input(format!(
+                    "training loss became {value} at epoch {epoch}, batch {}; lower lr or check the data",
+                    job.index
+                )));
+            }
+            let parts = terms.parts();
+            let loss = total.div_scalar(group as f64);
+            Ok((parallel::gradients(loss, &w.model, ad), value, parts))
+        })
+    }
 }
 
 /// The loss terms of one batch, in the objective's order: each with its name in the run
