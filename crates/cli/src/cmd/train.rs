@@ -266,10 +266,17 @@ fn refiner(mut a: RefinerArgs) -> Result<()> {
         &mut bar,
     )?;
     let line = log.best_epoch.zip(log.history.last()).map(|(best, last)| {
+        // The best epoch's error is what the run selects on: balanced, a fraction of the
+        // unrefined error; otherwise a relative L2 error beside the unrefined one.
+        let selected = match log.config.balance_components {
+            true => format!("val error {:.4} of the unrefined", log.best_val_error),
+            false => format!(
+                "val relative L2 {:.4}, unrefined {:.4}",
+                log.best_val_error, log.input_val_errors.relative_l2_total_normalised
+            ),
+        };
         format!(
-            "best epoch {best} (val relative L2 {:.4}, unrefined {:.4}); last epoch: {}",
-            log.best_val_error,
-            log.input_val_errors.relative_l2_total_normalised,
+            "best epoch {best} ({selected}); last epoch: {}",
             refiner_summary(last)
         )
     });
