@@ -33,7 +33,7 @@ pub struct RefineTrainConfig {
     /// unrefined training estimates (the log's `component_weights`), so the loss starts at
     /// ≈ 1 and a relative gain counts alike on vx, vy and vz; the best epoch is then the
     /// one with the lowest mean of the validation errors relative to the unrefined ones.
-    /// Unweighted, vz's relative error (≈ 4× vy's) makes up ~90 % of the loss and the
+    /// Unweighted, vz's relative error (≈ 5× vy's) makes up ~90 % of the loss and the
     /// refiner corrects little else. Runs logged before the option were unweighted.
     #[serde(default)]
     pub balance_components: bool,
