@@ -350,7 +350,7 @@ fn the_refiner_learns_and_refuses_what_it_cannot_use() {
     let plain = RefineTrainConfig {
         balance_components: false,
         epochs: 1,
-        ..fit
+        ..fit.clone()
     };
     assert_eq!(
         s.refine("plain", plain, false).unwrap().component_weights,
@@ -403,4 +403,85 @@ fn the_refiner_learns_and_refuses_what_it_cannot_use() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("changed since the refiner"), "{e}");
+}
+
+#[test]
+fn a_refiner_run_continues_from_another_of_the_same_model() {
+    let _serial = serial();
+    let s = Setup::new();
+    let fit = RefineTrainConfig {
+        mirror_augmentation: false,
+        ..config(10, 3e-3)
+    };
+    let log = s.refine("fit", fit.clone(), false).unwrap();
+    let w = log.component_weights;
+    // Started from the fitted run's weights at a learning rate too small to move them,
+    // the first epoch validates as the fitted run's best epoch did, where a fresh refiner
+    // validates elsewhere; the emphasis multiplies the balanced weights.
+    let fitted = &log.history[log.best_epoch.unwrap()].val_errors.relative_l2;
+    let still = RefineTrainConfig {
+        init: Some(s.tmp.path().join("fit")),
+        component_emphasis: [1.0, 2.0, 1.0],
+        epochs: 1,
+        lr: 1e-12,
+        min_lr: 1e-12,
+        ..fit.clone()
+    };
+    let go_on = s.refine("go-on", still.clone(), false).unwrap();
+    let first = &go_on.history[0].val_errors.relative_l2;
+    for c in 0..3 {
+        assert!(
+            (first[c] / fitted[c] - 1.0).abs() < 1e-4,
+            "{first:?} vs {fitted:?}"
+        );
+    }
+    let fresh = RefineTrainConfig {
+        init: None,
+        ..still.clone()
+    };
+    let fresh = &s.refine("fresh", fresh, false).unwrap().history[0].val_errors;
+    let moved = (0..3).map(|c| (fresh.relative_l2[c] / fitted[c] - 1.0).abs());
+    assert!(moved.fold(0.0, f64::max) > 1e-2, "{fresh:?} vs {fitted:?}");
+    let emphasised = go_on.component_weights;
+    for (c, e) in [1.0, 2.0, 1.0].iter().enumerate() {
+        assert!(
+            (emphasised[c] / (e * w[c]) - 1.0).abs() < 1e-9,
+            "{emphasised:?}"
+        );
+    }
+    // Its estimates come from the fitted run's cache: a damaged one there is read, not
+    // recomputed.
+    let cached = s.tmp.path().join("fit").join(ESTIMATES_DIR);
+    let damaged = std::fs::read_dir(&cached)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&damaged, b"not safetensors").unwrap();
+    let e = s.refine("go-on-2", still.clone(), false).unwrap_err();
+    assert!(e.contains(&*damaged.to_string_lossy()), "{e}");
+    // What it starts from must be a refiner of this model with this architecture.
+    let e = s
+        .refine(
+            "r5",
+            RefineTrainConfig {
+                init: Some(s.direct.clone()),
+                ..still.clone()
+            },
+            false,
+        )
+        .unwrap_err();
+    assert!(e.contains("not a refiner run"), "{e}");
+    let wider = RefineTrainConfig {
+        refiner: RefinerConfig::new()
+            .with_features(vec![8, 24])
+            .with_groups(4),
+        ..still.clone()
+    };
+    let e = s.refine("r6", wider, false).unwrap_err();
+    assert!(e.contains("architecture"), "{e}");
+    let reseeded = RefineTrainConfig { seed: 7, ..still };
+    let e = s.refine("r7", reseeded, false).unwrap_err();
+    assert!(e.contains("another seed"), "{e}");
 }

@@ -167,26 +167,34 @@ pub fn save_state<M: Module>(
         .map_err(|e| ModelError::checkpoint(&path, e))
 }
 
-/// Ends an epoch of a trainer with an EMA: the EMA weights become the run's best weights
-/// when the epoch `improved` on the best one, then the checkpoint (as [`save_state`]) and
-/// `log` are committed ([`commit_epoch`]).
-pub fn end_epoch<M: Module, L: Serialize>(
+/// A trainer's state as the end of an epoch commits it.
+pub trait Checkpointed {
+    /// Writes the weights the run keeps as its best (the EMA's where there is one) to
+    /// `path`, atomically.
+    fn save_best(&self, path: &Path) -> Result<(), ModelError>;
+    /// Writes everything a resume needs into checkpoint folder `dir`.
+    fn save(&self, dir: &Path) -> Result<(), ModelError>;
+}
+
+/// Ends an epoch: the state's best weights become the run's when the epoch `improved` on
+/// the best one, then the checkpoint and `log` are committed ([`commit_epoch`]).
+pub fn end_epoch<L: Serialize>(
     out: &Path,
     log: &L,
     improved: bool,
-    (model, ema, optim): (&M, &M, &ModuleOptimizer),
+    state: &impl Checkpointed,
 ) -> Result<(), ModelError> {
     if improved {
-        save_atomic(ema, &out.join(BEST_FILE))?;
+        state.save_best(&out.join(BEST_FILE))?;
     }
-    commit_epoch(out, log, |dir| save_state(dir, model, ema, optim))
+    commit_epoch(out, log, |dir| state.save(dir))
 }
 
-/// A run log that keeps its best epoch by a validation error: the diffusion and refiner
-/// runs.
-pub trait BestByError: Serialize {
+/// A run log that keeps its best epoch by the lowest validation score: a loss for the VAE
+/// stages, an error for the diffusion and refiner runs.
+pub trait BestByScore: Serialize {
     type Epoch;
-    /// The history, the lowest validation error so far and the epoch that had it.
+    /// The history, the lowest validation score so far and the epoch that had it.
     fn progress(&mut self) -> (&mut Vec<Self::Epoch>, &mut f64, &mut Option<usize>);
 }
 
@@ -194,11 +202,11 @@ pub trait BestByError: Serialize {
 /// in `log`, updates the best when `error` is the lowest so far, commits as
 /// [`end_epoch`], then hands the record to `observe`, whose answer (stop or go on) it
 /// returns.
-pub fn close_epoch<L: BestByError, M: Module>(
+pub fn close_epoch<L: BestByScore>(
     out: &Path,
     log: &mut L,
     (epoch, record, error): (usize, L::Epoch, f64),
-    modules: (&M, &M, &ModuleOptimizer),
+    state: &impl Checkpointed,
     observe: impl FnOnce(&L::Epoch) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, ModelError> {
     let (history, best, best_epoch) = log.progress();
@@ -208,7 +216,7 @@ pub fn close_epoch<L: BestByError, M: Module>(
         *best_epoch = Some(epoch);
     }
     history.push(record);
-    end_epoch(out, &*log, improved, modules)?;
+    end_epoch(out, &*log, improved, state)?;
     Ok(observe(log.progress().0.last().expect("just pushed")))
 }
 

@@ -223,7 +223,7 @@ pub struct DiffusionEpoch {
     pub seconds: f64,
 }
 
-impl super::checkpoint::BestByError for DiffusionRunLog {
+impl super::checkpoint::BestByScore for DiffusionRunLog {
     type Epoch = DiffusionEpoch;
 
     fn progress(&mut self) -> (&mut Vec<DiffusionEpoch>, &mut f64, &mut Option<usize>) {

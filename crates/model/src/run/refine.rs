@@ -37,6 +37,15 @@ pub struct RefineTrainConfig {
     /// refiner corrects little else. Runs logged before the option were unweighted.
     #[serde(default)]
     pub balance_components: bool,
+    /// Multiplies each component's loss weight, and its share of the best-epoch
+    /// selection when balanced: raising one trades the others' accuracy for its own, e.g.
+    /// `[1, 2, 1]` for a vy that stays furthest from its target.
+    pub component_emphasis: [f64; 3],
+    /// A refiner run of the same model, architecture and seed whose kept weights
+    /// (`best_model.bpk`) this run starts from instead of a random draw, so a longer or
+    /// re-weighted schedule continues from what it learned; its cached estimates, drawn
+    /// with the same seed, are reused rather than computed again.
+    pub init: Option<PathBuf>,
     /// Use only the first N training / validation samples (`None` = all).
     pub train_samples: Option<usize>,
     pub val_samples: Option<usize>,
@@ -57,6 +66,8 @@ impl Default for RefineTrainConfig {
             seed: 2024,
             mirror_augmentation: true,
             balance_components: true,
+            component_emphasis: [1.0; 3],
+            init: None,
             train_samples: None,
             val_samples: None,
         }
@@ -67,6 +78,16 @@ impl RefineTrainConfig {
     /// Checks every rule before anything is computed, naming the field that breaks it.
     pub fn validate(&self) -> Result<(), ModelError> {
         optimiser_settings!(self, accumulation: 1).validate()?;
+        if self
+            .component_emphasis
+            .iter()
+            .any(|e| !e.is_finite() || *e <= 0.0)
+        {
+            return Err(ModelError::Config(format!(
+                "component_emphasis = {:?} must be three positive numbers",
+                self.component_emphasis
+            )));
+        }
         self.refiner.validate()
     }
 }
@@ -88,7 +109,7 @@ pub struct RefineEpoch {
     pub seconds: f64,
 }
 
-impl super::checkpoint::BestByError for RefineRunLog {
+impl super::checkpoint::BestByScore for RefineRunLog {
     type Epoch = RefineEpoch;
 
     fn progress(&mut self) -> (&mut Vec<RefineEpoch>, &mut f64, &mut Option<usize>) {
@@ -129,13 +150,15 @@ fn unit_weights() -> [f64; 3] {
 
 impl RefineRunLog {
     /// What the best epoch minimises: with `balance_components`, the mean over components
-    /// of the validation error relative to the unrefined estimates'; otherwise the
-    /// relative L2 error over the normalised components.
+    /// of the validation error relative to the unrefined estimates', weighted by the
+    /// emphasis; otherwise the relative L2 error over the normalised components.
     pub fn selection_error(&self, errors: &FieldErrors) -> f64 {
         if self.config.balance_components {
-            let ratios =
-                (0..3).map(|c| errors.relative_l2[c] / self.input_val_errors.relative_l2[c]);
-            ratios.sum::<f64>() / 3.0
+            let emphasis = self.config.component_emphasis;
+            let ratios = (0..3).map(|c| {
+                emphasis[c] * errors.relative_l2[c] / self.input_val_errors.relative_l2[c]
+            });
+            ratios.sum::<f64>() / emphasis.iter().sum::<f64>()
         } else {
             errors.relative_l2_total_normalised
         }
@@ -169,6 +192,9 @@ mod tests {
         // Balanced: the mean of 0.09/0.1, 0.18/0.2 and 0.5/0.5 = (0.9 + 0.9 + 1) / 3.
         let refined = errors([0.09, 0.18, 0.5], 0.25);
         assert!((log.selection_error(&refined) - 2.8 / 3.0).abs() < 1e-12);
+        // Emphasis [1, 2, 1]: (0.9 + 2 × 0.9 + 1) / 4.
+        log.config.component_emphasis = [1.0, 2.0, 1.0];
+        assert!((log.selection_error(&refined) - 3.7 / 4.0).abs() < 1e-12);
         log.config.balance_components = false;
         assert_eq!(log.selection_error(&refined), 0.25);
     }
@@ -180,5 +206,20 @@ mod tests {
         let old: RefineTrainConfig = serde_json::from_value(value).unwrap();
         assert!(!old.balance_components);
         assert!(RefineTrainConfig::default().balance_components);
+    }
+
+    #[test]
+    fn an_emphasis_that_is_not_positive_is_refused() {
+        for bad in [[1.0, 0.0, 1.0], [1.0, -2.0, 1.0], [f64::NAN, 1.0, 1.0]] {
+            let cfg = RefineTrainConfig {
+                component_emphasis: bad,
+                ..RefineTrainConfig::default()
+            };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("component_emphasis"), "{err}");
+        }
+        let old: RefineTrainConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(old.component_emphasis, [1.0; 3]);
+        assert_eq!(old.init, None);
     }
 }

@@ -193,6 +193,18 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
+impl super::checkpoint::BestByScore for RunLog {
+    type Epoch = EpochRecord;
+
+    fn progress(&mut self) -> (&mut Vec<EpochRecord>, &mut f64, &mut Option<usize>) {
+        (
+            &mut self.history,
+            &mut self.best_val_loss,
+            &mut self.best_epoch,
+        )
+    }
+}
+
 /// `log.json`: everything needed to interpret and reuse the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunLog {

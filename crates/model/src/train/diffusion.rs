@@ -9,7 +9,8 @@
 //! The VAE is referenced, never copied.
 
 use super::parallel;
-use super::state::{TrainState, run_epochs};
+use super::runner::run_epochs;
+use super::state::TrainState;
 use crate::batch::to_tensors;
 use crate::diffusion::{ChaCha8Rng, NoiseSchedule, seeded_rng, standard_normal};
 use crate::error::ModelError;

@@ -8,6 +8,7 @@ pub mod diffusion;
 pub mod ema;
 pub mod parallel;
 pub mod refine;
+pub(crate) mod runner;
 pub mod schedule;
 pub(crate) mod state;
 pub mod vae;

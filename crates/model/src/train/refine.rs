@@ -13,7 +13,8 @@
 //! `checkpoint/` for `--resume`, `estimates/`.
 
 use super::diffusion::epoch_order;
-use super::state::{TrainState, run_epochs};
+use super::runner::run_epochs;
+use super::state::TrainState;
 use crate::batch::{TensorBatch, channel_first, to_tensors};
 use crate::diffusion::seeded_rng;
 use crate::error::ModelError;
@@ -21,10 +22,10 @@ use crate::latent::cache::{read_tensor, write_tensors};
 use crate::loss::{squared_relative_errors, weighted_normalized_mse};
 use crate::metrics::{ErrorSums, FieldErrors};
 use crate::predict::sampling::SampleOptions;
-use crate::predict::{EstimateRequest, Steering, TrainedModel};
+use crate::predict::{EstimateRequest, RefinerPart, Steering, TrainedModel};
 use crate::refine::{Refiner, refiner_inputs};
 use crate::run::checkpoint;
-use crate::run::checkpoint::LOG_FILE;
+use crate::run::checkpoint::{BEST_FILE, LOG_FILE};
 use crate::run::optimiser_settings;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
@@ -62,12 +63,13 @@ fn estimate_file(out: &Path, index: usize) -> PathBuf {
         .join(format!("{index:06}.safetensors"))
 }
 
-/// Computes the estimate of each of `indices` not cached yet.
+/// Computes the estimate of each of `indices` not cached yet, or copies it from the run
+/// `reuse` when that one holds it.
 fn fill_estimates(
     model: &TrainedModel,
     dataset: &Dataset,
     indices: &[usize],
-    (out, seed): (&Path, u64),
+    (out, seed, reuse): (&Path, u64, Option<&Path>),
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(), ModelError> {
@@ -80,7 +82,13 @@ fn fill_estimates(
     progress.start("estimating the training flows", indices.len() as u64);
     for &i in indices {
         let path = estimate_file(out, i);
-        if !path.exists() {
+        let cached = reuse.map(|dir| estimate_file(dir, i));
+        if let Some(from) = cached.filter(|f| !path.exists() && f.is_file()) {
+            // Read and written again rather than copied: the write is atomic.
+            let h = &dataset.manifest.header.shape;
+            let data = read_tensor(&from, "u", &[h.slices, 3, h.height, h.width])?;
+            write_tensors(&path, &[("u", &data)])?;
+        } else if !path.exists() {
             let sample = dataset.open_sample(i)?.load()?;
             let request = base_request(seed);
             let u =
@@ -201,6 +209,23 @@ fn component_weights(
     Ok(sums.map(|s| if s > 0.0 { n / s } else { 1.0 }))
 }
 
+/// The loss's component weights of a new run: balanced (or 1) times the emphasis.
+fn loss_weights(
+    cfg: &RefineTrainConfig,
+    model: &TrainedModel,
+    source: &Source,
+    train: &[usize],
+    device: &Device,
+) -> Result<[f64; 3], ModelError> {
+    let balanced = match cfg.balance_components {
+        true => component_weights(model, source, train, device)?,
+        false => [1.0; 3],
+    };
+    Ok(std::array::from_fn(|c| {
+        balanced[c] * cfg.component_emphasis[c]
+    }))
+}
+
 /// Trains a refiner of the model at `base` (run folder or bundle) into `out`, on the
 /// training split of `dataset_dir`, which must be the data the model was trained on (its
 /// test split then stays unseen by both).
@@ -244,7 +269,16 @@ pub fn train_refiner(
         ));
     }
     let all: Vec<usize> = train.iter().chain(&val).copied().collect();
-    fill_estimates(&model, &dataset, &all, (out, cfg.seed), device, observer)?;
+    let init = initial_run(&cfg, &model)?;
+    let reuse = init.as_ref().map(|(dir, _)| dir.as_path());
+    fill_estimates(
+        &model,
+        &dataset,
+        &all,
+        (out, cfg.seed, reuse),
+        device,
+        observer,
+    )?;
     let source = Source {
         dataset: &dataset,
         out,
@@ -253,8 +287,7 @@ pub fn train_refiner(
     let (_, input_val_errors) = validate(None, (&model, [1.0; 3]), &source, &val, device)?;
     let weights = match &resumed {
         Some((_, saved)) => saved.component_weights,
-        None if cfg.balance_components => component_weights(&model, &source, &train, device)?,
-        None => [1.0; 3],
+        None => loss_weights(&cfg, &model, &source, &train, device)?,
     };
 
     let ad = device.clone().autodiff();
@@ -262,7 +295,12 @@ pub fn train_refiner(
     let optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
-    let mut state = TrainState::new(cfg.refiner.init(&ad)?, optim);
+    let first = cfg.refiner.init(&ad)?;
+    let first = match &init {
+        Some((dir, _)) => checkpoint::load(first, &dir.join(BEST_FILE))?,
+        None => first,
+    };
+    let mut state = TrainState::new(first, optim);
     let mut log = RefineRunLog {
         config: cfg.clone(),
         base: checkpoint::absolute(base),
@@ -328,6 +366,40 @@ fn open_inputs(
         )));
     }
     Ok((model, dataset, manifest))
+}
+
+/// The run `cfg.init` names and its log, refused unless it is a refiner of `model` with
+/// this run's architecture.
+fn initial_run(
+    cfg: &RefineTrainConfig,
+    model: &TrainedModel,
+) -> Result<Option<(PathBuf, RefineRunLog)>, ModelError> {
+    let Some(dir) = &cfg.init else {
+        return Ok(None);
+    };
+    let refused = |why: &str| {
+        Err(ModelError::Config(format!(
+            "init = {}: {why}",
+            dir.display()
+        )))
+    };
+    let Some(log) = RefinerPart::run_log(dir)? else {
+        return refused("not a refiner run folder (no refiner log.json)");
+    };
+    if log.config.seed != cfg.seed {
+        // Its cached estimates, drawn with its seed, would not be this run's.
+        return refused("it was trained with another seed; start from one with this seed");
+    }
+    if log.base_sha256 != model.weights_sha256 {
+        return refused("it refines another model; start from a refiner of this one");
+    }
+    if log.config.refiner != cfg.refiner {
+        return refused(&format!(
+            "its architecture {:?} is not this run's {:?}",
+            log.config.refiner, cfg.refiner
+        ));
+    }
+    Ok(Some((dir.clone(), log)))
 }
 
 /// What every epoch of a refiner run uses.

@@ -16,7 +16,8 @@ use crate::batch::{Normalizer, TensorBatch, to_tensors};
 use crate::error::ModelError;
 use crate::loss::{kl_divergence, normalized_mae, normalized_mse};
 use crate::metrics::{ErrorSums, FieldErrors};
-use crate::run::checkpoint::{self, BEST_FILE, LOG_FILE};
+use crate::run::checkpoint::{self, BEST_FILE, Checkpointed, LOG_FILE};
+use crate::train::runner::run_epochs;
 use crate::train::{clip::clip_global_norm, ema, parallel, schedule};
 use crate::vae::{Decoder, VaeBranch, reparameterize, standard_noise};
 use burn::module::Module;
@@ -133,28 +134,34 @@ pub fn train_vae(
         write_json(&out.join(LOG_FILE), &log)?;
     }
     let run = EpochRun::new(&dataset, &cfg, (device, &ads), &trainer, &normalizer)?;
-    for epoch in log.history.len()..cfg.epochs {
-        let started = Instant::now();
-        // The sampling noise of each epoch depends on (seed, epoch) only.
-        device.seed(cfg.seed.wrapping_add(1 + epoch as u64));
-        let beta = schedule::kl_weight(epoch, cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_end);
-        let (train, grad_norms, lr) = run.train(&mut trainer, (epoch, beta), observer)?;
-        let (val, val_errors) = trainer.validate(&run.val, &cfg, device, &normalizer)?;
-        let record = EpochRecord {
-            epoch,
-            steps: (epoch + 1) * run.steps_per_epoch,
-            lr,
-            kl_weight: beta,
-            train,
-            val_errors,
-            mean_grad_norm: grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64,
-            seconds: started.elapsed().as_secs_f64(),
-            val,
-        };
-        if end_epoch(out, &mut log, &trainer, record, observer)?.is_break() {
-            break;
-        }
-    }
+    run_epochs(
+        (out, cfg.epochs),
+        &mut log,
+        trainer,
+        observer,
+        |mut trainer, epoch, _, observer| {
+            let started = Instant::now();
+            // The sampling noise of each epoch depends on (seed, epoch) only.
+            device.seed(cfg.seed.wrapping_add(1 + epoch as u64));
+            let beta = schedule::kl_weight(epoch, cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_end);
+            let (train, grad_norms, lr) = run.train(&mut trainer, (epoch, beta), observer)?;
+            let (val, val_errors) = trainer.validate(&run.val, &cfg, device, &normalizer)?;
+            let val_loss = val["loss"];
+            let record = EpochRecord {
+                epoch,
+                steps: (epoch + 1) * run.steps_per_epoch,
+                lr,
+                kl_weight: beta,
+                train,
+                val_errors,
+                mean_grad_norm: grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64,
+                seconds: started.elapsed().as_secs_f64(),
+                val,
+            };
+            Ok((trainer, record, val_loss))
+        },
+        |o, r| o.epoch(r),
+    )?;
     Ok(log)
 }
 
@@ -239,26 +246,6 @@ fn check_resumable(saved: &RunLog, fresh: &RunLog, out: &Path) -> Result<(), Mod
         )));
     }
     Ok(())
-}
-
-/// Records a finished epoch: keeps the weights of the best validation loss, commits the
-/// checkpoint and the log atomically and tells the observer, which may stop the run.
-fn end_epoch(
-    out: &Path,
-    log: &mut RunLog,
-    trainer: &Trainer,
-    record: EpochRecord,
-    observer: &mut dyn TrainObserver,
-) -> Result<ControlFlow<()>, ModelError> {
-    let val_loss = record.val["loss"];
-    if val_loss < log.best_val_loss {
-        log.best_val_loss = val_loss;
-        log.best_epoch = Some(record.epoch);
-        checkpoint::save_atomic(&trainer.inference_model(), &out.join(BEST_FILE))?;
-    }
-    log.history.push(record);
-    checkpoint::commit_epoch(out, log, |dir| trainer.save(dir))?;
-    Ok(observer.epoch(log.history.last().expect("just pushed")))
 }
 
 /// One epoch's mean loss terms by name, the global gradient norm of each step and the last
@@ -710,6 +697,12 @@ impl Trainer {
             errors.errors(),
         ))
     }
+}
+
+impl Checkpointed for Trainer {
+    fn save_best(&self, path: &Path) -> Result<(), ModelError> {
+        checkpoint::save_atomic(&self.inference_model(), path)
+    }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         checkpoint::save(&self.model, &dir.join(checkpoint::MODEL_WEIGHTS))?;
@@ -722,7 +715,10 @@ impl Trainer {
         }
         Ok(())
     }
+}
 
+impl Trainer {
+    /// Reads what [`Checkpointed::save`] wrote.
     fn load(&mut self, dir: &Path) -> Result<(), ModelError> {
         self.model = checkpoint::load(self.model.clone(), &dir.join(checkpoint::MODEL_WEIGHTS))?;
         let path = dir.join(checkpoint::OPTIMIZER_STATE);
