@@ -172,8 +172,8 @@ struct RefinerArgs {
 #[derive(Args, Debug)]
 struct VaeArgs {
     /// 1: 3D branch on U; 2: 2D branch on U_2d against a frozen stage-1 run.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
-    stage: u8,
+    #[arg(long)]
+    stage: Stage,
     /// Stage 2: the stage-1 run folder.
     #[arg(long)]
     stage1: Option<PathBuf>,
@@ -192,7 +192,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
 fn vae(mut a: VaeArgs) -> Result<()> {
     crate::remote::localise(&mut [&mut a.run.dataset], a.run.sha256.as_deref())?;
     let cfg: VaeTrainConfig = a.run.config(|c: &mut VaeTrainConfig, e| c.epochs = e)?;
-    let stage = if a.stage == 1 { Stage::One } else { Stage::Two };
     let inputs: Vec<&Path> = std::iter::once(a.run.dataset.as_path())
         .chain(a.stage1.as_deref())
         .collect();
@@ -201,7 +200,7 @@ fn vae(mut a: VaeArgs) -> Result<()> {
     let devices = a.run.device.open()?;
     let log = train_vae(
         &devices,
-        stage,
+        a.stage,
         &a.run.dataset,
         a.stage1.as_deref(),
         &a.run.out,

@@ -166,12 +166,15 @@ impl VaeTrainConfig {
     }
 }
 
-/// Which stage a run trains.
+/// Which stage a run trains (`--stage 1|2` on the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Stage {
-    /// E3D + D3D.
+    /// E3D + D3D on the 3D flow U.
+    #[cfg_attr(feature = "clap", value(name = "1"))]
     One,
-    /// E2D + D2D against a frozen stage-1 run.
+    /// E2D + D2D on the 2D flow U_2d against a frozen stage-1 run.
+    #[cfg_attr(feature = "clap", value(name = "2"))]
     Two,
 }
 
