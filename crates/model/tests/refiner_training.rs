@@ -29,6 +29,18 @@ impl TrainObserver for Quiet {}
 impl DiffusionObserver for Quiet {}
 impl RefineObserver for Quiet {}
 
+/// Stops a refiner run after its first epoch, as a kill there would.
+struct StopAfterFirst;
+impl Progress for StopAfterFirst {}
+impl RefineObserver for StopAfterFirst {
+    fn epoch(
+        &mut self,
+        _: &fiberflow_model::train::refine::RefineEpoch,
+    ) -> std::ops::ControlFlow<()> {
+        std::ops::ControlFlow::Break(())
+    }
+}
+
 /// A tiny dataset, a VAE and a direct predictor trained on it.
 struct Setup {
     tmp: tempfile::TempDir,
@@ -449,6 +461,29 @@ fn a_refiner_run_continues_from_another_of_the_same_model() {
             "{emphasised:?}"
         );
     }
+    // A continuation stopped after its first epoch resumes without the run it started
+    // from (moved away since): its own checkpoint and estimates are all it needs.
+    let two = RefineTrainConfig {
+        epochs: 2,
+        ..still.clone()
+    };
+    let stopped = s.tmp.path().join("stopped");
+    let run = |observer: &mut dyn RefineObserver, resume: bool| {
+        train_refiner(
+            &Device::flex(),
+            &s.direct,
+            &s.data,
+            &stopped,
+            two.clone(),
+            resume,
+            observer,
+        )
+    };
+    assert_eq!(run(&mut StopAfterFirst, false).unwrap().history.len(), 1);
+    let (fit_dir, moved) = (s.tmp.path().join("fit"), s.tmp.path().join("fit-moved"));
+    std::fs::rename(&fit_dir, &moved).unwrap();
+    assert_eq!(run(&mut Quiet, true).unwrap().history.len(), 2);
+    std::fs::rename(&moved, &fit_dir).unwrap();
     // Its estimates come from the fitted run's cache: a damaged one there is read, not
     // recomputed.
     let cached = s.tmp.path().join("fit").join(ESTIMATES_DIR);

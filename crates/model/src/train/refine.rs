@@ -269,7 +269,12 @@ pub fn train_refiner(
         ));
     }
     let all: Vec<usize> = train.iter().chain(&val).copied().collect();
-    let init = initial_run(&cfg, &model)?;
+    // A resumed run has its own weights and every estimate: the run it started from is
+    // not needed any more (it may have been moved or deleted since).
+    let init = match &resumed {
+        Some(_) => None,
+        None => initial_run(&cfg, &model)?,
+    };
     let reuse = init.as_ref().map(|(dir, _)| dir.as_path());
     fill_estimates(
         &model,
