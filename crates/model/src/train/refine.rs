@@ -269,12 +269,7 @@ pub fn train_refiner(
         ));
     }
     let all: Vec<usize> = train.iter().chain(&val).copied().collect();
-    // A resumed run has its own weights and every estimate: the run it started from is
-    // not needed any more (it may have been moved or deleted since).
-    let init = match &resumed {
-        Some(_) => None,
-        None => initial_run(&cfg, &model)?,
-    };
+    let init = initial_run(&cfg, &model, resumed.is_some())?;
     let reuse = init.as_ref().map(|(dir, _)| dir.as_path());
     fill_estimates(
         &model,
@@ -374,12 +369,14 @@ fn open_inputs(
 }
 
 /// The run `cfg.init` names and its log, refused unless it is a refiner of `model` with
-/// this run's architecture.
+/// this run's architecture and seed. A resumed run has its own weights and every estimate,
+/// so it needs none (the first run may have been moved or deleted since).
 fn initial_run(
     cfg: &RefineTrainConfig,
     model: &TrainedModel,
+    resumed: bool,
 ) -> Result<Option<(PathBuf, RefineRunLog)>, ModelError> {
-    let Some(dir) = &cfg.init else {
+    let Some(dir) = cfg.init.as_ref().filter(|_| !resumed) else {
         return Ok(None);
     };
     let refused = |why: &str| {
