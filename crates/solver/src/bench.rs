@@ -87,11 +87,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     shape: [usize; 3],
 ) -> KernelThroughput {
     let cfg = LbmConfig::default();
-    let trt = Trt {
-        omega_plus: (1.0 / cfg.tau) as f32,
-        omega_minus: (1.0 / cfg.tau_minus()) as f32,
-        force: [cfg.force as f32, 0.0, 0.0],
-    };
+    let trt = Trt::new(&cfg, shape[1].min(shape[2]));
     let mut lattices: Vec<Lattice> = masks
         .iter()
         .map(|mask| {
@@ -99,7 +95,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             let grid = Grid { nx, ny, nz };
             let fluid: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
             let streaming = Streaming::new::<Q, V>(&grid, &fluid);
-            let f = kernel::equilibrium::<Q, V>(&grid, &fluid, None);
+            let f = kernel::equilibrium::<Q, V>(&grid, &trt, &fluid, None);
             let g = vec![0.0f32; f.len()];
             Lattice {
                 grid,

@@ -7,9 +7,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LbmConfig {
-    /// Symmetric relaxation time τ⁺. With TRT the permeability does not depend on it, and
-    /// 0.7 reached steady state in the fewest steps on default samples (see BENCHMARKS.md).
-    pub tau: f64,
+    /// Symmetric relaxation time τ⁺: a number, or "auto" (see [`LbmConfig::tau_at`]). With
+    /// TRT the permeability does not depend on it.
+    pub tau: Tau,
+    /// Lattice sound speed squared of the equilibrium (the standard ⅓ scaled by moving
+    /// density from the rest population to the moving ones). The steady Stokes solution
+    /// does not depend on it (its only trace is a bulk viscosity acting on ∇·u, zero at
+    /// steady state), but pressure differences spread faster; ½ (rest weight zero)
+    /// converged in 28 % fewer steps at 128² (BENCHMARKS.md). Near 0.75 the iteration
+    /// diverges.
+    pub sound_speed_sq: f64,
     /// TRT magic parameter Λ = (τ⁺ − ½)(τ⁻ − ½); 3/16 puts bounce-back walls exactly half-way.
     pub magic: f64,
     /// Converged when the mean flux changes by less than this (relative) over `check_every` steps.
@@ -22,8 +29,12 @@ pub struct LbmConfig {
     pub max_iterations: usize,
     /// Body force in lattice units; results are linear in it, it only sets the f32 range.
     pub force: f64,
-    /// Start the 3D solve from the 2D slice solutions.
+    /// Start the 3D solve from the 2D slice solutions where no coarse start applies.
     pub warm_start: bool,
+    /// Coarser lattices solved first, each starting the next finer one (0: none); stops
+    /// early where a level would be under 48 cells in-plane, so the default 64² sample has
+    /// none (see `coarse`).
+    pub coarse_levels: usize,
     /// Refuse lattices whose solve would need more memory than this, GiB.
     pub max_memory_gib: f64,
 }
@@ -31,7 +42,8 @@ pub struct LbmConfig {
 impl Default for LbmConfig {
     fn default() -> Self {
         Self {
-            tau: 0.7,
+            tau: Tau::Auto,
+            sound_speed_sq: 0.5,
             magic: 3.0 / 16.0,
             tol: 1e-5,
             field_tol: 1e-4,
@@ -39,6 +51,7 @@ impl Default for LbmConfig {
             max_iterations: 50_000,
             force: 1e-5,
             warm_start: true,
+            coarse_levels: 4,
             max_memory_gib: 16.0,
         }
     }
@@ -48,8 +61,16 @@ impl LbmConfig {
     /// Checks the settings before any work is done.
     pub fn validate(&self) -> Result<(), SolverError> {
         let bad = |m: &str| Err(SolverError::Config(m.to_string()));
-        if !(self.tau.is_finite() && self.tau > 0.5) {
+        if let Tau::Fixed(tau) = self.tau
+            && !(tau.is_finite() && tau > 0.5)
+        {
             return bad("tau must be > 0.5");
+        }
+        if !(self.sound_speed_sq.is_finite()
+            && self.sound_speed_sq > 0.1
+            && self.sound_speed_sq <= 0.6)
+        {
+            return bad("sound_speed_sq must lie in (0.1, 0.6]: the iteration diverges near 0.75");
         }
         if !(self.magic.is_finite() && self.magic > 0.0) {
             return bad("magic must be > 0");
@@ -69,24 +90,77 @@ impl LbmConfig {
         Ok(())
     }
 
-    /// Kinematic viscosity ν = (τ⁺ − ½)/3 in lattice units.
-    pub fn nu(&self) -> f64 {
-        (self.tau - 0.5) / 3.0
+    /// τ⁺ on a lattice `in_plane` cells across (the smaller of x and y). "auto" gives 0.7
+    /// up to 64 cells and 0.5 + 0.2·(n/64)^0.75 above (0.84 at 128, 1.07 at 256): viscous
+    /// relaxation across a pore takes ∝ n²/ν steps and the spreading of pressure ∝ ν/c_s²,
+    /// so the ν that balances them grows with n. Measured with c_s² = ½ (BENCHMARKS.md):
+    /// 0.7 took the fewest steps at 64² (800 against 900 at 0.8), 0.8–0.9 at 128² (1 950
+    /// against 2 450 at 0.7), 1.0–1.3 at 256² (2 650 against 3 150 at 0.8).
+    pub fn tau_at(&self, in_plane: usize) -> f64 {
+        match self.tau {
+            Tau::Fixed(tau) => tau,
+            Tau::Auto => 0.5 + 0.2 * (in_plane as f64 / 64.0).max(1.0).powf(0.75),
+        }
+    }
+
+    /// Kinematic viscosity ν = (τ⁺ − ½)/3 in lattice units, on a lattice `in_plane` cells across.
+    pub fn nu_at(&self, in_plane: usize) -> f64 {
+        (self.tau_at(in_plane) - 0.5) / 3.0
     }
 
     /// Bytes a solve of `cells` cells with `q` directions holds: two lattices of populations,
     /// the mask, the bounce-back links (at most one 12-byte word per 16 cells and moving
     /// direction), the single pulls (periodic wraps and partial words: budgeted at 8 B per
-    /// cell, far more than realistic lattices need), and
-    /// the velocity and density fields with the previous velocity kept for the stopping rule.
+    /// cell, far more than realistic lattices need), the starting velocity and pressure,
+    /// the velocity and density fields with the previous velocity kept for the stopping
+    /// rule. A coarse start's own solve comes first and is freed before these are allocated.
     pub fn solve_bytes(cells: usize, q: usize) -> f64 {
         let links = 12.0 * q.saturating_sub(1) as f64 / 16.0 + 8.0;
-        cells as f64 * (2.0 * 4.0 * q as f64 + 1.0 + links + 4.0 + 2.0 * 12.0)
+        cells as f64 * (2.0 * 4.0 * q as f64 + 1.0 + links + 16.0 + 4.0 + 2.0 * 12.0)
     }
 
-    /// Antisymmetric relaxation time from the magic parameter.
-    pub fn tau_minus(&self) -> f64 {
-        0.5 + self.magic / (self.tau - 0.5)
+    /// Antisymmetric relaxation time from the magic parameter, on a lattice `in_plane`
+    /// cells across.
+    pub fn tau_minus_at(&self, in_plane: usize) -> f64 {
+        0.5 + self.magic / (self.tau_at(in_plane) - 0.5)
+    }
+}
+
+/// The relaxation time τ⁺ of a config: a number, or "auto" for one chosen from the
+/// lattice's size ([`LbmConfig::tau_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TauSetting", into = "TauSetting")]
+pub enum Tau {
+    Auto,
+    Fixed(f64),
+}
+
+/// How a [`Tau`] is written in a config file: `tau = 0.8` or `tau = "auto"`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum TauSetting {
+    Number(f64),
+    Word(String),
+}
+
+impl TryFrom<TauSetting> for Tau {
+    type Error = String;
+
+    fn try_from(s: TauSetting) -> Result<Self, Self::Error> {
+        match s {
+            TauSetting::Number(v) => Ok(Tau::Fixed(v)),
+            TauSetting::Word(w) if w == "auto" => Ok(Tau::Auto),
+            TauSetting::Word(w) => Err(format!("tau must be a number or \"auto\", got {w:?}")),
+        }
+    }
+}
+
+impl From<Tau> for TauSetting {
+    fn from(t: Tau) -> Self {
+        match t {
+            Tau::Auto => TauSetting::Word("auto".into()),
+            Tau::Fixed(v) => TauSetting::Number(v),
+        }
     }
 }
 
@@ -130,5 +204,52 @@ impl FlowConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_tau_grows_with_the_lattice_from_0_7_at_64_cells() {
+        let auto = LbmConfig::default();
+        assert_eq!(auto.tau, Tau::Auto);
+        assert_eq!(auto.tau_at(12), 0.7);
+        assert!((auto.tau_at(64) - 0.7).abs() < 1e-12);
+        // 0.5 + 0.2·2^0.75 and 0.5 + 0.2·4^0.75.
+        assert!((auto.tau_at(128) - 0.836_358).abs() < 1e-6);
+        assert!((auto.tau_at(256) - 1.065_685).abs() < 1e-6);
+        let fixed = LbmConfig {
+            tau: Tau::Fixed(1.2),
+            ..auto
+        };
+        assert_eq!(fixed.tau_at(256), 1.2);
+        assert!((fixed.nu_at(7) - 0.7 / 3.0).abs() < 1e-12);
+        assert!((fixed.tau_minus_at(7) - (0.5 + 0.1875 / 0.7)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tau_is_written_as_a_number_or_auto() {
+        let cfg: LbmConfig = serde_json::from_str(r#"{"tau": "auto"}"#).unwrap();
+        assert_eq!(cfg.tau, Tau::Auto);
+        let cfg: LbmConfig = serde_json::from_str(r#"{"tau": 0.9}"#).unwrap();
+        assert_eq!(cfg.tau, Tau::Fixed(0.9));
+        assert_eq!(serde_json::to_value(&cfg).unwrap()["tau"], 0.9);
+        assert_eq!(
+            serde_json::to_value(LbmConfig::default()).unwrap()["tau"],
+            "auto"
+        );
+        let err = serde_json::from_str::<LbmConfig>(r#"{"tau": "fast"}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"tau must be a number or "auto", got "fast""#),
+            "{err}"
+        );
+        let low = LbmConfig {
+            tau: Tau::Fixed(0.5),
+            ..Default::default()
+        };
+        assert!(low.validate().is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! Bytes per cell update: Q reads + Q writes (+ Q write-allocate reads) of f32.
 
 use crate::bounce::{self, Links, WORD};
+use crate::coarse::Start;
 use crate::lattice::{VelocitySet, opposite};
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -57,6 +58,33 @@ pub struct Trt {
     pub omega_minus: f32,
     /// Body force per unit volume.
     pub force: [f32; 3],
+    /// Equilibrium weight of the density deviation in each moving direction, relative to
+    /// the standard lattice weight: 3·c_s², so the lattice pressure is c_s²·δρ (1 for the
+    /// standard c_s² = ⅓). See `LbmConfig::sound_speed_sq`.
+    pub density_weight: f32,
+}
+
+impl Trt {
+    /// The collision of a solve with these settings on a lattice `in_plane` cells across.
+    pub fn new(cfg: &crate::config::LbmConfig, in_plane: usize) -> Self {
+        Self {
+            omega_plus: (1.0 / cfg.tau_at(in_plane)) as f32,
+            omega_minus: (1.0 / cfg.tau_minus_at(in_plane)) as f32,
+            force: [cfg.force as f32, 0.0, 0.0],
+            density_weight: (3.0 * cfg.sound_speed_sq) as f32,
+        }
+    }
+
+    /// Equilibrium density weight of direction `q` (the rest direction takes the rest, so
+    /// that the populations still sum to δρ).
+    #[inline(always)]
+    fn rho_weight<const Q: usize, V: VelocitySet<Q>>(&self, q: usize) -> f32 {
+        if q == 0 {
+            1.0 - self.density_weight * (1.0 - V::W[0])
+        } else {
+            self.density_weight * V::W[q]
+        }
+    }
 }
 
 /// A run of consecutive cells of one z plane.
@@ -252,16 +280,18 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
     }
     let (wp, wm) = (trt.omega_plus, trt.omega_minus);
     let src_scale = 1.0 - 0.5 * wm;
+    let w0r = trt.rho_weight::<Q, V>(0);
     {
         let g = &buf[x0..][..L];
         let out = &mut outs[0][at + x0..][..L];
         for l in 0..L {
-            out[l] = keep[l] * (g[l] - wp * (g[l] - V::W[0] * rho[l]));
+            out[l] = keep[l] * (g[l] - wp * (g[l] - w0r * rho[l]));
         }
     }
     for pair in 0..Q / 2 {
         let (a, b) = (2 * pair + 1, 2 * pair + 2);
         let w = V::W[a];
+        let wr = trt.rho_weight::<Q, V>(a);
         let c = V::CF[a];
         let cf = c[0] * trt.force[0] + c[1] * trt.force[1] + c[2] * trt.force[2];
         let source = 3.0 * w * cf * src_scale;
@@ -271,7 +301,7 @@ fn collide<const Q: usize, V: VelocitySet<Q>, const L: usize>(
         let mut pb = [0.0f32; L];
         for l in 0..L {
             let cu = c[0] * u[0][l] + c[1] * u[1][l] + c[2] * u[2][l];
-            let plus = wp * (0.5 * (ga[l] + gb[l]) - w * rho[l]);
+            let plus = wp * (0.5 * (ga[l] + gb[l]) - wr * rho[l]);
             let minus = wm * (0.5 * (ga[l] - gb[l]) - 3.0 * w * cu);
             pa[l] = keep[l] * (ga[l] - plus - minus + source);
             pb[l] = keep[l] * (gb[l] - plus + minus - source);
@@ -426,21 +456,27 @@ pub fn macroscopic<const Q: usize, V: VelocitySet<Q>>(
     (rho, vel)
 }
 
-/// Populations at equilibrium with δρ = 0 and the given velocities (zero in fibre).
+/// Populations at equilibrium with the start's velocity and pressure (rest where there is
+/// no start; zero in fibre).
 pub fn equilibrium<const Q: usize, V: VelocitySet<Q>>(
     grid: &Grid,
+    trt: &Trt,
     fluid: &[u8],
-    vel: Option<&[[f32; 3]]>,
+    start: Option<&Start>,
 ) -> Vec<f32> {
     let mut f = vec![0.0f32; grid.stride() * Q];
-    if let Some(vel) = vel {
+    if let Some(start) = start {
         f.par_chunks_mut(grid.stride())
             .enumerate()
             .for_each(|(q, dir)| {
                 let c = V::CF[q];
-                for ((o, u), &m) in dir.iter_mut().zip(vel).zip(fluid) {
+                // p = c_s²·δρ, and density_weight = 3·c_s².
+                let per_pressure = 3.0 * trt.rho_weight::<Q, V>(q) / trt.density_weight;
+                let cells = start.velocity.iter().zip(&start.pressure).zip(fluid);
+                for (o, ((u, &p), &m)) in dir.iter_mut().zip(cells) {
                     if m != 0 {
-                        *o = 3.0 * V::W[q] * (c[0] * u[0] + c[1] * u[1] + c[2] * u[2]);
+                        let cu = c[0] * u[0] + c[1] * u[1] + c[2] * u[2];
+                        *o = per_pressure * p + 3.0 * V::W[q] * cu;
                     }
                 }
             });

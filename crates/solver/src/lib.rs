@@ -10,6 +10,7 @@
 
 pub mod bench;
 mod bounce;
+pub mod coarse;
 pub mod config;
 pub mod error;
 pub mod kernel;

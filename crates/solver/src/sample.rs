@@ -9,6 +9,7 @@
 //! The 3D field at slice k is interpolated linearly between the two nearest planes and
 //! set to zero in the slice's fibres.
 
+use crate::coarse::{self, Start};
 use crate::config::FlowConfig;
 use crate::error::SolverError;
 use crate::solve::{Dim, LatticeFlow, Progress, check_memory, solve_lattice};
@@ -27,6 +28,13 @@ use std::time::Instant;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SolveStats {
     pub iterations: usize,
+    /// Steps on each coarser lattice solved for the start, next coarser first. Omitted
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coarse_iterations: Vec<usize>,
+    /// Relaxation time τ⁺ used (records made before `tau = "auto"` lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f64>,
     pub converged: bool,
     /// Relative change of the mean flux over the last check window.
     pub residual: f64,
@@ -139,7 +147,7 @@ pub fn solve_sample(
     cfg.validate()?;
     let (ns, h, w) = slices.dim();
     let blocked = check_geometry(slices, planes.as_ref(), voxel)?;
-    let scales = Scales::new(cfg, voxel.dx_m);
+    let scales = Scales::new(cfg, voxel.dx_m, h.min(w));
 
     // 2D: slices are independent, so they run side by side.
     let started_2d = Instant::now();
@@ -165,14 +173,13 @@ pub fn solve_sample(
         });
     };
 
-    // 3D, optionally warm-started from the 2D solutions interpolated onto the planes.
+    // 3D, started from a coarser lattice's solution where the lattice is large enough for
+    // one, else optionally from the 2D solutions interpolated onto the planes.
     let nz = planes.dim().0;
-    let warm = cfg
-        .lbm
-        .warm_start
+    let warm = (cfg.lbm.warm_start && coarse::extent(planes.dim(), &cfg.lbm).is_none())
         .then(|| interpolated_2d(&flows_2d, planes, (ns, h, w)));
     let t = Instant::now();
-    let flow = solve_lattice(planes, Dim::Three, &cfg.lbm, warm.as_deref(), progress)?;
+    let flow = solve_lattice(planes, Dim::Three, &cfg.lbm, warm.as_ref(), progress)?;
     let wall = t.elapsed().as_secs_f64();
     let mut u = Array4::<f32>::zeros((ns, 3, h, w));
     let mut p = Array4::<f32>::zeros((ns, 1, h, w));
@@ -227,6 +234,8 @@ fn report_2d(
                 Some((f, t)) => SolveStats::of(f, *t),
                 None => SolveStats {
                     iterations: 0,
+                    coarse_iterations: Vec::new(),
+                    tau: None,
                     converged: true,
                     residual: 0.0,
                     field_residual: 0.0,
@@ -244,6 +253,8 @@ impl SolveStats {
     fn of(flow: &LatticeFlow, wall_s: f64) -> Self {
         Self {
             iterations: flow.iterations,
+            coarse_iterations: flow.coarse_iterations.clone(),
+            tau: Some(flow.tau),
             converged: flow.converged,
             residual: flow.residual,
             field_residual: flow.field_residual,
@@ -326,7 +337,7 @@ fn interpolated_2d(
     flows_2d: &[Option<(LatticeFlow, f64)>],
     planes: ArrayView3<u8>,
     (ns, h, w): (usize, usize, usize),
-) -> Vec<[f32; 3]> {
+) -> Start {
     let nz = planes.dim().0;
     let mut init = vec![[0.0f32; 3]; nz * h * w];
     for j in 0..nz {
@@ -347,7 +358,10 @@ fn interpolated_2d(
             }
         }
     }
-    init
+    Start {
+        velocity: init,
+        pressure: vec![0.0; nz * h * w],
+    }
 }
 
 /// Neighbouring integer positions around `pos` on a periodic axis of `n`, and the weight of the upper one.
@@ -379,7 +393,7 @@ fn write_slice(
         for ch in 0..3 {
             u[[k, ch, y, x]] = mix(a[ch], b[ch]) * vs;
         }
-        p[[k, 0, y, x]] = mix(flow.density[j0 * hw + c], flow.density[j1 * hw + c]) * ps;
+        p[[k, 0, y, x]] = mix(flow.pressure[j0 * hw + c], flow.pressure[j1 * hw + c]) * ps;
     }
 }
 

@@ -1,5 +1,6 @@
 //! Time-stepping to steady state with a physical stopping rule, in lattice units.
 
+use crate::coarse::{self, Start};
 use crate::config::LbmConfig;
 use crate::error::SolverError;
 use crate::kernel::{self, Grid, Streaming, Trt};
@@ -20,10 +21,14 @@ pub struct LatticeFlow {
     pub grid: Grid,
     /// Velocity per cell (index (z·ny + y)·nx + x), lattice units, zero in fibre.
     pub velocity: Vec<[f32; 3]>,
-    /// Density deviation δρ per cell (lattice pressure is δρ/3), zero in fibre.
-    pub density: Vec<f32>,
+    /// Lattice pressure c_s²·δρ per cell (its periodic part), zero in fibre.
+    pub pressure: Vec<f32>,
     /// Steps taken.
     pub iterations: usize,
+    /// Steps taken on each coarser lattice solved for the start, next coarser first
+    /// (empty without a coarse start). One coarse step costs about 1/8 (3D) or 1/4 (2D)
+    /// of a step here.
+    pub coarse_iterations: Vec<usize>,
     /// Whether both stopping criteria were met before `max_iterations`.
     pub converged: bool,
     /// Relative change of the mean flux over the last check window.
@@ -32,22 +37,26 @@ pub struct LatticeFlow {
     pub field_residual: f64,
     /// Superficial (box-averaged) velocity ⟨u⟩ in lattice units.
     pub mean_velocity: [f64; 3],
+    /// Relaxation time τ⁺ of this solve (from the config, or chosen for the lattice's size).
+    pub tau: f64,
     /// Permeability K = ν⟨u_x⟩/F along x, in cells².
     pub permeability: f64,
     /// Fluid fraction of the lattice.
     pub porosity: f64,
 }
 
-/// Progress hook: called at each convergence check with (step, flux residual).
-pub type Progress<'a> = &'a (dyn Fn(usize, f64) + Sync);
+/// Progress hook: called at each convergence check with (level, step, flux residual);
+/// level 0 is the lattice asked for, 1 the next coarser one solved for its start, ….
+pub type Progress<'a> = &'a (dyn Fn(usize, usize, f64) + Sync);
 
 /// Solves steady Stokes flow along +x through the `(nz, ny, nx)` mask (1 = fluid).
-/// `init` optionally gives a starting velocity per cell (warm start).
+/// `init` optionally gives a starting state (warm start); without one, the solve starts
+/// from a coarser lattice's solution where `cfg.coarse_levels` allows, else from rest.
 pub fn solve_lattice(
     mask: ArrayView3<u8>,
     dim: Dim,
     cfg: &LbmConfig,
-    init: Option<&[[f32; 3]]>,
+    init: Option<&Start>,
     progress: Option<Progress>,
 ) -> Result<LatticeFlow, SolverError> {
     cfg.validate()?;
@@ -76,18 +85,57 @@ pub fn solve_lattice(
     let grid = Grid { nx, ny, nz };
     let fluid: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
     if let Some(init) = init
-        && init.len() != grid.cells()
+        && (init.velocity.len() != grid.cells() || init.pressure.len() != grid.cells())
     {
         return Err(SolverError::Geometry(format!(
             "warm start has {} cells, lattice has {}",
-            init.len(),
+            init.velocity.len(),
             grid.cells()
         )));
     }
-    match dim {
+    let (from_coarse, coarse_iterations) = match init {
+        Some(_) => (None, Vec::new()),
+        None => coarse_start(mask, dim, cfg, (&grid, &fluid), progress)?,
+    };
+    let init = init.or(from_coarse.as_ref());
+    let mut flow = match dim {
         Dim::Two => run::<9, D2Q9>(grid, &fluid, cfg, init, progress),
         Dim::Three => run::<19, D3Q19>(grid, &fluid, cfg, init, progress),
-    }
+    }?;
+    flow.coarse_iterations = coarse_iterations;
+    Ok(flow)
+}
+
+/// The prolonged solution of the next coarser lattice, when `cfg.coarse_levels` and the
+/// lattice's extent allow one (see [`coarse`]), with the steps of every coarser level.
+fn coarse_start(
+    mask: ArrayView3<u8>,
+    dim: Dim,
+    cfg: &LbmConfig,
+    (grid, fluid): (&Grid, &[u8]),
+    progress: Option<Progress>,
+) -> Result<(Option<Start>, Vec<usize>), SolverError> {
+    let Some(extent) = coarse::extent(mask.dim(), cfg) else {
+        return Ok((None, Vec::new()));
+    };
+    let coarse_mask = coarse::restrict(mask, extent);
+    let coarse_cfg = LbmConfig {
+        coarse_levels: cfg.coarse_levels - 1,
+        ..cfg.clone()
+    };
+    let up = |level: usize, step: usize, residual: f64| {
+        if let Some(p) = progress {
+            p(level + 1, step, residual);
+        }
+    };
+    let flow = solve_lattice(coarse_mask.view(), dim, &coarse_cfg, None, Some(&up))?;
+    let in_plane = |g: &Grid| g.nx.min(g.ny);
+    let nu_ratio = cfg.nu_at(in_plane(&flow.grid)) / cfg.nu_at(in_plane(grid));
+    let coarse = (&flow.grid, &flow.velocity[..], &flow.pressure[..]);
+    let start = coarse::prolong(coarse, grid, fluid, nu_ratio as f32);
+    let mut steps = vec![flow.iterations];
+    steps.extend(flow.coarse_iterations);
+    Ok((Some(start), steps))
 }
 
 /// Refuses, before anything is allocated, a lattice whose solve would exceed the memory limit.
@@ -112,16 +160,13 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     grid: Grid,
     fluid: &[u8],
     cfg: &LbmConfig,
-    init: Option<&[[f32; 3]]>,
+    init: Option<&Start>,
     progress: Option<Progress>,
 ) -> Result<LatticeFlow, SolverError> {
-    let trt = Trt {
-        omega_plus: (1.0 / cfg.tau) as f32,
-        omega_minus: (1.0 / cfg.tau_minus()) as f32,
-        force: [cfg.force as f32, 0.0, 0.0],
-    };
+    let in_plane = grid.nx.min(grid.ny);
+    let trt = Trt::new(cfg, in_plane);
     let streaming = Streaming::new::<Q, V>(&grid, fluid);
-    let mut f = kernel::equilibrium::<Q, V>(&grid, fluid, init);
+    let mut f = kernel::equilibrium::<Q, V>(&grid, &trt, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
     let mut prev: Option<(f64, Vec<[f32; 3]>)> = None;
     let (mut residual, mut field_residual) = (f64::INFINITY, f64::INFINITY);
@@ -148,7 +193,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             field_residual = relative_change(&vel, prev_vel);
         }
         if let Some(p) = progress {
-            p(iterations, residual);
+            p(0, iterations, residual);
         }
         prev = Some((flux, vel));
         if residual < cfg.tol && field_residual < cfg.field_tol {
@@ -158,18 +203,22 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     }
     average_two_steps::<Q, V>(&grid, &trt, &mut f, fluid, &streaming, &mut f_new);
     let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
+    let cs2 = cfg.sound_speed_sq as f32;
+    let pressure = density.into_iter().map(|d| cs2 * d).collect();
     let mean_velocity = mean(&velocity);
     let porosity = fluid.iter().filter(|&&v| v != 0).count() as f64 / grid.cells() as f64;
     Ok(LatticeFlow {
         grid,
         velocity,
-        density,
+        pressure,
         iterations,
+        coarse_iterations: Vec::new(),
         converged,
         residual,
         field_residual,
         mean_velocity,
-        permeability: cfg.nu() * mean_velocity[0] / cfg.force,
+        tau: cfg.tau_at(in_plane),
+        permeability: cfg.nu_at(in_plane) * mean_velocity[0] / cfg.force,
         porosity,
     })
 }

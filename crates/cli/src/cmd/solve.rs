@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use fiberflow_geometry::layout::{VoxelSize, lattice_planes};
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_solver::FlowConfig;
+use fiberflow_solver::config::Tau;
 use fiberflow_solver::sample::{FlowReport, solve_sample, solve_stack};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
@@ -48,7 +49,7 @@ pub struct FlowArgs {
     pub tol: Option<f64>,
     #[arg(long)]
     pub max_iterations: Option<usize>,
-    /// Start the 3D solve from zero instead of the 2D solutions.
+    /// Start every solve from rest: no coarse-lattice start, no 2D warm start for 3D.
     #[arg(long)]
     pub no_warm_start: bool,
     /// Resin viscosity, Pa·s.
@@ -63,7 +64,7 @@ impl FlowArgs {
     pub fn config(&self) -> Result<FlowConfig> {
         let mut cfg: FlowConfig = config_file::load_or_default(self.solver_config.as_deref())?;
         if let Some(v) = self.tau {
-            cfg.lbm.tau = v;
+            cfg.lbm.tau = Tau::Fixed(v);
         }
         if let Some(v) = self.tol {
             cfg.lbm.tol = v;
@@ -73,6 +74,7 @@ impl FlowArgs {
         }
         if self.no_warm_start {
             cfg.lbm.warm_start = false;
+            cfg.lbm.coarse_levels = 0;
         }
         if let Some(v) = self.viscosity_pa_s {
             cfg.physics.viscosity_pa_s = v;
@@ -150,8 +152,14 @@ pub fn run(a: SolveArgs) -> Result<()> {
     bar.set_message(format!(
         "solving {ns} slices in 2D then a {lattice:?} lattice in 3D"
     ));
-    let progress =
-        |it: usize, res: f64| bar.set_message(format!("3D step {it}, flux change {res:.2e}"));
+    let progress = |level: usize, it: usize, res: f64| {
+        let lattice = if level == 0 {
+            String::new()
+        } else {
+            format!(" (coarse start: lattice halved {level}×)")
+        };
+        bar.set_message(format!("3D step {it}{lattice}, flux change {res:.2e}"))
+    };
     let started = std::time::Instant::now();
     let sample = match (mode, &planes_source) {
         (Mode::TwoD, _) => solve_sample(slices.view(), None, voxel, &cfg, Some(&progress)),

@@ -1,21 +1,24 @@
 //! `fiberflow bench solver`: lattice updates per second next to the memory bandwidth
-//! measured in the same run, and the time to converge one sample with and without warm
-//! start.
+//! measured in the same run, and the time to converge one sample with today's solver
+//! settings, the previous ones and a cold start.
 
 use super::{BenchArgs, default_sample};
 use anyhow::Result;
 use fiberflow_geometry::layout::SliceGrid;
-use fiberflow_solver::FlowConfig;
 use fiberflow_solver::bench::{KernelThroughput, kernel_throughput, memory_bandwidth_gbs};
+use fiberflow_solver::config::Tau;
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_solver::solve::Dim;
+use fiberflow_solver::{FlowConfig, LbmConfig};
 use serde::Serialize;
 use std::time::Instant;
 
 #[derive(Serialize)]
 struct Convergence {
-    warm_start: bool,
+    settings: &'static str,
     iterations_3d: usize,
+    /// Steps of each coarser lattice solved for the start, next coarser first.
+    coarse_iterations_3d: Vec<usize>,
     wall_3d_s: f64,
     wall_2d_s: f64,
     wall_total_s: f64,
@@ -38,6 +41,27 @@ struct KernelRow {
     t: KernelThroughput,
     /// Fraction of the bandwidth bound reached.
     bandwidth_ratio: f64,
+}
+
+/// The solver settings timed on the sample: today's defaults first, then those before
+/// 2026-12-06 (τ 0.7, standard sound speed ⅓, no coarse start), then a cold start.
+fn compared_settings() -> [(&'static str, LbmConfig); 3] {
+    let before = LbmConfig {
+        tau: Tau::Fixed(0.7),
+        sound_speed_sq: 1.0 / 3.0,
+        coarse_levels: 0,
+        ..LbmConfig::default()
+    };
+    let cold = LbmConfig {
+        warm_start: false,
+        coarse_levels: 0,
+        ..LbmConfig::default()
+    };
+    [
+        ("defaults", LbmConfig::default()),
+        ("before 2026-12-06", before),
+        ("cold start", cold),
+    ]
 }
 
 pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
@@ -79,9 +103,11 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
         add(kernel_throughput(p.view(), Dim::Three, 5));
     }
     let mut convergence = Vec::new();
-    for warm in [true, false] {
-        let mut flow = FlowConfig::default();
-        flow.lbm.warm_start = warm;
+    for (settings, lbm) in compared_settings() {
+        let flow = FlowConfig {
+            lbm,
+            ..FlowConfig::default()
+        };
         let t = Instant::now();
         let out = solve_sample(
             slices.view(),
@@ -93,8 +119,9 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
         let total = t.elapsed().as_secs_f64();
         let s3 = out.report.solve_3d.clone().expect("3D solve ran");
         let c = Convergence {
-            warm_start: warm,
+            settings,
             iterations_3d: s3.iterations,
+            coarse_iterations_3d: s3.coarse_iterations,
             wall_3d_s: s3.wall_s,
             wall_2d_s: out.report.wall_2d_s,
             wall_total_s: total,
@@ -102,22 +129,24 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
             k_3d_m2: out.report.k_3d_m2.unwrap_or(f64::NAN),
         };
         println!(
-            "default sample {}x{}x{} ({} planes), warm start {:5}: 3D {} steps in {:.2} s, total {:.2} s, K = {:.4e} m²",
+            "sample {}x{}x{} ({} planes), {settings}: 3D {} steps (coarser levels {:?}) in {:.2} s, total {:.2} s, K = {:.4e} m²",
             grid.size,
             grid.size,
             grid.slices,
             planes.dim().0,
-            warm,
             c.iterations_3d,
+            c.coarse_iterations_3d,
             c.wall_3d_s,
             c.wall_total_s,
             c.k_3d_m2
         );
         convergence.push(c);
     }
+    let (new, old) = (&convergence[0], &convergence[1]);
     println!(
-        "warm start saves {:.2}x in 3D wall time",
-        convergence[1].wall_3d_s / convergence[0].wall_3d_s
+        "the defaults solve the sample {:.2}x as fast as the settings before 2026-12-06 (K differs by {:+.3} %)",
+        old.wall_total_s / new.wall_total_s,
+        100.0 * (new.k_3d_m2 / old.k_3d_m2 - 1.0)
     );
     Ok(SolverBench {
         threads: rayon::current_num_threads(),
