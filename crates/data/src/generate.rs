@@ -62,6 +62,15 @@ pub enum GenerateError {
     Geometry { index: usize, error: GeometryError },
     #[error("sample {index}: {error}")]
     Solver { index: usize, error: SolverError },
+    #[error(
+        "sample {index}: the fluid of all {attempts} packings drawn (the last at Vf {vf:.3}) does not connect along x at {pixel_um:.3} µm pixels: the raster closes the gaps between fibres; lower the vf range or raise --size"
+    )]
+    Blocked {
+        index: usize,
+        attempts: usize,
+        vf: f64,
+        pixel_um: f64,
+    },
 }
 
 impl GeneratorConfig {
@@ -143,9 +152,9 @@ pub const PACKER_REACH: f64 = 0.82;
 
 /// Version of the sampling rules, recorded in the header so that a dataset is never
 /// resumed or merged across rules that draw different samples for one (seed, index):
-/// 3 halves the minimum gap on the first redraws after a jam, 2 lowered Vf on each (1,
-/// unrecorded, kept it).
-pub const SAMPLING_VERSION: u32 = 3;
+/// 4 also lowers Vf after a draw whose fluid does not connect, 3 halves the minimum gap on
+/// the first redraws after a jam, 2 lowered Vf on each (1, unrecorded, kept it).
+pub const SAMPLING_VERSION: u32 = 4;
 
 /// Bytes held per sample of the manifest while a dataset is finalised (a record with its
 /// fibre paths and reports is ≈ 20 KiB of JSON; parsed, a little more).
@@ -211,6 +220,17 @@ impl Redraws {
             packing.min_gap_px /= 2.0;
             return;
         }
+        self.lower_vf(packing, rng, draw);
+    }
+
+    /// After a draw whose fluid does not connect along x: a smaller gap would only close
+    /// more paths, so Vf comes down instead.
+    fn lower_vf(
+        &mut self,
+        packing: &mut PackingConfig,
+        rng: &mut ChaCha8Rng,
+        draw: impl Fn(&mut ChaCha8Rng, [f64; 2]) -> f64,
+    ) {
         self.lowerings = (self.lowerings + 1).min(self.lowering_attempts);
         let [lo, hi] = self.vf;
         let top = hi - (hi - lo) * self.lowerings as f64 / self.lowering_attempts as f64;
@@ -272,11 +292,23 @@ pub fn generate_sample(
             .any(|slice| !percolates_x(slice.insert_axis(ndarray::Axis(0))));
         if blocked && retry {
             attempt += 1;
+            redraws.lower_vf(&mut packing, &mut rng, draw);
             continue;
         }
         match solve_sample(slices.view(), Some(planes.view()), voxel, &cfg.flow, None) {
             Ok(flow) => break (ms, report, slices, flow),
-            Err(SolverError::NotPercolating { .. }) if retry => attempt += 1,
+            Err(SolverError::NotPercolating { .. }) if retry => {
+                attempt += 1;
+                redraws.lower_vf(&mut packing, &mut rng, draw);
+            }
+            Err(SolverError::NotPercolating { .. }) => {
+                return Err(GenerateError::Blocked {
+                    index,
+                    attempts: cfg.packing_attempts,
+                    vf: packing.vf,
+                    pixel_um,
+                });
+            }
             Err(error) => return Err(GenerateError::Solver { index, error }),
         }
     };
@@ -360,17 +392,57 @@ mod tests {
         let (mut cfg, grid) = small();
         cfg.vf = [0.3, 0.7];
         cfg.packing.min_gap_px = 3.0;
+        // A jam halves the gap before it lowers Vf.
+        let (_, gap) = redrawn_dense(&cfg, &grid, 0.62);
+        assert!(gap < 3.0, "{gap}");
+    }
+
+    /// Generates the first sample (base seed 7) whose first Vf draw is at least `dense` and
+    /// checks that it was redrawn at a lower Vf within the range; returns its index and the
+    /// minimum gap it was packed with.
+    fn redrawn_dense(cfg: &GeneratorConfig, grid: &SliceGrid, dense: f64) -> (usize, f64) {
+        let [lo, hi] = cfg.vf;
         let first_vf = |i: usize| {
             let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(7, i));
-            0.3 + 0.4 * rng.random::<f64>()
+            lo + (hi - lo) * rng.random::<f64>()
         };
-        let index = (0..100).find(|&i| first_vf(i) >= 0.62).unwrap();
-        let (sample, record) = generate_sample(&cfg, &grid, 7, index).unwrap();
+        let index = (0..100).find(|&i| first_vf(i) >= dense).unwrap();
+        let (sample, record) = generate_sample(cfg, grid, 7, index).unwrap();
         sample.validate().unwrap();
         let attempts = record.extra["packing_attempts"].as_u64().unwrap();
         let vf = record.extra["packing"]["vf"].as_f64().unwrap();
         assert!(attempts > 1, "the first draw packed: {vf}");
-        assert!(vf < first_vf(index) && vf >= 0.3, "{vf}");
+        assert!(vf < first_vf(index) && vf >= lo, "{vf}");
+        (
+            index,
+            record.extra["packing"]["min_gap_px"].as_f64().unwrap(),
+        )
+    }
+
+    /// Straight fibres at Vf ≥ 0.71 with a quarter-pixel gap: the raster closes the gaps and
+    /// the fluid does not connect along x. The draw is redrawn at a lower Vf (from the
+    /// range's low end upwards) instead of failing; a range that cannot go lower ends with
+    /// an error that names the cause and the fix.
+    #[test]
+    fn a_blocked_draw_is_redrawn_at_a_lower_vf_and_a_hopeless_range_says_why() {
+        let (mut cfg, grid) = small();
+        cfg.vf = [0.5, 0.72];
+        cfg.tilt_std_deg = [0.0, 0.0];
+        cfg.wave_amplitude_um = [0.0, 0.0];
+        cfg.packing.min_gap_px = 0.25;
+        // Blocked draws keep the gap (a smaller one would close more paths).
+        let (index, gap) = redrawn_dense(&cfg, &grid, 0.71);
+        assert_eq!(gap, 0.25);
+
+        cfg.vf = [0.72, 0.72];
+        let err = generate_sample(&cfg, &grid, 7, index)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the fluid of all 7 packings drawn (the last at Vf 0.720)")
+                && err.contains("lower the vf range or raise --size"),
+            "{err}"
+        );
     }
 
     /// Aerospace laminates: Vf 0.60–0.65 with 3–4° lean at 64 px, where the one-pixel gap

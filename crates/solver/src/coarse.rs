@@ -66,7 +66,7 @@ pub fn restrict(mask: ArrayView3<u8>, (cz, cy, cx): (usize, usize, usize)) -> Ar
 /// The coarse flow `(grid, velocity, pressure)` on the fine lattice: trilinear and periodic
 /// between coarse cell centres (coarse fibre cells count as zero flow, so velocities fall
 /// towards the walls), scaled by the cell-size ratio and `nu_ratio` = ν_coarse/ν_fine as
-/// the module doc says, and zero in fine fibre.
+/// the module doc says, pressure shifted to zero mean over the fluid, zero in fine fibre.
 pub fn prolong(
     (coarse, velocity, pressure): (&Grid, &[[f32; 3]], &[f32]),
     fine: &Grid,
@@ -112,6 +112,16 @@ pub fn prolong(
         }
         *u = u.map(|v| v * ratio * ratio * nu_ratio);
         *d *= ratio;
+    }
+    // The solve conserves mass, so the start's mean pressure over the fluid stays; a cold
+    // start has zero there, and so must this one (interpolation and the changed fluid set
+    // move the coarse mean).
+    let cells = fluid.iter().filter(|&&m| m != 0).count().max(1);
+    let mean = start.pressure.iter().map(|&p| f64::from(p)).sum::<f64>() / cells as f64;
+    for (p, &m) in start.pressure.iter_mut().zip(fluid) {
+        if m != 0 {
+            *p -= mean as f32;
+        }
     }
     start
 }
@@ -195,8 +205,12 @@ mod tests {
         let start = prolong((&coarse, &velocity, &pressure), &fine, &fluid, 0.5);
         assert_eq!(start.velocity[0], [2.0 * 0.75, 2.0, -4.0]);
         assert_eq!(start.velocity[1], [2.0 * 0.25, 2.0, -4.0]);
-        assert_eq!(start.pressure[0], 2.0 * 0.75);
-        assert_eq!(start.pressure[8 + 2], 2.0 * 0.75);
+        // Each fine row interpolates to 2·(0.75, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 2.25)
+        // (sum 2·12); the fibre cell (row 1, x = 1) would hold 2·0.25: fluid mean
+        // 2·(4·12 − 0.25)/31, subtracted everywhere in the fluid.
+        let mean = 2.0 * (4.0 * 12.0 - 0.25) / 31.0;
+        assert!((start.pressure[0] - (2.0 * 0.75 - mean)).abs() < 1e-5);
+        assert!((start.pressure[8 + 2] - (2.0 * 0.75 - mean)).abs() < 1e-5);
         assert_eq!(start.velocity[9], [0.0; 3]);
         assert_eq!(start.pressure[9], 0.0);
     }
