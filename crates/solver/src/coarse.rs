@@ -1,11 +1,13 @@
 //! Coarse-to-fine start: the lattice coarsened about 2× along every axis is solved first,
 //! and its flow, prolonged, starts the fine solve.
 //!
-//! Why it saves steps: on a fine lattice the slowest part of the approach to steady state
-//! is viscous diffusion across a pore (∝ pore width² in cells), which a coarser lattice
-//! settles in a quarter of the steps, each an eighth as dear. Its solution differs from
-//! the fine one by the coarse lattice's discretisation error (a few percent), which is
-//! where the fine solve starts instead of from rest. As in full multigrid (Brandt 1977),
+//! Why it saves steps: the slow parts of the approach to steady state are viscous
+//! relaxation across a pore (∝ pore width² in cells) and the spreading of pressure through
+//! the medium; a coarser lattice settles the first in a quarter of the steps, each an
+//! eighth as dear. Its solution differs from the fine one by the coarse lattice's
+//! discretisation error (a few percent), which is where the fine solve starts instead of
+//! from rest. The error still decays at the slowest mode's rate, so the saving is the
+//! logarithm of that closeness: 5–17 % of the fine steps at 128² (BENCHMARKS.md). As in full multigrid (Brandt 1977),
 //! this recurses: a coarse level may itself start from a coarser one.
 //!
 //! Stokes flow is linear and every level uses the same body force in lattice units, so a
@@ -47,8 +49,8 @@ fn owner(i: usize, n: usize, nc: usize) -> usize {
 }
 
 /// The mask on the coarse lattice: a coarse cell is fluid when at least half of the fine
-/// cells it covers are, so one-cell gaps between fibres stay open rather than closing the
-/// coarse flow paths.
+/// cells it covers are, so axis-aligned one-cell gaps between fibres stay open. A diagonal
+/// one-cell channel can still close; the solver then skips the coarse start.
 pub fn restrict(mask: ArrayView3<u8>, (cz, cy, cx): (usize, usize, usize)) -> Array3<u8> {
     let (nz, ny, nx) = mask.dim();
     let mut fluid = Array3::<u32>::zeros((cz, cy, cx));

@@ -53,6 +53,13 @@ fn relative_l2(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// ‖a − b‖ / ‖b‖ of a scalar field.
+fn relative_l2_scalar(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
 fn solid_fraction(mask: &Array3<u8>) -> f64 {
     mask.iter().filter(|&&v| v == 0).count() as f64 / mask.len() as f64
 }
@@ -415,13 +422,7 @@ fn a_coarse_start_converges_to_the_cold_start_solution() {
             rel < 1e-3 && dk.abs() < 2e-3,
             "{dim:?}: field {rel:.2e}, K {dk:.2e}"
         );
-        let pressure = {
-            let diff: f64 = (coarse.pressure.iter().zip(&cold.pressure))
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum();
-            let norm: f64 = cold.pressure.iter().map(|b| f64::from(*b).powi(2)).sum();
-            (diff / norm).sqrt()
-        };
+        let pressure = relative_l2_scalar(&coarse.pressure, &cold.pressure);
         // Without the zero-mean shift of the prolonged pressure: 1.1e-3 (3D), 2.6e-3 (2D).
         assert!(pressure < 5e-4, "{dim:?}: p differs by {pressure:.2e}");
         let steps = (coarse.iterations, cold.iterations);
@@ -466,17 +467,7 @@ fn the_steady_flow_does_not_depend_on_the_sound_speed() {
     let (standard, fast) = (at(1.0 / 3.0), at(0.5));
     let rel = relative_l2(&fast.velocity, &standard.velocity);
     let dk = fast.permeability / standard.permeability - 1.0;
-    let pressure = {
-        let diff: f64 = (fast.pressure.iter().zip(&standard.pressure))
-            .map(|(a, b)| f64::from(a - b).powi(2))
-            .sum();
-        let norm: f64 = standard
-            .pressure
-            .iter()
-            .map(|b| f64::from(*b).powi(2))
-            .sum();
-        (diff / norm).sqrt()
-    };
+    let pressure = relative_l2_scalar(&fast.pressure, &standard.pressure);
     assert!(
         rel < 1e-4 && dk.abs() < 1e-5 && pressure < 1e-3,
         "{rel:.2e} {dk:.2e} {pressure:.2e}"
