@@ -7,8 +7,9 @@
 //! eighth as dear. Its solution differs from the fine one by the coarse lattice's
 //! discretisation error (a few percent), which is where the fine solve starts instead of
 //! from rest. The error still decays at the slowest mode's rate, so the saving is the
-//! logarithm of that closeness: 5–17 % of the fine steps at 128² (BENCHMARKS.md). As in full multigrid (Brandt 1977),
-//! this recurses: a coarse level may itself start from a coarser one.
+//! logarithm of that closeness: 5–17 % of the fine steps at 128² (BENCHMARKS.md). As in
+//! full multigrid (Brandt 1977), this recurses: a coarse level may itself start from a
+//! coarser one.
 //!
 //! Stokes flow is linear and every level uses the same body force in lattice units, so a
 //! lattice whose cells are r times larger carries velocities r² times smaller (u ∝
