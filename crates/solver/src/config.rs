@@ -113,10 +113,13 @@ impl LbmConfig {
     /// direction), the single pulls (periodic wraps and partial words: budgeted at 8 B per
     /// cell, far more than realistic lattices need), the starting velocity and pressure,
     /// the velocity and density fields with the previous velocity kept for the stopping
-    /// rule. A coarse start's own solve comes first and is freed before these are allocated.
+    /// rule, and the copies of the mask and the start in the volume's stepping order
+    /// (budgeted for 2D too). A coarse start's own solve comes first and is freed before
+    /// these are allocated.
     pub fn solve_bytes(cells: usize, q: usize) -> f64 {
         let links = 12.0 * q.saturating_sub(1) as f64 / 16.0 + 8.0;
-        cells as f64 * (2.0 * 4.0 * q as f64 + 1.0 + links + 16.0 + 4.0 + 2.0 * 12.0)
+        let reordered = 1.0 + 16.0;
+        cells as f64 * (2.0 * 4.0 * q as f64 + 1.0 + links + 16.0 + 4.0 + 2.0 * 12.0 + reordered)
     }
 
     /// Antisymmetric relaxation time from the magic parameter, on a lattice `in_plane`

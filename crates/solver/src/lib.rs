@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod kernel;
 pub mod lattice;
+mod layout;
 pub mod sample;
 pub mod solve;
 pub mod units;

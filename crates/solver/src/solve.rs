@@ -5,6 +5,7 @@ use crate::config::LbmConfig;
 use crate::error::SolverError;
 use crate::kernel::{self, Grid, Streaming, Trt};
 use crate::lattice::{D2Q9, D3Q19, VelocitySet};
+use crate::layout::{self, FibreFast};
 use fiberflow_geometry::percolation::percolates_x;
 use ndarray::ArrayView3;
 use rayon::prelude::*;
@@ -99,10 +100,28 @@ pub fn solve_lattice(
         None => coarse_start(mask, dim, cfg, (&grid, &fluid), progress)?,
     };
     let init = init.or(from_coarse.as_ref());
+    let in_plane = nx.min(ny);
     let mut flow = match dim {
-        Dim::Two => run::<9, D2Q9>(grid, &fluid, cfg, init, progress),
-        Dim::Three => run::<19, D3Q19>(grid, &fluid, cfg, init, progress),
-    }?;
+        Dim::Two => run::<9, D2Q9>(grid, &fluid, (cfg, in_plane, 0), init, progress)?,
+        Dim::Three => {
+            let t = FibreFast::new(grid);
+            let fluid = t.lattice_order(&fluid);
+            let init = init.map(|s| t.start_in_lattice_order(s));
+            let settings = (cfg, in_plane, layout::FLOW_AXIS);
+            let flow = run::<19, D3Q19>(t.lattice(), &fluid, settings, init.as_ref(), progress)?;
+            LatticeFlow {
+                grid,
+                velocity: t
+                    .geometry_order(&flow.velocity)
+                    .into_iter()
+                    .map(FibreFast::vector_to_geometry)
+                    .collect(),
+                pressure: t.geometry_order(&flow.pressure),
+                mean_velocity: FibreFast::vector_to_geometry(flow.mean_velocity),
+                ..flow
+            }
+        }
+    };
     flow.coarse_iterations = coarse_iterations;
     Ok(flow)
 }
@@ -162,15 +181,17 @@ pub fn check_memory(
     Ok(())
 }
 
+/// Steps the lattice `grid` (in the kernel's memory order) to steady state; the body force
+/// acts along lattice axis `flow_axis`, and `in_plane` is the geometry's in-plane extent,
+/// which sets τ.
 fn run<const Q: usize, V: VelocitySet<Q>>(
     grid: Grid,
     fluid: &[u8],
-    cfg: &LbmConfig,
+    (cfg, in_plane, flow_axis): (&LbmConfig, usize, usize),
     init: Option<&Start>,
     progress: Option<Progress>,
 ) -> Result<LatticeFlow, SolverError> {
-    let in_plane = grid.nx.min(grid.ny);
-    let trt = Trt::new(cfg, in_plane);
+    let trt = Trt::new(cfg, in_plane).along(flow_axis);
     let streaming = Streaming::new::<Q, V>(&grid, fluid);
     let mut f = kernel::equilibrium::<Q, V>(&grid, &trt, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
@@ -188,7 +209,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             average_two_steps::<Q, V>(&grid, &trt, &mut f, fluid, &streaming, &mut f_new);
         }
         let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
-        let flux = mean(&vel)[0];
+        let flux = mean(&vel)[flow_axis];
         if !flux.is_finite() {
             return Err(SolverError::Diverged {
                 iteration: iterations,
@@ -224,7 +245,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
         field_residual,
         mean_velocity,
         tau: cfg.tau_at(in_plane),
-        permeability: cfg.nu_at(in_plane) * mean_velocity[0] / cfg.force,
+        permeability: cfg.nu_at(in_plane) * mean_velocity[flow_axis] / cfg.force,
         porosity,
     })
 }

@@ -76,10 +76,11 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
     let mut add = |t: KernelThroughput| {
         let ratio = t.effective_gbs / bw;
         println!(
-            "{:6} {:>15}: {:8.1} MLUPS = {:6.2} GB/s at {} B/update -> {:5.1} % of the bandwidth bound{}",
+            "{:6} {:>15}: {:8.1} MLUPS, {:4.1} % of the cells stepped = {:6.2} GB/s at {} B/update -> {:5.1} % of the bandwidth bound{}",
             t.lattice,
             format!("{:?}", t.shape),
             t.mlups,
+            100.0 * t.stepped_fraction,
             t.effective_gbs,
             t.bytes_per_update,
             100.0 * ratio,
