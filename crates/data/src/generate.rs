@@ -170,7 +170,7 @@ impl GeneratorConfig {
         if !(planes.is_finite() && planes < 1e15) {
             return None;
         }
-        let cell = LbmConfig::solve_bytes(1, 19).ceil() as usize;
+        let cell = LbmConfig::solve_bytes(1, 19, planes as usize).ceil() as usize;
         // domain (u8 and f32), U_2d, U, p, p_2d: 1 + 4 · 9 bytes per voxel.
         let arrays = array_bytes(&[grid.slices, grid.size, grid.size], 37)?;
         let lattice = array_bytes(&[planes as usize, grid.size, grid.size], cell)?;

@@ -9,6 +9,7 @@
 use crate::config::LbmConfig;
 use crate::kernel::{self, Grid, Streaming, Trt};
 use crate::lattice::{D2Q9, D3Q19, VelocitySet};
+use crate::layout;
 use crate::solve::Dim;
 use ndarray::{ArrayView3, Axis};
 use rayon::prelude::*;
@@ -69,10 +70,14 @@ pub fn kernel_throughput(mask: ArrayView3<u8>, dim: Dim, steps: usize) -> Kernel
                 .map(|p| p.insert_axis(Axis(0)))
                 .collect(),
             steps,
-            shape,
+            (shape, 0),
         ),
         // In the solver's memory order for volumes (see `layout`).
-        Dim::Three => run::<19, D3Q19>(vec![mask.permuted_axes([1, 2, 0])], steps, shape),
+        Dim::Three => run::<19, D3Q19>(
+            vec![mask.permuted_axes([1, 2, 0])],
+            steps,
+            (shape, layout::FLOW_AXIS),
+        ),
     }
 }
 
@@ -88,10 +93,10 @@ struct Lattice {
 fn run<const Q: usize, V: VelocitySet<Q>>(
     masks: Vec<ArrayView3<u8>>,
     steps: usize,
-    shape: [usize; 3],
+    (shape, flow_axis): ([usize; 3], usize),
 ) -> KernelThroughput {
     let cfg = LbmConfig::default();
-    let trt = Trt::new(&cfg, shape[1].min(shape[2]));
+    let trt = Trt::new(&cfg, shape[1].min(shape[2]), flow_axis);
     let mut lattices: Vec<Lattice> = masks
         .iter()
         .map(|mask| {

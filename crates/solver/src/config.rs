@@ -1,6 +1,7 @@
 //! Solver settings: the lattice Boltzmann numerics and the physical flow conditions.
 
 use crate::error::SolverError;
+use crate::lattice::{D2Q9, D3Q19, VelocitySet};
 use serde::{Deserialize, Serialize};
 
 /// Numerical settings of the lattice Boltzmann solve (lattice units).
@@ -108,18 +109,28 @@ impl LbmConfig {
         (self.tau_at(in_plane) - 0.5) / 3.0
     }
 
-    /// Bytes a solve of `cells` cells with `q` directions holds: two lattices of populations,
-    /// the mask, the bounce-back links (at most one 12-byte word per 16 cells and moving
-    /// direction), the single pulls (periodic wraps and partial words: budgeted at 8 B per
-    /// cell, far more than realistic lattices need), the starting velocity and pressure,
-    /// the velocity and density fields with the previous velocity kept for the stopping
-    /// rule, and the copies of the mask and the start in the volume's stepping order
-    /// (budgeted for 2D too). A coarse start's own solve comes first and is freed before
-    /// these are allocated.
-    pub fn solve_bytes(cells: usize, q: usize) -> f64 {
-        let links = 12.0 * q.saturating_sub(1) as f64 / 16.0 + 8.0;
+    /// Bytes a solve of `cells` cells with `q` directions holds, on a lattice whose fastest
+    /// memory axis (x in 2D, the fibre axis z in 3D; see `layout`) has `fast` cells: two
+    /// lattices of populations, the mask, the bounce-back links (at most one 12-byte word
+    /// per 16 cells and moving direction), the single pulls (8 B each: partial words,
+    /// budgeted at 8 B per cell, and the pulls across the periodic fast axis, one per
+    /// direction with a component along it at each end of every row), the starting velocity
+    /// and pressure, the velocity and density fields with the previous velocity kept for the
+    /// stopping rule, and the copies of the mask and the start in the volume's stepping
+    /// order (budgeted for 2D too). A coarse start's own solve comes first and is freed
+    /// before these are allocated.
+    pub fn solve_bytes(cells: usize, q: usize, fast: usize) -> f64 {
+        let links = 12.0 * q.saturating_sub(1) as f64 / 16.0;
+        let along_x = |c: &[[i32; 3]]| c.iter().filter(|c| c[0] != 0).count() as f64;
+        let across_fast = if q == 9 {
+            along_x(&D2Q9::C)
+        } else {
+            along_x(&D3Q19::C)
+        };
+        let pulls = 8.0 + 8.0 * across_fast / fast.max(1) as f64;
         let reordered = 1.0 + 16.0;
-        cells as f64 * (2.0 * 4.0 * q as f64 + 1.0 + links + 16.0 + 4.0 + 2.0 * 12.0 + reordered)
+        cells as f64
+            * (2.0 * 4.0 * q as f64 + 1.0 + links + pulls + 16.0 + 4.0 + 2.0 * 12.0 + reordered)
     }
 
     /// Antisymmetric relaxation time from the magic parameter, on a lattice `in_plane`
@@ -230,6 +241,18 @@ mod tests {
         assert_eq!(fixed.tau_at(256), 1.2);
         assert!((fixed.nu_at(7) - 0.7 / 3.0).abs() < 1e-12);
         assert!((fixed.tau_minus_at(7) - (0.5 + 0.1875 / 0.7)).abs() < 1e-12);
+    }
+
+    /// D3Q19 with a fast axis of n cells: 10 directions pull across it at the row ends, 8 B
+    /// each; 1 cell costs 80 B a cell more than a very long axis.
+    #[test]
+    fn a_short_fast_axis_budgets_its_periodic_pulls() {
+        let long = LbmConfig::solve_bytes(1000, 19, usize::MAX);
+        assert!((LbmConfig::solve_bytes(1000, 19, 1) - long - 80_000.0).abs() < 1e-6);
+        assert!((LbmConfig::solve_bytes(1000, 19, 4) - long - 20_000.0).abs() < 1e-6);
+        // D2Q9: 6 directions have an x component.
+        let long = LbmConfig::solve_bytes(1000, 9, usize::MAX);
+        assert!((LbmConfig::solve_bytes(1000, 9, 2) - long - 24_000.0).abs() < 1e-6);
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! Populations live in one `Vec<f32>` ordered by direction, `f[q·stride + cell]` with
 //! cell = (z·ny + y)·nx + x, so each direction is one long contiguous stream. Streaming works
 //! on chunks of up to `CHUNK` consecutive cells of one z plane's fluid runs (long fibre
-//! gaps are never touched, see `fluid_runs`): for every direction the chunk's pulled values
+//! runs are never written, see `fluid_runs`): for every direction the chunk's pulled values
 //! are one contiguous run of the upwind plane (the flat in-plane index shifted by
 //! cx + cy·nx), copied at once so hardware prefetchers see long streams. The cells where
 //! that flat shift is wrong are patched from tables computed once per solve: upwind fibre
 //! (half-way bounce-back) as masked vector copies (`bounce`), a pull across the periodic x
 //! or y boundary from a list. Threads take runs of whole chunks, i.e. disjoint cell ranges
 //! of every direction.
-//! Bytes per cell update: Q reads + Q writes (+ Q write-allocate reads) of f32.
+//! Bytes per stepped cell: Q reads + Q writes (+ Q write-allocate reads) of f32.
 
 use crate::bounce::{self, Links, WORD};
 use crate::coarse::Start;
@@ -69,21 +69,17 @@ pub struct Trt {
 }
 
 impl Trt {
-    /// The collision of a solve with these settings on a lattice `in_plane` cells across.
-    pub fn new(cfg: &crate::config::LbmConfig, in_plane: usize) -> Self {
+    /// The collision of a solve with these settings on a geometry `in_plane` cells across,
+    /// driven along lattice axis `flow_axis` (the geometry's x; see `layout`).
+    pub fn new(cfg: &crate::config::LbmConfig, in_plane: usize, flow_axis: usize) -> Self {
+        let mut force = [0.0; 3];
+        force[flow_axis] = cfg.force as f32;
         Self {
             omega_plus: (1.0 / cfg.tau_at(in_plane)) as f32,
             omega_minus: (1.0 / cfg.tau_minus_at(in_plane)) as f32,
-            force: [cfg.force as f32, 0.0, 0.0],
+            force,
             density_weight: (3.0 * cfg.sound_speed_sq) as f32,
         }
-    }
-
-    /// The same collision with the body force along lattice axis `axis` instead of x.
-    pub fn along(self, axis: usize) -> Self {
-        let mut force = [0.0; 3];
-        force[axis] = self.force[0];
-        Self { force, ..self }
     }
 
     /// Equilibrium density weight of direction `q` (the rest direction takes the rest, so
@@ -106,18 +102,20 @@ struct Chunk {
     len: usize,
 }
 
-/// Fibre gaps at least this long (in flat in-plane order) split a plane's chunks and are
-/// never read or written; shorter ones are stepped with the fluid (as zeros), because each
-/// chunk costs Q run copies and a partial SIMD group whatever its length (16 made the 2D
-/// step at 128² 2× slower; 32 and 64 measured alike).
+/// Fibre runs between fluid cells at least this long (in flat in-plane order) split a
+/// plane's chunks and are never written; shorter ones are stepped with the fluid (as
+/// zeros), because each chunk costs Q run copies and a partial SIMD group whatever its
+/// length (16 made the 2D step at 128² 2× slower; 32 and 64 measured alike).
 const MIN_SKIPPED_GAP: usize = 32;
 
 /// The chunks of one plane (`fluid` is the plane, `base` its first global cell): its fluid
 /// runs in flat in-plane order with gaps shorter than `MIN_SKIPPED_GAP` bridged, each cut
-/// into pieces of at most `CHUNK` cells. Fibre cells outside every chunk keep the zeros
-/// both lattices start with, and no fluid cell reads them (it bounces back instead), so a
-/// step costs what the fluid costs where fibres form long runs (volumes, in the order of
-/// `layout`).
+/// into pieces of at most `CHUNK` cells. Fibre before the first fluid cell, after the last
+/// one and in the long gaps is never written and keeps the zeros both lattices start with.
+/// No fluid cell takes a value from there: the flat shifted copies in `gather` read over
+/// it, but every fluid cell whose upwind neighbour is fibre is patched (bounce-back), and
+/// the bridged fibre cells are zeroed by the collision. So a step costs what the fluid
+/// costs where fibres form long runs (volumes, in the order of `layout`).
 fn fluid_runs(fluid: &[u8], base: usize) -> Vec<Chunk> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for (p, _) in fluid.iter().enumerate().filter(|(_, m)| **m != 0) {
@@ -540,12 +538,9 @@ mod tests {
     /// Every fluid cell's gathered populations equal a direct pull: from the periodic
     /// upwind cell, or, where that is fibre, the cell's own opposite population. Odd plane
     /// sizes give partial 16-cell words, chunks shorter than `CHUNK` and wraps in x and y.
-    fn gather_matches_direct_pull<const Q: usize, V: VelocitySet<Q>>(grid: Grid) {
+    fn gather_matches_direct_pull<const Q: usize, V: VelocitySet<Q>>(grid: Grid, fluid: &[u8]) {
         let (nx, ny, nz, plane, stride) = (grid.nx, grid.ny, grid.nz, grid.plane(), grid.stride());
-        let fluid: Vec<u8> = (0..grid.cells())
-            .map(|i| u8::from((i * 7919 + i / 13) % 20 >= 7))
-            .collect();
-        let streaming = Streaming::new::<Q, V>(&grid, &fluid);
+        let streaming = Streaming::new::<Q, V>(&grid, fluid);
         // Distinct exact values, so any wrong source shows.
         let f: Vec<f32> = (0..Q * stride).map(|i| i as f32).collect();
         let wrap =
@@ -587,14 +582,51 @@ mod tests {
         assert!(fluid.iter().zip(&covered).all(|(&m, &c)| c >= m));
     }
 
+    /// Scattered fibre (every run short, so every fibre cell is stepped).
+    fn scattered(grid: Grid) -> Vec<u8> {
+        (0..grid.cells())
+            .map(|i| u8::from((i * 7919 + i / 13) % 20 >= 7))
+            .collect()
+    }
+
+    /// Scattered fibre plus long fibre runs that the step skips: rows y ≡ 2 (mod 5) from
+    /// x = 3 on, and the whole plane z = 1.
+    fn with_long_runs(grid: Grid) -> Vec<u8> {
+        let mut fluid = scattered(grid);
+        for (i, m) in fluid.iter_mut().enumerate() {
+            let (z, y, x) = (i / grid.plane(), i % grid.plane() / grid.nx, i % grid.nx);
+            if (y % 5 == 2 && x >= 3) || (z == 1 && grid.nz > 1) {
+                *m = 0;
+            }
+        }
+        fluid
+    }
+
     #[test]
     fn gather_is_the_periodic_pull_with_bounce_back() {
         let grid = |nx, ny, nz| Grid { nx, ny, nz };
         for g in [grid(13, 7, 1), grid(40, 37, 1)] {
-            gather_matches_direct_pull::<9, D2Q9>(g);
+            gather_matches_direct_pull::<9, D2Q9>(g, &scattered(g));
         }
-        for g in [grid(11, 5, 4), grid(33, 34, 3)] {
-            gather_matches_direct_pull::<19, D3Q19>(g);
+        // Fast axes of 1 to 3 cells: a volume in fibre-axis-fastest order with few planes.
+        for g in [
+            grid(11, 5, 4),
+            grid(33, 34, 3),
+            grid(1, 5, 4),
+            grid(2, 7, 3),
+        ] {
+            gather_matches_direct_pull::<19, D3Q19>(g, &scattered(g));
+        }
+        // Long fibre runs: the skipped cells are never pulled.
+        let g = grid(40, 37, 1);
+        let fluid = with_long_runs(g);
+        assert!(Streaming::new::<9, D2Q9>(&g, &fluid).stepped_cells() < g.cells() * 9 / 10);
+        gather_matches_direct_pull::<9, D2Q9>(g, &fluid);
+        for g in [grid(40, 11, 3), grid(3, 20, 12)] {
+            let fluid = with_long_runs(g);
+            let stepped = Streaming::new::<19, D3Q19>(&g, &fluid).stepped_cells();
+            assert!(stepped < g.cells() * 9 / 10, "{stepped} of {}", g.cells());
+            gather_matches_direct_pull::<19, D3Q19>(g, &fluid);
         }
     }
 }

@@ -171,7 +171,8 @@ pub fn check_memory(
 ) -> Result<(), SolverError> {
     let q = if dim == Dim::Two { 9 } else { 19 };
     let cells = nz.saturating_mul(ny).saturating_mul(nx);
-    let need = LbmConfig::solve_bytes(cells, q) / f64::from(1u32 << 30);
+    let fast = if dim == Dim::Two { nx } else { nz };
+    let need = LbmConfig::solve_bytes(cells, q, fast) / f64::from(1u32 << 30);
     if need > cfg.max_memory_gib {
         return Err(SolverError::Geometry(format!(
             "a {nz}×{ny}×{nx} lattice needs {need:.1} GiB, more than max_memory_gib = {} (check the voxel size and slice pitch, or raise the limit)",
@@ -191,7 +192,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     init: Option<&Start>,
     progress: Option<Progress>,
 ) -> Result<LatticeFlow, SolverError> {
-    let trt = Trt::new(cfg, in_plane).along(flow_axis);
+    let trt = Trt::new(cfg, in_plane, flow_axis);
     let streaming = Streaming::new::<Q, V>(&grid, fluid);
     let mut f = kernel::equilibrium::<Q, V>(&grid, &trt, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
