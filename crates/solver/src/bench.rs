@@ -74,7 +74,7 @@ pub fn kernel_throughput(mask: ArrayView3<u8>, dim: Dim, steps: usize) -> Kernel
         ),
         // In the solver's memory order for volumes (see `layout`).
         Dim::Three => run::<19, D3Q19>(
-            vec![mask.permuted_axes([1, 2, 0])],
+            vec![layout::lattice_mask(mask)],
             steps,
             (shape, layout::FLOW_AXIS),
         ),

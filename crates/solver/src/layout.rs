@@ -11,9 +11,16 @@
 
 use crate::coarse::Start;
 use crate::kernel::Grid;
+use ndarray::ArrayView3;
 
 /// The lattice axis the geometry's x becomes, i.e. the axis the flow is driven along.
 pub const FLOW_AXIS: usize = 1;
+
+/// A `(z, y, x)` mask seen in the lattice's memory order, `(y, x, z)`: the same permutation
+/// as [`FibreFast`], for callers that hold the mask as an array.
+pub fn lattice_mask(mask: ArrayView3<u8>) -> ArrayView3<u8> {
+    mask.permuted_axes([1, 2, 0])
+}
 
 /// The permutation between a geometry grid (z, y, x) and its lattice (y, x, z).
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +118,12 @@ mod tests {
         // Geometry cell (z 1, y 0, x 1) = 13 sits at lattice (z' 0, y' 1, x' 1).
         assert_eq!(lattice[at(0, 1, 1)], 13);
         assert_eq!(t.geometry_order(&lattice), field);
+        // The array view puts the same values in the same order.
+        let mask =
+            ndarray::Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 12 + y * 4 + x) as u8);
+        let viewed: Vec<u8> = lattice_mask(mask.view()).iter().copied().collect();
+        let expected: Vec<u8> = lattice.iter().map(|&v| v as u8).collect();
+        assert_eq!(viewed, expected);
         let v = [1.0, 2.0, 3.0];
         let lv = FibreFast::vector_to_lattice(v);
         assert_eq!(lv[FLOW_AXIS], 1.0, "geometry x is the lattice's flow axis");
