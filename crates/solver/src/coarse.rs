@@ -45,7 +45,7 @@ pub fn extent(
 }
 
 /// Coarse cell of fine index `i` on an axis of `n` fine and `nc` coarse cells.
-fn owner(i: usize, n: usize, nc: usize) -> usize {
+pub(crate) fn owner(i: usize, n: usize, nc: usize) -> usize {
     ((2 * i + 1) * nc / (2 * n)).min(nc - 1)
 }
 

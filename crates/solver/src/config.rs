@@ -36,6 +36,12 @@ pub struct LbmConfig {
     /// early where a level would be under 48 cells in-plane, so the default 64² sample has
     /// none (see `coarse`).
     pub coarse_levels: usize,
+    /// Steps between coarse-grid corrections of the slow modes during a solve (0: none).
+    /// They apply where the coarse lattice is at least 48 cells across in-plane (from 95²),
+    /// and halved the 3D steps at 128² (BENCHMARKS.md); see `correction`.
+    pub coarse_correction_every: usize,
+    /// Coarse-lattice steps per correction (each costs about 1/8 of a fine step in 3D).
+    pub coarse_correction_steps: usize,
     /// Refuse lattices whose solve would need more memory than this, GiB.
     pub max_memory_gib: f64,
 }
@@ -53,6 +59,8 @@ impl Default for LbmConfig {
             force: 1e-5,
             warm_start: true,
             coarse_levels: 4,
+            coarse_correction_every: 200,
+            coarse_correction_steps: 150,
             max_memory_gib: 16.0,
         }
     }
@@ -81,6 +89,14 @@ impl LbmConfig {
         }
         if self.check_every == 0 || self.max_iterations < 2 * self.check_every {
             return bad("check_every must be ≥ 1 and max_iterations ≥ 2·check_every");
+        }
+        if self.coarse_correction_every != 0
+            && (self.coarse_correction_every < 3 * self.check_every
+                || self.coarse_correction_steps == 0)
+        {
+            return bad(
+                "coarse_correction_every must be 0 or at least 3·check_every (a correction is judged by the clean window after it), with coarse_correction_steps ≥ 1",
+            );
         }
         if !(self.max_memory_gib.is_finite() && self.max_memory_gib > 0.0) {
             return bad("max_memory_gib must be > 0");
@@ -116,9 +132,12 @@ impl LbmConfig {
     /// budgeted at 8 B per cell, and the pulls across the periodic fast axis, one per
     /// direction with a component along it at each end of every row), the starting velocity
     /// and pressure, the velocity and density fields with the previous velocity kept for the
-    /// stopping rule, and the copies of the mask and the start in the volume's stepping
-    /// order (budgeted for 2D too). A coarse start's own solve comes first and is freed
-    /// before these are allocated.
+    /// stopping rule, the copies of the mask and the start in the volume's stepping order
+    /// (budgeted for 2D too), and the coarse-grid correction whether or not it applies (a
+    /// coarse cell per fine cell; three coarse lattices of populations, its mask, counts,
+    /// labels and streaming tables, budgeted at 4× fewer cells, which 2D lattices and 3D
+    /// ones with a fast axis of 1–2 cells have, where 3D ones usually have 8× fewer). A
+    /// coarse start's own solve comes first and is freed before these are allocated.
     pub fn solve_bytes(cells: usize, q: usize, fast: usize) -> f64 {
         let links = 12.0 * q.saturating_sub(1) as f64 / 16.0;
         let along_x = |c: &[[i32; 3]]| c.iter().filter(|c| c[0] != 0).count() as f64;
@@ -129,8 +148,17 @@ impl LbmConfig {
         };
         let pulls = 8.0 + 8.0 * across_fast / fast.max(1) as f64;
         let reordered = 1.0 + 16.0;
+        let correction = 4.0 + (3.0 * 4.0 * q as f64 + 1.0 + 4.0 + 4.0 + links + 8.0) / 4.0;
         cells as f64
-            * (2.0 * 4.0 * q as f64 + 1.0 + links + pulls + 16.0 + 4.0 + 2.0 * 12.0 + reordered)
+            * (2.0 * 4.0 * q as f64
+                + 1.0
+                + links
+                + pulls
+                + 16.0
+                + 4.0
+                + 2.0 * 12.0
+                + reordered
+                + correction)
     }
 
     /// Antisymmetric relaxation time from the magic parameter, on a lattice `in_plane`
@@ -277,5 +305,26 @@ mod tests {
             ..Default::default()
         };
         assert!(low.validate().is_err());
+    }
+
+    /// Corrections are judged by the clean check window after one, so they may not come
+    /// more often than every third window; 0 turns them off.
+    #[test]
+    fn coarse_corrections_need_room_between_them() {
+        let with = |every, steps| LbmConfig {
+            coarse_correction_every: every,
+            coarse_correction_steps: steps,
+            ..Default::default()
+        };
+        assert!(with(200, 150).validate().is_ok());
+        assert!(with(0, 0).validate().is_ok());
+        assert!(with(150, 1).validate().is_ok());
+        for bad in [with(149, 150), with(200, 0)] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("coarse_correction_every must be 0 or at least"),
+                "{err}"
+            );
+        }
     }
 }

@@ -85,7 +85,7 @@ impl Trt {
     /// Equilibrium density weight of direction `q` (the rest direction takes the rest, so
     /// that the populations still sum to δρ).
     #[inline(always)]
-    fn rho_weight<const Q: usize, V: VelocitySet<Q>>(&self, q: usize) -> f32 {
+    pub(crate) fn rho_weight<const Q: usize, V: VelocitySet<Q>>(&self, q: usize) -> f32 {
         if q == 0 {
             1.0 - self.density_weight * (1.0 - V::W[0])
         } else {

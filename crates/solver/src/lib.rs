@@ -12,6 +12,7 @@ pub mod bench;
 mod bounce;
 pub mod coarse;
 pub mod config;
+mod correction;
 pub mod error;
 pub mod kernel;
 pub mod lattice;

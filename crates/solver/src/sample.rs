@@ -32,6 +32,10 @@ pub struct SolveStats {
     /// when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coarse_iterations: Vec<usize>,
+    /// Coarse-grid corrections taken, each `coarse_correction_steps` coarse steps. Omitted
+    /// when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrections: usize,
     /// Relaxation time τ⁺ used (records made before `tau = "auto"` lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tau: Option<f64>,
@@ -235,6 +239,7 @@ fn report_2d(
                 None => SolveStats {
                     iterations: 0,
                     coarse_iterations: Vec::new(),
+                    corrections: 0,
                     tau: None,
                     converged: true,
                     residual: 0.0,
@@ -249,11 +254,16 @@ fn report_2d(
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl SolveStats {
     fn of(flow: &LatticeFlow, wall_s: f64) -> Self {
         Self {
             iterations: flow.iterations,
             coarse_iterations: flow.coarse_iterations.clone(),
+            corrections: flow.corrections,
             tau: Some(flow.tau),
             converged: flow.converged,
             residual: flow.residual,

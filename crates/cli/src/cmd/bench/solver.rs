@@ -50,6 +50,7 @@ fn compared_settings() -> [(&'static str, LbmConfig); 3] {
         tau: Tau::Fixed(0.7),
         sound_speed_sq: 1.0 / 3.0,
         coarse_levels: 0,
+        coarse_correction_every: 0,
         ..LbmConfig::default()
     };
     let cold = LbmConfig {
