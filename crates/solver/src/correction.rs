@@ -416,7 +416,7 @@ mod tests {
     /// pressure wave along x, the slow kind) much faster than plain steps: after 100
     /// smoothing steps, a correction and 50 more steps against as many plain steps as
     /// that costs (2 + 150/2 for the coarse steps, 4× fewer cells in 2D, counted at
-    /// half). Measured: 2.87e-1 → 7.9e-2 against 1.8e-1.
+    /// half). Measured: 2.87e-1 → 8.6e-2 against 1.8e-1.
     #[test]
     fn the_steady_state_stays_and_a_smooth_error_goes() {
         let mut s = setup();
