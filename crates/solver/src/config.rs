@@ -38,7 +38,9 @@ pub struct LbmConfig {
     pub coarse_levels: usize,
     /// Steps between coarse-grid corrections of the slow modes during a solve (0: none).
     /// They apply where the coarse lattice is at least 48 cells across in-plane (from 95²),
-    /// and halved the 3D steps at 128² (BENCHMARKS.md); see `correction`.
+    /// and halved the 3D steps at 128² (BENCHMARKS.md); see `correction`. Every 100 steps
+    /// (one check window of smoothing after each correction's own window) left 3–7× less
+    /// error than every 200 at the same or fewer steps at 128² and 256².
     pub coarse_correction_every: usize,
     /// Coarse-lattice steps per correction (each costs about 1/8 of a fine step in 3D).
     pub coarse_correction_steps: usize,
@@ -59,7 +61,7 @@ impl Default for LbmConfig {
             force: 1e-5,
             warm_start: true,
             coarse_levels: 4,
-            coarse_correction_every: 200,
+            coarse_correction_every: 100,
             coarse_correction_steps: 150,
             max_memory_gib: 16.0,
         }
@@ -91,11 +93,11 @@ impl LbmConfig {
             return bad("check_every must be ≥ 1 and max_iterations ≥ 2·check_every");
         }
         if self.coarse_correction_every != 0
-            && (self.coarse_correction_every < 3 * self.check_every
+            && (self.coarse_correction_every < 2 * self.check_every
                 || self.coarse_correction_steps == 0)
         {
             return bad(
-                "coarse_correction_every must be 0 or at least 3·check_every (a correction is judged by the clean window after it), with coarse_correction_steps ≥ 1",
+                "coarse_correction_every must be 0 or at least 2·check_every (a correction is judged by the clean window after its own), with coarse_correction_steps ≥ 1",
             );
         }
         if !(self.max_memory_gib.is_finite() && self.max_memory_gib > 0.0) {
@@ -307,8 +309,8 @@ mod tests {
         assert!(low.validate().is_err());
     }
 
-    /// Corrections are judged by the clean check window after one, so they may not come
-    /// more often than every third window; 0 turns them off.
+    /// A correction is judged by the clean check window after its own, so they may not come
+    /// more often than every second window; 0 turns them off.
     #[test]
     fn coarse_corrections_need_room_between_them() {
         let with = |every, steps| LbmConfig {
@@ -318,8 +320,8 @@ mod tests {
         };
         assert!(with(200, 150).validate().is_ok());
         assert!(with(0, 0).validate().is_ok());
-        assert!(with(150, 1).validate().is_ok());
-        for bad in [with(149, 150), with(200, 0)] {
+        assert!(with(100, 1).validate().is_ok());
+        for bad in [with(99, 150), with(200, 0)] {
             let err = bad.validate().unwrap_err().to_string();
             assert!(
                 err.contains("coarse_correction_every must be 0 or at least"),

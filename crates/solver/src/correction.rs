@@ -570,21 +570,21 @@ mod tests {
 
     /// Corrections come every `every` steps, and stop for good when the clean window after
     /// one changes more than the window before it (the window right after holds the
-    /// correction's own jump and is not judged).
+    /// correction's own jump and is not judged). With the default period the clean window
+    /// is judged at the check where the next correction is due, before it is taken.
     #[test]
     fn corrections_stop_where_they_do_not_help() {
         let mut c = setup().correction;
-        assert_eq!(c.every, 200);
-        assert!(!c.due(150, 1e-2));
-        assert!(c.due(200, 1e-2));
-        c.last = 202;
-        assert!(!c.due(252, 5e-1)); // the jump window
-        assert!(!c.due(302, 9e-3)); // clean window: smaller than before, so it helped
-        assert!(!c.due(352, 5e-3));
-        assert!(c.due(402, 1e-3));
-        c.last = 404;
-        assert!(!c.due(454, 1e-1));
-        assert!(!c.due(504, 1.1e-3)); // clean window: larger than before
+        assert_eq!(c.every, 100);
+        assert!(!c.due(50, 1e-2));
+        assert!(c.due(100, 1e-2));
+        c.last = 102;
+        assert!(!c.due(153, 5e-1)); // the jump window
+        assert!(c.due(203, 9e-3)); // clean window: smaller than before, so it helped
+        assert!(!c.stopped);
+        c.last = 205;
+        assert!(!c.due(256, 1e-1));
+        assert!(!c.due(306, 9.1e-3)); // clean window: larger than before
         assert!(c.stopped);
         assert!(!c.due(1000, 1e-3));
     }
