@@ -321,7 +321,13 @@ mod tests {
         assert!(with(200, 150).validate().is_ok());
         assert!(with(0, 0).validate().is_ok());
         assert!(with(100, 1).validate().is_ok());
-        for bad in [with(99, 150), with(200, 0)] {
+        let windows = |check_every, every| LbmConfig {
+            check_every,
+            ..with(every, 150)
+        };
+        assert!(windows(10, 20).validate().is_ok());
+        assert!(windows(1, 2).validate().is_ok());
+        for bad in [with(99, 150), with(200, 0), windows(10, 19), windows(1, 1)] {
             let err = bad.validate().unwrap_err().to_string();
             assert!(
                 err.contains("coarse_correction_every must be 0 or at least"),

@@ -166,7 +166,9 @@ impl Correction {
                 self.before = Some((before, seen + 1));
             }
         }
-        let due = !self.stopped && iteration - self.last >= self.every;
+        // Not before the last correction has been judged: with one-step check windows the
+        // period alone would land the next one on the jump window.
+        let due = !self.stopped && self.before.is_none() && iteration - self.last >= self.every;
         if due {
             self.before = Some((field_change, 0));
         }
@@ -587,5 +589,39 @@ mod tests {
         assert!(!c.due(306, 9.1e-3)); // clean window: larger than before
         assert!(c.stopped);
         assert!(!c.due(1000, 1e-3));
+    }
+
+    /// On the solve's own schedule (a check every `check_every` steps; a correction takes
+    /// two steps and the average one more), every correction is judged by a clean window
+    /// before the next is taken, for every period the config accepts, including one-step
+    /// windows.
+    #[test]
+    fn every_correction_is_judged_before_the_next() {
+        for check_every in [1, 2, 3, 7, 50] {
+            for every in 2 * check_every..=3 * check_every + 3 {
+                let mut c = setup().correction;
+                (c.every, c.last) = (every, 0);
+                let (mut iteration, mut taken, mut windows_since) = (0, 0, None);
+                while iteration < 40 * every {
+                    iteration += check_every;
+                    windows_since = windows_since.map(|w: usize| w + 1);
+                    // Shrinking changes, so every correction helps and they go on.
+                    if c.due(iteration, 1.0 / iteration as f64) {
+                        assert!(
+                            windows_since.is_none_or(|w| w >= 2),
+                            "check_every {check_every}, every {every}: a correction on the \
+                             jump window at {iteration}"
+                        );
+                        c.last = iteration + 2;
+                        iteration += 3;
+                        (taken, windows_since) = (taken + 1, Some(0));
+                    }
+                }
+                assert!(
+                    !c.stopped && taken >= 10,
+                    "check_every {check_every}, every {every}: {taken} corrections"
+                );
+            }
+        }
     }
 }
