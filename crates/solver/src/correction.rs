@@ -577,16 +577,17 @@ mod tests {
     #[test]
     fn corrections_stop_where_they_do_not_help() {
         let mut c = setup().correction;
-        assert_eq!(c.every, 100);
-        assert!(!c.due(50, 1e-2));
-        assert!(c.due(100, 1e-2));
-        c.last = 102;
-        assert!(!c.due(153, 5e-1)); // the jump window
-        assert!(c.due(203, 9e-3)); // clean window: smaller than before, so it helped
+        assert_eq!(c.every, 32);
+        assert!(!c.due(16, 1e-2));
+        assert!(c.due(32, 1e-2));
+        // The solve's next checks: 2 correction steps and the average, then 16-step windows.
+        c.last = 34;
+        assert!(!c.due(51, 5e-1)); // the jump window
+        assert!(c.due(67, 9e-3)); // clean window: smaller than before, so it helped
         assert!(!c.stopped);
-        c.last = 205;
-        assert!(!c.due(256, 1e-1));
-        assert!(!c.due(306, 9.1e-3)); // clean window: larger than before
+        c.last = 69;
+        assert!(!c.due(86, 1e-1));
+        assert!(!c.due(102, 9.1e-3)); // clean window: larger than before
         assert!(c.stopped);
         assert!(!c.due(1000, 1e-3));
     }
@@ -597,7 +598,7 @@ mod tests {
     /// windows.
     #[test]
     fn every_correction_is_judged_before_the_next() {
-        for check_every in [1, 2, 3, 7, 50] {
+        for check_every in [1, 2, 3, 7, 16, 50] {
             for every in 2 * check_every..=3 * check_every + 3 {
                 let mut c = setup().correction;
                 (c.every, c.last) = (every, 0);

@@ -214,36 +214,46 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
     let streaming = Streaming::new::<Q, V>(&grid, fluid);
     let mut f = kernel::equilibrium::<Q, V>(&grid, &trt, fluid, init);
     let mut f_new = vec![0.0f32; f.len()];
-    let mut prev: Option<(f64, Vec<[f32; 3]>)> = None;
+    let mut prev: Option<f64> = None;
+    // The check's fields, reused (see `kernel::macroscopic_into`).
+    let mut rho = vec![0.0f32; grid.cells()];
+    let (mut vel, mut prev_vel) = (
+        vec![[0.0f32; 3]; grid.cells()],
+        vec![[0.0f32; 3]; grid.cells()],
+    );
     let (mut residual, mut field_residual) = (f64::INFINITY, f64::INFINITY);
     let mut iterations = 0;
     let mut converged = false;
     let mut correction = Correction::new::<Q, V>(grid, fluid, &trt, (cfg, in_plane));
     let mut corrections = 0;
     while iterations < cfg.max_iterations {
-        for _ in 0..cfg.check_every {
+        // The last window is cut short so that `max_iterations` is a hard limit.
+        let window = cfg.check_every.min(cfg.max_iterations - iterations);
+        for _ in 0..window {
             kernel::step::<Q, V>(&grid, &trt, &f, fluid, &streaming, &mut f_new);
             std::mem::swap(&mut f, &mut f_new);
         }
-        iterations += cfg.check_every;
+        iterations += window;
         if iterations == cfg.check_every {
             average_two_steps::<Q, V>(&grid, &trt, &mut f, fluid, &streaming, &mut f_new);
         }
-        let (_, vel) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
-        let flux = mean(&vel)[flow_axis];
+        let lattice = (&grid, trt.force, &f[..], fluid, &streaming);
+        kernel::macroscopic_into::<Q, V>(lattice, &mut rho, &mut vel);
+        let (flux, change) = flux_and_change(&vel, &prev_vel, flow_axis);
         if !flux.is_finite() {
             return Err(SolverError::Diverged {
                 iteration: iterations,
             });
         }
-        if let Some((prev_flux, prev_vel)) = &prev {
+        if let Some(prev_flux) = prev {
             residual = ((flux - prev_flux) / flux).abs();
-            field_residual = relative_change(&vel, prev_vel);
+            field_residual = change;
         }
         if let Some(p) = progress {
             p(0, iterations, residual);
         }
-        prev = Some((flux, vel));
+        prev = Some(flux);
+        std::mem::swap(&mut vel, &mut prev_vel);
         if residual < cfg.tol && field_residual < cfg.field_tol {
             converged = true;
             break;
@@ -263,6 +273,7 @@ fn run<const Q: usize, V: VelocitySet<Q>>(
             corrections += 1;
         }
     }
+    drop((rho, vel, prev_vel));
     average_two_steps::<Q, V>(&grid, &trt, &mut f, fluid, &streaming, &mut f_new);
     let (density, velocity) = kernel::macroscopic::<Q, V>(&grid, trt.force, &f, fluid, &streaming);
     let cs2 = cfg.sound_speed_sq as f32;
@@ -319,17 +330,32 @@ fn mean(vel: &[[f32; 3]]) -> [f64; 3] {
     s.map(|x| x / vel.len() as f64)
 }
 
-fn relative_change(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (u, v) in a.iter().zip(b) {
-        for k in 0..3 {
-            diff += f64::from(u[k] - v[k]).powi(2);
-            norm += f64::from(u[k]).powi(2);
-        }
-    }
-    if norm > 0.0 {
+/// Mean velocity along `axis` of `vel`, and its relative L2 change from `prev`, in one
+/// parallel pass (a check comes every few steps). Partial sums over fixed blocks, added
+/// in order, so the result does not depend on how the threads split the work.
+fn flux_and_change(vel: &[[f32; 3]], prev: &[[f32; 3]], axis: usize) -> (f64, f64) {
+    let parts: Vec<[f64; 3]> = vel
+        .par_chunks(1 << 14)
+        .zip(prev.par_chunks(1 << 14))
+        .map(|(a, b)| {
+            let mut s = [0.0f64; 3];
+            for (u, v) in a.iter().zip(b) {
+                s[0] += f64::from(u[axis]);
+                for k in 0..3 {
+                    s[1] += f64::from(u[k] - v[k]).powi(2);
+                    s[2] += f64::from(u[k]).powi(2);
+                }
+            }
+            s
+        })
+        .collect();
+    let [flux, diff, norm] = parts
+        .iter()
+        .fold([0.0; 3], |t, p| [t[0] + p[0], t[1] + p[1], t[2] + p[2]]);
+    let change = if norm > 0.0 {
         (diff / norm).sqrt()
     } else {
         f64::INFINITY
-    }
+    };
+    (flux / vel.len() as f64, change)
 }

@@ -44,11 +44,15 @@ struct KernelRow {
 }
 
 /// The solver settings timed on the sample: today's defaults first, then those before
-/// 2026-12-06 (τ 0.7, standard sound speed ⅓, no coarse start), then a cold start.
+/// 2026-12-06 (τ 0.7, standard sound speed ⅓, no coarse start, checks every 50 steps),
+/// then a cold start.
 fn compared_settings() -> [(&'static str, LbmConfig); 3] {
     let before = LbmConfig {
         tau: Tau::Fixed(0.7),
         sound_speed_sq: 1.0 / 3.0,
+        tol: 1e-5,
+        field_tol: 1e-4,
+        check_every: 50,
         coarse_levels: 0,
         coarse_correction_every: 0,
         ..LbmConfig::default()
