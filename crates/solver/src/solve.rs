@@ -359,3 +359,26 @@ fn flux_and_change(vel: &[[f32; 3]], prev: &[[f32; 3]], axis: usize) -> (f64, f6
     };
     (flux / vel.len() as f64, change)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand values across more than one block of the parallel pass: the mean of the flow
+    /// component, and ‖v − p‖/‖v‖ with v = 2p, i.e. ½.
+    #[test]
+    fn flux_and_change_by_hand() {
+        let n: usize = (1 << 14) + 5;
+        let vel: Vec<[f32; 3]> = (0..n)
+            .map(|i| [0.0, if i % 2 == 0 { 1.0 } else { 3.0 }, 0.5])
+            .collect();
+        let prev: Vec<[f32; 3]> = vel.iter().map(|v| v.map(|c| 0.5 * c)).collect();
+        let (flux, change) = flux_and_change(&vel, &prev, 1);
+        let want = (1.0 * n.div_ceil(2) as f64 + 3.0 * (n / 2) as f64) / n as f64;
+        assert!((flux - want).abs() < 1e-12, "{flux} vs {want}");
+        assert!((change - 0.5).abs() < 1e-12, "{change}");
+        assert_eq!(flux_and_change(&vel, &vel, 1).1, 0.0);
+        let zero = vec![[0.0f32; 3]; 3];
+        assert_eq!(flux_and_change(&zero, &zero, 0).1, f64::INFINITY);
+    }
+}
