@@ -555,31 +555,45 @@ mod tests {
     use super::*;
     use crate::lattice::{D2Q9, D3Q19};
 
+    /// The population of direction q that fluid cell `cell` pulls: from the periodic upwind
+    /// cell, or, where that is fibre, the cell's own opposite population (bounce-back), and
+    /// whether it was a bounce-back link.
+    fn direct_pull<const Q: usize, V: VelocitySet<Q>>(
+        grid: &Grid,
+        fluid: &[u8],
+        f: &[f32],
+        (cell, q): (usize, usize),
+    ) -> (f32, bool) {
+        let (nx, ny, nz, plane, stride) = (grid.nx, grid.ny, grid.nz, grid.plane(), grid.stride());
+        let wrap =
+            |v: usize, d: i32, n: usize| (v as i64 - i64::from(d)).rem_euclid(n as i64) as usize;
+        let (z, y, x) = (cell / plane, cell % plane / nx, cell % nx);
+        let [cx, cy, cz] = V::C[q];
+        let src = (wrap(z, cz, nz) * ny + wrap(y, cy, ny)) * nx + wrap(x, cx, nx);
+        if fluid[src] == 0 {
+            (f[opposite(q) * stride + cell], true)
+        } else {
+            (f[q * stride + src], false)
+        }
+    }
+
     /// Every fluid cell's gathered populations equal a direct pull: from the periodic
     /// upwind cell, or, where that is fibre, the cell's own opposite population. Odd plane
     /// sizes give partial 16-cell words, chunks shorter than `CHUNK` and wraps in x and y.
     fn gather_matches_direct_pull<const Q: usize, V: VelocitySet<Q>>(grid: Grid, fluid: &[u8]) {
-        let (nx, ny, nz, plane, stride) = (grid.nx, grid.ny, grid.nz, grid.plane(), grid.stride());
+        let plane = grid.plane();
         let streaming = Streaming::new::<Q, V>(&grid, fluid);
         // Distinct exact values, so any wrong source shows.
-        let f: Vec<f32> = (0..Q * stride).map(|i| i as f32).collect();
-        let wrap =
-            |v: usize, d: i32, n: usize| (v as i64 - i64::from(d)).rem_euclid(n as i64) as usize;
+        let f: Vec<f32> = (0..Q * grid.stride()).map(|i| i as f32).collect();
         let mut links = 0;
         for (k, ch) in streaming.chunks.iter().enumerate() {
             let mut buf = vec![f32::NAN; Q * ch.len];
             streaming.gather::<Q, V>(&grid, &f, k, &mut buf);
             for off in (0..ch.len).filter(|&off| fluid[ch.start + off] == 1) {
                 let cell = ch.start + off;
-                let (z, y, x) = (cell / plane, cell % plane / nx, cell % nx);
-                for (q, [cx, cy, cz]) in V::C.into_iter().enumerate() {
-                    let src = (wrap(z, cz, nz) * ny + wrap(y, cy, ny)) * nx + wrap(x, cx, nx);
-                    let want = if fluid[src] == 0 {
-                        links += 1;
-                        f[opposite(q) * stride + cell]
-                    } else {
-                        f[q * stride + src]
-                    };
+                for q in 0..Q {
+                    let (want, link) = direct_pull::<Q, V>(&grid, fluid, &f, (cell, q));
+                    links += usize::from(link);
                     assert_eq!(
                         buf[q * ch.len + off],
                         want,
@@ -647,6 +661,59 @@ mod tests {
             let stepped = Streaming::new::<19, D3Q19>(&g, &fluid).stepped_cells();
             assert!(stepped < g.cells() * 9 / 10, "{stepped} of {}", g.cells());
             gather_matches_direct_pull::<19, D3Q19>(g, &fluid);
+        }
+    }
+
+    /// The check's moments (`LANES` cells at a time, then one by one) equal ρ = Σ f and
+    /// u = Σ c f + F/2 summed in f64 from a direct pull, cell by cell, on chunks whose
+    /// lengths are not multiples of `LANES`; fibre cells stay zero.
+    #[test]
+    fn moments_are_the_sums_of_the_pulled_populations() {
+        fn check<const Q: usize, V: VelocitySet<Q>>(grid: Grid, fluid: &[u8]) {
+            let streaming = Streaming::new::<Q, V>(&grid, fluid);
+            assert!(
+                streaming
+                    .chunks
+                    .iter()
+                    .any(|c| c.len % LANES != 0 && c.len > LANES)
+            );
+            let f: Vec<f32> = (0..Q * grid.stride())
+                .map(|i| 1e-3 * ((i * 37 % 101) as f32 - 50.0))
+                .collect();
+            let force = [1e-4, -2e-4, 3e-4];
+            let (mut rho, mut vel) = (vec![0.0; grid.cells()], vec![[0.0; 3]; grid.cells()]);
+            macroscopic_into::<Q, V>((&grid, force, &f, fluid, &streaming), &mut rho, &mut vel);
+            for cell in 0..grid.cells() {
+                if fluid[cell] == 0 {
+                    assert_eq!((rho[cell], vel[cell]), (0.0, [0.0; 3]), "fibre {cell}");
+                    continue;
+                }
+                let (mut r, mut u) = (0.0f64, [0.0f64; 3]);
+                for q in 0..Q {
+                    let g = f64::from(direct_pull::<Q, V>(&grid, fluid, &f, (cell, q)).0);
+                    r += g;
+                    for (ua, c) in u.iter_mut().zip(V::C[q]) {
+                        *ua += f64::from(c) * g;
+                    }
+                }
+                assert!(
+                    (f64::from(rho[cell]) - r).abs() < 1e-6,
+                    "{} ρ at {cell}",
+                    V::NAME
+                );
+                for a in 0..3 {
+                    let want = u[a] + 0.5 * f64::from(force[a]);
+                    let got = f64::from(vel[cell][a]);
+                    assert!((got - want).abs() < 1e-6, "{} u{a} at {cell}", V::NAME);
+                }
+            }
+        }
+        let grid = |nx, ny, nz| Grid { nx, ny, nz };
+        for g in [grid(77, 9, 1), grid(40, 37, 1)] {
+            check::<9, D2Q9>(g, &with_long_runs(g));
+        }
+        for g in [grid(70, 11, 3), grid(45, 20, 4)] {
+            check::<19, D3Q19>(g, &with_long_runs(g));
         }
     }
 }
