@@ -40,8 +40,9 @@ pub struct LbmConfig {
     /// none (see `coarse`).
     pub coarse_levels: usize,
     /// Steps between coarse-grid corrections of the slow modes during a solve (0: none).
-    /// They apply where the coarse lattice is at least 48 cells across in-plane (from 95²),
-    /// and halved the 3D steps at 128² (BENCHMARKS.md); see `correction`. Each correction
+    /// They apply where the coarse lattice is at least 32 cells across in-plane for a
+    /// volume (from 63²) and 48 for a plane (from 95²), and halved the 3D steps at 64² and
+    /// 128² (BENCHMARKS.md); see `correction`. Each correction
     /// does most of its work at once and the fine steps after it little (a 16-step window
     /// after one changed the error by 1–5 %), so they come every second 16-step window:
     /// at 128² 417 instead of 874 fine steps (every 100 steps) for the same error.

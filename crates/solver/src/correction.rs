@@ -47,6 +47,26 @@ const SOURCE_EVERY: usize = 5;
 /// change at all (at 128² each one cut it 5–10×).
 const WORSE: f64 = 1.0;
 
+/// Least in-plane extent of a volume's coarse lattice: from 63² the 3D solve is corrected
+/// (fibres of the default packing about five coarse cells across). On the 64² sample the
+/// corrections took the 3D solve from 768 to 382 fine steps at a smaller error (field
+/// 2.7e-5 against 7.4e-5 of a tight solve) and the whole solve from 3.8–4.2 s to 3.1 s; a
+/// dense one (Vf 0.65) from 1 792 to 662 steps (BENCHMARKS.md, "Corrections from 64²").
+const MIN_VOLUME_CELLS: usize = 32;
+
+/// Least in-plane extent of the coarse lattice for a lattice with `Q` directions. Planes
+/// keep the coarse start's [`MIN_COARSE_CELLS`]: a 32² plane's corrections halved its steps
+/// (912 → 487 on the 64² sample's first slice) but cost more than they saved (2D CPU time
+/// 0.46–0.58 s → 0.56–0.75 s), its 150 coarse steps being a quarter of the cells each, not
+/// an eighth, and so small that a step's fixed costs dominate.
+fn min_coarse_cells<const Q: usize>() -> usize {
+    if Q == 9 {
+        MIN_COARSE_CELLS
+    } else {
+        MIN_VOLUME_CELLS
+    }
+}
+
 /// The coarse lattice and its bookkeeping, built once per solve.
 pub struct Correction {
     fine: Grid,
@@ -86,14 +106,14 @@ struct Buffers {
 impl Correction {
     /// The correction of a solve on `grid` (in the kernel's memory order) with collision
     /// `trt`, when the config asks for one and the geometry's in-plane extent `in_plane`
-    /// leaves the coarse lattice at least `MIN_COARSE_CELLS` across.
+    /// leaves the coarse lattice at least [`min_coarse_cells`] across.
     pub fn new<const Q: usize, V: VelocitySet<Q>>(
         grid: Grid,
         fluid: &[u8],
         trt: &Trt,
         (cfg, in_plane): (&LbmConfig, usize),
     ) -> Option<Self> {
-        if cfg.coarse_correction_every == 0 || in_plane.div_ceil(2) < MIN_COARSE_CELLS {
+        if cfg.coarse_correction_every == 0 || in_plane.div_ceil(2) < min_coarse_cells::<Q>() {
             return None;
         }
         let dims = (grid.nz, grid.ny, grid.nx);
@@ -625,6 +645,40 @@ mod tests {
             );
         }
         assert_eq!(c.count.iter().sum::<u32>(), 14);
+    }
+
+    /// A volume is corrected from 63 cells in-plane (a coarse lattice 32 across), a plane
+    /// from 95 (48 across), and neither when the config turns corrections off.
+    #[test]
+    fn volumes_are_corrected_from_a_smaller_size_than_planes() {
+        use crate::lattice::D3Q19;
+        let cfg = LbmConfig::default();
+        let off = LbmConfig {
+            coarse_correction_every: 0,
+            ..cfg.clone()
+        };
+        for (n, volume, plane) in [(62, false, false), (63, true, false), (95, true, true)] {
+            let trt = Trt::new(&cfg, n, 1);
+            // The volume in the solver's memory order: 8 planes along the fibres, fastest.
+            let grid = Grid {
+                nx: 8,
+                ny: n,
+                nz: n,
+            };
+            let fluid = vec![1u8; grid.cells()];
+            let at = |c: &LbmConfig| Correction::new::<19, D3Q19>(grid, &fluid, &trt, (c, n));
+            assert_eq!(at(&cfg).is_some(), volume, "{n}² volume");
+            assert!(at(&off).is_none());
+            let grid = Grid {
+                nx: n,
+                ny: n,
+                nz: 1,
+            };
+            let fluid = vec![1u8; grid.cells()];
+            let at = |c: &LbmConfig| Correction::new::<9, D2Q9>(grid, &fluid, &trt, (c, n));
+            assert_eq!(at(&cfg).is_some(), plane, "{n}² plane");
+            assert!(at(&off).is_none());
+        }
     }
 
     /// Corrections come every `every` steps, and stop for good when the clean window after

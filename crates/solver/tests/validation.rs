@@ -468,9 +468,11 @@ fn a_coarse_start_converges_to_the_cold_start_solution() {
 /// Coarse-grid corrections during the solve converge to the uncorrected solution within
 /// what the default stopping rule leaves (field ≤ 1e-3, K ≤ 0.2 %), in 3D and 2D, in
 /// fewer steps; both start cold, so the corrections do all the work on the slow modes.
+/// Also on a 64² volume, whose coarse lattice (32 across) is the coarsest that corrects.
 #[test]
 fn coarse_grid_corrections_converge_to_the_uncorrected_solution() {
-    for (mask, dim) in wavy_cases() {
+    let smallest = (wavy_fibres(64), Dim::Three);
+    for (mask, dim) in wavy_cases().into_iter().chain([smallest]) {
         let cold = LbmConfig {
             coarse_levels: 0,
             warm_start: false,
