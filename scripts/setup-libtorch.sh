@@ -23,8 +23,11 @@
 #            varies, and the full venv once did not fit.
 #   --test   instead of the release build, build the model crate's unit tests and
 #            tests/backends.rs with the feature and run those that concern the backend
-#            (what CI runs). It uses ./target like `cargo test`, sharing every crate whose
-#            features do not change.
+#            (what CI runs), in ./target. It shares almost nothing with `cargo test`'s
+#            build: torch-sys's build dependencies add a feature to syn, on which nearly
+#            every crate depends through its derive macros, so the whole tree is compiled
+#            again; at opt-level 1 for dependencies instead of the dev profile's 3, which
+#            compiles faster, and these tests are small.
 # Environment: FIBERFLOW_TORCH_VENV (default .libtorch/venv, or .libtorch/venv-cpu with
 # --cpu), PYTHON (default python3).
 set -euo pipefail
@@ -103,7 +106,8 @@ else
     unset LIBTORCH
 fi
 if [ "$test" = true ]; then
-    cargo test --locked -p fiberflow-model --features libtorch --lib --test backends -- libtorch device::
+    cargo test --locked -p fiberflow-model --features libtorch --lib --test backends \
+        --config 'profile.dev.package."*".opt-level = 1' -- libtorch device::
     exit
 fi
 cargo build --release --locked -p fiberflow-cli --features libtorch --target-dir "$target"
