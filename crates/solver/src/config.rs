@@ -42,12 +42,14 @@ pub struct LbmConfig {
     /// Steps between coarse-grid corrections of the slow modes during a solve (0: none).
     /// They apply where the coarse lattice is at least 32 cells across in-plane for a
     /// volume (from 63²) and 48 for a plane (from 95²), and halved the 3D steps at 64² and
-    /// 128² (BENCHMARKS.md); see `correction`. Each correction
-    /// does most of its work at once and the fine steps after it little (a 16-step window
-    /// after one changed the error by 1–5 %), so they come every second 16-step window:
-    /// at 128² 417 instead of 874 fine steps (every 100 steps) for the same error.
+    /// 128² (BENCHMARKS.md); see `correction`. Each correction does most of its work at
+    /// once and the fine steps after it little (a 16-step window after one changed the
+    /// error by 1–5 %), so they come every second 16-step window: at 128² 417 instead of
+    /// 874 fine steps (every 100 steps) for the same error.
     pub coarse_correction_every: usize,
-    /// Coarse-lattice steps per correction (each costs about 1/8 of a fine step in 3D).
+    /// Coarse-lattice steps per correction (each costs about 1/8 of a fine step in 3D); a
+    /// volume whose coarse lattice is under 64 cells across in-plane takes proportionally
+    /// fewer (75 at 64², where they did as well as 150; see `correction`).
     /// 100 reached a given error a little sooner at 128², but took out only 43 % of a
     /// pressure wave along a 96² plane where 150 take out 70 % (`correction` tests).
     pub coarse_correction_steps: usize,

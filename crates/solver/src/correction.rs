@@ -67,6 +67,25 @@ fn min_coarse_cells<const Q: usize>() -> usize {
     }
 }
 
+/// In-plane extent of a volume's coarse lattice from which a correction takes all of
+/// `coarse_correction_steps`; narrower ones take proportionally fewer (75 at 32 across):
+/// a pressure wave crosses them in fewer steps. On 64² volumes (coarse 32 across) 75 coarse
+/// steps per correction left the same fine steps as 150 (382 on the sample, 662 on a dense
+/// one; 50 left the dense one 732), on a 96² volume 113 and 75 the same 382; at 128² 75
+/// were worse (the error of step 366 reached only at step 471; BENCHMARKS.md). Planes take them all: on 96² planes 113 cost some
+/// slices 35 more fine steps.
+const FULL_STEPS_EXTENT: usize = 64;
+
+/// Coarse steps per correction of a lattice with `Q` directions whose coarse lattice is
+/// `extent` cells across in-plane (see [`FULL_STEPS_EXTENT`]).
+fn coarse_steps<const Q: usize>(cfg: &LbmConfig, extent: usize) -> usize {
+    if Q == 9 {
+        cfg.coarse_correction_steps
+    } else {
+        (cfg.coarse_correction_steps * extent.min(FULL_STEPS_EXTENT)).div_ceil(FULL_STEPS_EXTENT)
+    }
+}
+
 /// The coarse lattice and its bookkeeping, built once per solve.
 pub struct Correction {
     fine: Grid,
@@ -177,7 +196,7 @@ impl Correction {
             trt,
             streaming,
             every: cfg.coarse_correction_every,
-            steps: cfg.coarse_correction_steps,
+            steps: coarse_steps::<Q>(cfg, in_plane.div_ceil(2)),
             last: 0,
             before: None,
             stopped: false,
@@ -648,7 +667,9 @@ mod tests {
     }
 
     /// A volume is corrected from 63 cells in-plane (a coarse lattice 32 across), a plane
-    /// from 95 (48 across), and neither when the config turns corrections off.
+    /// from 95 (48 across), and neither when the config turns corrections off. A volume's
+    /// coarse lattice under 64 across takes proportionally fewer coarse steps (150·32/64,
+    /// 150·48/64 rounded up), a plane's all of them.
     #[test]
     fn volumes_are_corrected_from_a_smaller_size_than_planes() {
         use crate::lattice::D3Q19;
@@ -657,7 +678,13 @@ mod tests {
             coarse_correction_every: 0,
             ..cfg.clone()
         };
-        for (n, volume, plane) in [(62, false, false), (63, true, false), (95, true, true)] {
+        let steps = |c: Option<Correction>| c.map(|c| c.steps);
+        for (n, volume, plane) in [
+            (62, None, None),
+            (63, Some(75), None),
+            (95, Some(113), Some(150)),
+            (130, Some(150), Some(150)),
+        ] {
             let trt = Trt::new(&cfg, n, 1);
             // The volume in the solver's memory order: 8 planes along the fibres, fastest.
             let grid = Grid {
@@ -667,7 +694,7 @@ mod tests {
             };
             let fluid = vec![1u8; grid.cells()];
             let at = |c: &LbmConfig| Correction::new::<19, D3Q19>(grid, &fluid, &trt, (c, n));
-            assert_eq!(at(&cfg).is_some(), volume, "{n}² volume");
+            assert_eq!(steps(at(&cfg)), volume, "{n}² volume");
             assert!(at(&off).is_none());
             let grid = Grid {
                 nx: n,
@@ -676,7 +703,7 @@ mod tests {
             };
             let fluid = vec![1u8; grid.cells()];
             let at = |c: &LbmConfig| Correction::new::<9, D2Q9>(grid, &fluid, &trt, (c, n));
-            assert_eq!(at(&cfg).is_some(), plane, "{n}² plane");
+            assert_eq!(steps(at(&cfg)), plane, "{n}² plane");
             assert!(at(&off).is_none());
         }
     }
