@@ -54,35 +54,30 @@ const WORSE: f64 = 1.0;
 /// dense one (Vf 0.65) from 1 792 to 662 steps (BENCHMARKS.md, "Corrections from 64²").
 const MIN_VOLUME_CELLS: usize = 32;
 
-/// Least in-plane extent of the coarse lattice for a lattice with `Q` directions. Planes
-/// keep the coarse start's [`MIN_COARSE_CELLS`]: a 32² plane's corrections halved its steps
-/// (912 → 487 on the 64² sample's first slice) but cost more than they saved (2D CPU time
-/// 0.46–0.58 s → 0.56–0.75 s), its 150 coarse steps being a quarter of the cells each, not
-/// an eighth, and so small that a step's fixed costs dominate.
-fn min_coarse_cells<const Q: usize>() -> usize {
-    if Q == 9 {
-        MIN_COARSE_CELLS
-    } else {
-        MIN_VOLUME_CELLS
-    }
-}
-
 /// In-plane extent of a volume's coarse lattice from which a correction takes all of
 /// `coarse_correction_steps`; narrower ones take proportionally fewer (75 at 32 across):
 /// a pressure wave crosses them in fewer steps. On 64² volumes (coarse 32 across) 75 coarse
 /// steps per correction left the same fine steps as 150 (382 on the sample, 662 on a dense
 /// one; 50 left the dense one 732), on a 96² volume 113 and 75 the same 382; at 128² 75
-/// were worse (the error of step 366 reached only at step 471; BENCHMARKS.md). Planes take them all: on 96² planes 113 cost some
-/// slices 35 more fine steps.
+/// were worse (the error of step 366 reached only at step 471; BENCHMARKS.md). Planes take
+/// them all: on 96² planes 113 cost some slices 35 more fine steps.
 const FULL_STEPS_EXTENT: usize = 64;
 
-/// Coarse steps per correction of a lattice with `Q` directions whose coarse lattice is
-/// `extent` cells across in-plane (see [`FULL_STEPS_EXTENT`]).
-fn coarse_steps<const Q: usize>(cfg: &LbmConfig, extent: usize) -> usize {
+/// Coarse steps per correction of a lattice with `Q` directions and `in_plane` cells
+/// across, or `None` where its coarse lattice is too narrow to correct. Planes need 48
+/// coarse cells ([`MIN_COARSE_CELLS`], as the coarse start) and take every
+/// `coarse_correction_steps`: a 32² plane's corrections halved its steps (912 → 487 on
+/// the 64² sample's first slice) but cost more than they saved (2D CPU time 0.46–0.58 s →
+/// 0.56–0.75 s), its 150 coarse steps being a quarter of the cells each, not an eighth,
+/// and so small that a step's fixed costs dominate. Volumes need [`MIN_VOLUME_CELLS`] and
+/// take fewer under [`FULL_STEPS_EXTENT`].
+fn coarse_steps<const Q: usize>(cfg: &LbmConfig, in_plane: usize) -> Option<usize> {
+    let extent = in_plane.div_ceil(2);
     if Q == 9 {
-        cfg.coarse_correction_steps
+        (extent >= MIN_COARSE_CELLS).then_some(cfg.coarse_correction_steps)
     } else {
-        (cfg.coarse_correction_steps * extent.min(FULL_STEPS_EXTENT)).div_ceil(FULL_STEPS_EXTENT)
+        let steps = cfg.coarse_correction_steps * extent.min(FULL_STEPS_EXTENT);
+        (extent >= MIN_VOLUME_CELLS).then(|| steps.div_ceil(FULL_STEPS_EXTENT))
     }
 }
 
@@ -125,16 +120,17 @@ struct Buffers {
 impl Correction {
     /// The correction of a solve on `grid` (in the kernel's memory order) with collision
     /// `trt`, when the config asks for one and the geometry's in-plane extent `in_plane`
-    /// leaves the coarse lattice at least [`min_coarse_cells`] across.
+    /// leaves a coarse lattice wide enough (see `coarse_steps`).
     pub fn new<const Q: usize, V: VelocitySet<Q>>(
         grid: Grid,
         fluid: &[u8],
         trt: &Trt,
         (cfg, in_plane): (&LbmConfig, usize),
     ) -> Option<Self> {
-        if cfg.coarse_correction_every == 0 || in_plane.div_ceil(2) < min_coarse_cells::<Q>() {
+        if cfg.coarse_correction_every == 0 {
             return None;
         }
+        let steps = coarse_steps::<Q>(cfg, in_plane)?;
         let dims = (grid.nz, grid.ny, grid.nx);
         let half = (
             grid.nz.div_ceil(2),
@@ -196,7 +192,7 @@ impl Correction {
             trt,
             streaming,
             every: cfg.coarse_correction_every,
-            steps: coarse_steps::<Q>(cfg, in_plane.div_ceil(2)),
+            steps,
             last: 0,
             before: None,
             stopped: false,
