@@ -50,8 +50,9 @@ const WORSE: f64 = 1.0;
 /// Least in-plane extent of a volume's coarse lattice: from 63² the 3D solve is corrected
 /// (fibres of the default packing about five coarse cells across). On the 64² sample the
 /// corrections took the 3D solve from 768 to 382 fine steps at a smaller error (field
-/// 2.7e-5 against 7.4e-5 of a tight solve) and the whole solve from 3.8–4.2 s to 3.1 s; a
-/// dense one (Vf 0.65) from 1 792 to 662 steps (BENCHMARKS.md, "Corrections from 64²").
+/// 2.7e-5 against 7.4e-5 of a tight solve) and the whole solve from 2.19–2.82 s to
+/// 1.78–2.24 s on a quiet hour; a dense one (Vf 0.65) from 1 792 to 662 steps
+/// (BENCHMARKS.md, "Corrections from 64²").
 const MIN_VOLUME_CELLS: usize = 32;
 
 /// In-plane extent of a volume's coarse lattice from which a correction takes all of
@@ -76,7 +77,10 @@ fn coarse_steps<const Q: usize>(cfg: &LbmConfig, in_plane: usize) -> Option<usiz
     if Q == 9 {
         (extent >= MIN_COARSE_CELLS).then_some(cfg.coarse_correction_steps)
     } else {
-        let steps = cfg.coarse_correction_steps * extent.min(FULL_STEPS_EXTENT);
+        // Saturating: the config bounds the steps from below only.
+        let steps = cfg
+            .coarse_correction_steps
+            .saturating_mul(extent.min(FULL_STEPS_EXTENT));
         (extent >= MIN_VOLUME_CELLS).then(|| steps.div_ceil(FULL_STEPS_EXTENT))
     }
 }
