@@ -26,8 +26,9 @@
 #            (what CI runs), in ./target. It shares almost nothing with `cargo test`'s
 #            build: torch-sys's build dependencies add a feature to syn, on which nearly
 #            every crate depends through its derive macros, so the whole tree is compiled
-#            again; at opt-level 1 for dependencies instead of the dev profile's 3, which
-#            compiles faster, and these tests are small.
+#            again; at opt-level 0 for dependencies instead of the dev profile's 3, which
+#            compiles fastest (these tests are small), and so reuses the build scripts and
+#            proc macros of CI's lint pass, compiled at the same level.
 # Environment: FIBERFLOW_TORCH_VENV (default .libtorch/venv, or .libtorch/venv-cpu with
 # --cpu), PYTHON (default python3).
 set -euo pipefail
@@ -107,7 +108,7 @@ else
 fi
 if [ "$test" = true ]; then
     cargo test --locked -p fiberflow-model --features libtorch --lib --test backends \
-        --config 'profile.dev.package."*".opt-level = 1' -- libtorch device::
+        --config 'profile.dev.package."*".opt-level = 0' -- libtorch device::
     exit
 fi
 cargo build --release --locked -p fiberflow-cli --features libtorch --target-dir "$target"
