@@ -66,6 +66,9 @@ fn bench_all_writes_every_section() {
     let solver = &j["solver"];
     assert!(f(&solver["memory_bandwidth_gbs"]) > 0.0);
     assert_eq!(solver["kernels"].as_array().unwrap().len(), 2);
+    for k in solver["kernels"].as_array().unwrap() {
+        assert!(f(&k["stream_pattern_gbs"]) > 0.0 && f(&k["stream_pattern_ratio"]) > 0.0);
+    }
     let settings: Vec<&str> = solver["convergence"]
         .as_array()
         .unwrap()

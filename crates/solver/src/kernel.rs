@@ -29,7 +29,7 @@ const TAIL_LANES: usize = 8;
 
 /// Cells streamed and collided together: long enough for prefetching, small enough that
 /// a chunk's Q gathered arrays stay in L2.
-const CHUNK: usize = 1024;
+pub const CHUNK: usize = 1024;
 
 /// Lattice extent; 2D problems have nz = 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,16 @@
 //! `fiberflow bench solver`: lattice updates per second next to the memory bandwidth
-//! measured in the same run, and the time to converge one sample with today's solver
+//! measured in the same run (a two-array scale, and the kernel's own stream pattern
+//! without its arithmetic), and the time to converge one sample with today's solver
 //! settings, the previous ones and a cold start.
 
 use super::{BenchArgs, default_sample};
 use anyhow::Result;
 use fiberflow_geometry::layout::SliceGrid;
-use fiberflow_solver::bench::{KernelThroughput, kernel_throughput, memory_bandwidth_gbs};
+use fiberflow_solver::bench::{
+    KernelThroughput, kernel_throughput, memory_bandwidth_gbs, stream_pattern_gbs,
+};
 use fiberflow_solver::config::Tau;
+use fiberflow_solver::kernel::CHUNK;
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_solver::solve::Dim;
 use fiberflow_solver::{FlowConfig, LbmConfig};
@@ -41,6 +45,10 @@ struct KernelRow {
     t: KernelThroughput,
     /// Fraction of the bandwidth bound reached.
     bandwidth_ratio: f64,
+    /// Bandwidth of the kernel's stream pattern alone (Q arrays in, Q out, in runs of a
+    /// chunk), GB/s, and the fraction of it the kernel reached.
+    stream_pattern_gbs: f64,
+    stream_pattern_ratio: f64,
 }
 
 /// The solver settings timed on the sample: today's defaults first, then those before
@@ -75,13 +83,27 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
         "memory bandwidth (read + write-allocate + write): {bw:.2} GB/s on {} threads",
         rayon::current_num_threads()
     );
+    // What moving the populations alone reaches, D2Q9 then D3Q19: the share of the bound
+    // the kernel's layout leaves to the collision.
+    let pattern = [9, 19].map(|q| {
+        let gbs = stream_pattern_gbs(q, CHUNK, 512, 5);
+        println!(
+            "stream pattern of a Q = {q:2} step alone ({q} arrays in, {q} out, runs of {CHUNK} cells): {gbs:.2} GB/s = {:.1} % of the bandwidth",
+            100.0 * gbs / bw
+        );
+        (q, gbs)
+    });
     let grid = a.grid();
     let (ms, slices, planes) = default_sample(&grid)?;
     let mut kernels = Vec::new();
     let mut add = |t: KernelThroughput| {
         let ratio = t.effective_gbs / bw;
+        let pattern_gbs = pattern
+            .iter()
+            .find(|(q, _)| t.bytes_per_update == fiberflow_solver::bench::bytes_per_update(*q))
+            .map_or(f64::NAN, |(_, g)| *g);
         println!(
-            "{:6} {:>15}: {:8.1} MLUPS, {:4.1} % of the cells stepped = {:6.2} GB/s at {} B/update -> {:5.1} % of the bandwidth bound{}",
+            "{:6} {:>15}: {:8.1} MLUPS, {:4.1} % of the cells stepped = {:6.2} GB/s at {} B/update -> {:5.1} % of the bandwidth bound, {:5.1} % of its stream pattern{}",
             t.lattice,
             format!("{:?}", t.shape),
             t.mlups,
@@ -89,6 +111,7 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
             t.effective_gbs,
             t.bytes_per_update,
             100.0 * ratio,
+            100.0 * t.effective_gbs / pattern_gbs,
             if ratio > 1.0 {
                 " (above it: part of the traffic stays in cache)"
             } else {
@@ -96,8 +119,10 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
             }
         );
         kernels.push(KernelRow {
+            stream_pattern_ratio: t.effective_gbs / pattern_gbs,
             t,
             bandwidth_ratio: ratio,
+            stream_pattern_gbs: pattern_gbs,
         });
     };
     // 2D: all slices of the sample side by side, as a sample's 2D solve runs them.
