@@ -7,13 +7,14 @@ use super::{BenchArgs, default_sample};
 use anyhow::Result;
 use fiberflow_geometry::layout::SliceGrid;
 use fiberflow_solver::bench::{
-    KernelThroughput, kernel_throughput, memory_bandwidth_gbs, stream_pattern_gbs,
+    KernelThroughput, bytes_per_update, kernel_throughput, memory_bandwidth_gbs, stream_pattern_gbs,
 };
 use fiberflow_solver::config::Tau;
 use fiberflow_solver::kernel::CHUNK;
 use fiberflow_solver::sample::solve_sample;
 use fiberflow_solver::solve::Dim;
 use fiberflow_solver::{FlowConfig, LbmConfig};
+use ndarray::ArrayView3;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -77,14 +78,16 @@ fn compared_settings() -> [(&'static str, LbmConfig); 3] {
     ]
 }
 
-pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
-    let bw = memory_bandwidth_gbs(512, 5);
-    println!(
-        "memory bandwidth (read + write-allocate + write): {bw:.2} GB/s on {} threads",
-        rayon::current_num_threads()
-    );
-    // What moving the populations alone reaches, D2Q9 then D3Q19: the share of the bound
-    // the kernel's layout leaves to the collision.
+/// Kernel throughputs on the sample's slices and volume (and at 256² with `reference`),
+/// each against the bandwidth `bw` and against its own stream pattern.
+fn measure_kernels(
+    reference: bool,
+    bw: f64,
+    slices: ArrayView3<u8>,
+    planes: ArrayView3<u8>,
+) -> Result<Vec<KernelRow>> {
+    // The bandwidth of each lattice's stream pattern alone, D2Q9 then D3Q19: how much of
+    // the gap to the bound is the layout's and how much the kernel's own work.
     let pattern = [9, 19].map(|q| {
         let gbs = stream_pattern_gbs(q, CHUNK, 512, 5);
         println!(
@@ -93,14 +96,12 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
         );
         (q, gbs)
     });
-    let grid = a.grid();
-    let (ms, slices, planes) = default_sample(&grid)?;
     let mut kernels = Vec::new();
     let mut add = |t: KernelThroughput| {
         let ratio = t.effective_gbs / bw;
         let pattern_gbs = pattern
             .iter()
-            .find(|(q, _)| t.bytes_per_update == fiberflow_solver::bench::bytes_per_update(*q))
+            .find(|(q, _)| t.bytes_per_update == bytes_per_update(*q))
             .map_or(f64::NAN, |(_, g)| *g);
         println!(
             "{:6} {:>15}: {:8.1} MLUPS, {:4.1} % of the cells stepped = {:6.2} GB/s at {} B/update -> {:5.1} % of the bandwidth bound, {:5.1} % of its stream pattern{}",
@@ -126,13 +127,25 @@ pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
         });
     };
     // 2D: all slices of the sample side by side, as a sample's 2D solve runs them.
-    add(kernel_throughput(slices.view(), Dim::Two, 1000));
-    add(kernel_throughput(planes.view(), Dim::Three, 40));
-    if a.reference {
+    add(kernel_throughput(slices, Dim::Two, 1000));
+    add(kernel_throughput(planes, Dim::Three, 40));
+    if reference {
         let (_, s, p) = default_sample(&SliceGrid::default())?;
         add(kernel_throughput(s.view(), Dim::Two, 50));
         add(kernel_throughput(p.view(), Dim::Three, 5));
     }
+    Ok(kernels)
+}
+
+pub(super) fn run(a: &BenchArgs) -> Result<SolverBench> {
+    let bw = memory_bandwidth_gbs(512, 5);
+    println!(
+        "memory bandwidth (read + write-allocate + write): {bw:.2} GB/s on {} threads",
+        rayon::current_num_threads()
+    );
+    let grid = a.grid();
+    let (ms, slices, planes) = default_sample(&grid)?;
+    let kernels = measure_kernels(a.reference, bw, slices.view(), planes.view())?;
     let mut convergence = Vec::new();
     for (settings, lbm) in compared_settings() {
         let flow = FlowConfig {
