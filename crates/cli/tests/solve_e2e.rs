@@ -87,6 +87,52 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
 }
 
+/// An aerospace-like draw at 64 px (Vf 0.65, 4° lean, 1 µm waviness) jams at the default
+/// one-pixel gap with an error that names the flag to relax it, and packs with
+/// `--min-gap-px 0.25`, which the file records, its fibre paths at least that far apart.
+#[test]
+fn geometry_that_jams_names_the_gap_flag_and_a_quarter_pixel_packs() {
+    let dir = tempdir();
+    let args = |out: &str, extra: &[&str]| {
+        let mut v = vec![
+            "geometry",
+            "--size",
+            "64",
+            "--slices",
+            "3",
+            "--vf",
+            "0.65",
+            "--tilt-std-deg",
+            "4",
+            "--wave-amplitude-um",
+            "1",
+            "--seed",
+            "3",
+            "--out",
+        ];
+        v.push(out);
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let jammed = p(&dir.path().join("jammed"));
+    fails(
+        args(&jammed, &[]),
+        &[
+            "could not separate the fibres",
+            "1 px apart",
+            "--min-gap-px 0.5",
+        ],
+    );
+    let packed = dir.path().join("packed");
+    ok(args(&p(&packed), &["--min-gap-px", "0.25"]));
+    let file = json(&packed.join("microstructure.json"));
+    assert_eq!(file["packing"]["min_gap_px"], 0.25);
+    let pixel_um = file["packing"]["window_um"].as_f64().unwrap() / 64.0;
+    let closest = file["report"]["min_gap_found_um"].as_f64().unwrap();
+    assert!(closest >= 0.25 * pixel_um * (1.0 - 1e-6), "{closest} µm");
+    assert!((file["report"]["vf_analytic"].as_f64().unwrap() - 0.65).abs() < 1e-3);
+}
+
 #[test]
 fn geometry_then_solve_writes_consistent_fields() {
     let tmp = tempdir();

@@ -6,7 +6,7 @@ use clap::Args;
 use fiberflow_geometry::layout::SliceGrid;
 use fiberflow_geometry::mask_io::png_slices;
 use fiberflow_geometry::raster::solid_fraction;
-use fiberflow_geometry::{Microstructure, PackingConfig, PackingReport};
+use fiberflow_geometry::{GeometryError, Microstructure, PackingConfig, PackingReport};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -73,6 +73,10 @@ pub struct GeometryArgs {
     /// Waviness wavelength, µm (0 = the z extent).
     #[arg(long)]
     wave_wavelength_um: Option<f64>,
+    /// Minimum gap between fibres, pixels (default 1). Dense packings at coarse pixels need
+    /// ½ or ¼ (fibres may then touch on the raster); `generate` relaxes it by itself.
+    #[arg(long)]
+    min_gap_px: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -84,6 +88,7 @@ pub fn run(a: GeometryArgs) -> Result<()> {
         (&mut cfg.tilt_std_deg, a.tilt_std_deg),
         (&mut cfg.wave_amplitude_um, a.wave_amplitude_um),
         (&mut cfg.wave_wavelength_um, a.wave_wavelength_um),
+        (&mut cfg.min_gap_px, a.min_gap_px),
     ] {
         if let Some(v) = value {
             *field = v;
@@ -97,12 +102,24 @@ pub fn run(a: GeometryArgs) -> Result<()> {
         3,
     )?;
     let _lock = output::lock(&a.out, "geometry")?;
-    let (ms, report) = Microstructure::generate(
+    let (ms, report) = match Microstructure::generate(
         &cfg,
         grid.z_period_um(),
         cfg.window_um / grid.size as f64,
         a.seed,
-    )?;
+    ) {
+        Err(e @ GeometryError::Jammed { .. }) if cfg.min_gap_px > 0.25 => {
+            // `generate` halves the gap on a jam; a single geometry keeps what was asked
+            // for, so say how to get there.
+            anyhow::bail!(
+                "{e}: fibres are kept {} px apart, and at {} px dense packings may need \
+                 `--min-gap-px 0.5` or `0.25` (fibres may then touch on the raster)",
+                cfg.min_gap_px,
+                grid.size
+            );
+        }
+        done => done?,
+    };
     let slices = ms.rasterise_slices(grid.slices, grid.pitch_um, grid.size);
     output::npy(&a.out.join("domain.npy"), &slices)?;
     let dir = a.out.join("slices");
