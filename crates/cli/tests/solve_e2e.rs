@@ -120,7 +120,7 @@ fn geometry_that_jams_names_the_gap_flag_and_a_quarter_pixel_packs() {
         &[
             "could not separate the fibres",
             "1 px apart",
-            "--min-gap-px 0.5",
+            "`--min-gap-px 0.5` or `0.25`",
         ],
     );
     let packed = dir.path().join("packed");

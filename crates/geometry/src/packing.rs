@@ -575,6 +575,30 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(cfg.validate(), Err(GeometryError::Config(_))));
+        // Negative, infinite and NaN gaps and waviness settings (a NaN gap would switch the
+        // separation off).
+        for bad in [f64::NAN, f64::INFINITY, -0.5] {
+            for cfg in [
+                PackingConfig {
+                    min_gap_px: bad,
+                    ..Default::default()
+                },
+                PackingConfig {
+                    wave_amplitude_um: bad,
+                    ..Default::default()
+                },
+                PackingConfig {
+                    wave_wavelength_um: bad,
+                    ..Default::default()
+                },
+            ] {
+                assert!(
+                    matches!(cfg.validate(), Err(GeometryError::Config(_))),
+                    "{bad}"
+                );
+            }
+        }
+        assert!(PackingConfig::default().validate().is_ok());
         let cfg = PackingConfig {
             vf: 0.74,
             min_gap_px: 4.0,

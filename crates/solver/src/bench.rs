@@ -32,9 +32,10 @@ pub fn memory_bandwidth_gbs(mib: usize, reps: usize) -> f64 {
 /// the threads taking runs of `run` cells of every array in turn, as the kernel takes a
 /// chunk's Q runs (without its shifts, bounce-back or collision). Many arrays in short
 /// runs can stream slower than two long ones (73–97 % of the two-array scale on a 2-core
-/// Zen 3 VM), so this is the ceiling the kernel's layout allows, separate from what its
-/// own work costs.
+/// Zen 3 VM). The kernel reads like this, one direction's run at a time, but writes its
+/// Q outputs interleaved, a collision group at a time, which this does not model.
 pub fn stream_pattern_gbs(q: usize, run: usize, mib: usize, reps: usize) -> f64 {
+    assert!(q > 0 && run > 0, "a stream pattern needs arrays and runs");
     let len = (mib * (1 << 20) / 4 / q / run).max(1) * run;
     let mut a = vec![0.0f32; q * len];
     a.par_iter_mut()

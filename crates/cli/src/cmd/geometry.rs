@@ -74,7 +74,8 @@ pub struct GeometryArgs {
     #[arg(long)]
     wave_wavelength_um: Option<f64>,
     /// Minimum gap between fibres, pixels (default 1). Dense packings at coarse pixels need
-    /// ½ or ¼ (fibres may then touch on the raster); `generate` relaxes it by itself.
+    /// ½ or ¼ (fibres may then touch on the raster); `fiberflow generate` relaxes it by
+    /// itself.
     #[arg(long)]
     min_gap_px: Option<f64>,
     #[arg(long, default_value_t = 0)]
@@ -108,14 +109,16 @@ pub fn run(a: GeometryArgs) -> Result<()> {
         cfg.window_um / grid.size as f64,
         a.seed,
     ) {
-        Err(e @ GeometryError::Jammed { .. }) if cfg.min_gap_px > 0.25 => {
-            // `generate` halves the gap on a jam; a single geometry keeps what was asked
-            // for, so say how to get there.
+        Err(e @ GeometryError::Jammed { .. }) if cfg.min_gap_px >= 0.25 => {
+            // `fiberflow generate` halves the gap on a jam; a single geometry keeps what
+            // was asked for, so say how to get there.
+            let gap = cfg.min_gap_px;
             anyhow::bail!(
-                "{e}: fibres are kept {} px apart, and at {} px dense packings may need \
-                 `--min-gap-px 0.5` or `0.25` (fibres may then touch on the raster)",
-                cfg.min_gap_px,
-                grid.size
+                "{e}. Fibres are kept {gap} px apart; at {} px dense packings may need \
+                 `--min-gap-px {}` or `{}` (fibres may then touch on the raster)",
+                grid.size,
+                gap / 2.0,
+                gap / 4.0
             );
         }
         done => done?,
