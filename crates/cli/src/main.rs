@@ -17,8 +17,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "fiberflow", version, about)]
 struct Cli {
-    /// Worker threads of the solver and of every network backend (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads of the solver and of every network backend, 1 to 1024 (default: all
+    /// cores). Bounded because each thread is started up front, and 100 000 of them hung
+    /// the command before it did any work.
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     threads: Option<usize>,
     /// Memory budget in GiB that every allocation sized by the arguments or the inputs is
     /// checked against before it is made (default: $FIBERFLOW_MAX_MEMORY_GIB, else 16).

@@ -57,6 +57,12 @@ fn version_and_usage_errors() {
     assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("Usage: fiberflow"), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    // Thread counts are bounded while the arguments are read (100 000 threads hung).
+    for n in ["0", "100000"] {
+        let r = run(["--threads", n, "dataset", "info", "/nonexistent"]);
+        assert_clean_failure(&r, &["--threads", "1..=1024"]);
+        assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    }
 }
 
 /// A device name is checked while the arguments are read (a usage error, before any

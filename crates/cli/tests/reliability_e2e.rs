@@ -131,6 +131,18 @@ fn a_finished_run_is_never_overwritten_unasked() {
     };
     let run = tmp.path().join("vae1");
     ok(train(&run, &[]));
+    // Channel counts the data cannot feed are refused before a layer is built (they were
+    // a convolution's shape panic once training had started).
+    let odd = tmp.path().join("odd");
+    fails(
+        train(&odd, &["--set", "vae.in_channels=5"]),
+        &["in_channels = 5 must be 3"],
+    );
+    fails(
+        train(&odd, &["--set", "vae.geometry_channels=1"]),
+        &["geometry_channels = 1 must be 0", "or 2"],
+    );
+    assert!(!odd.exists());
     // The probe: a copy of the run without its checkpoint (deleted to save space).
     let copy = tmp.path().join("x");
     copy_dir(&run, &copy);

@@ -568,7 +568,30 @@ fn solve_rejects_bad_input_with_a_clear_message() {
         ),
         (
             with(&good, &["--voxel-size-um", "0.5", "--tau", "0.5"]),
-            vec!["tau must be > 0.5"],
+            vec!["tau must lie in (0.5, 10]"],
+        ),
+        (
+            with(&good, &["--voxel-size-um", "0.5", "--tau", "1e9"]),
+            vec!["tau must lie in (0.5, 10]"],
+        ),
+        (
+            with(
+                &good,
+                &[
+                    "--voxel-size-um",
+                    "0.5",
+                    "--pressure-gradient-pa-per-m",
+                    "1e300",
+                ],
+            ),
+            vec!["outside what f32 fields hold", "check their units"],
+        ),
+        (
+            with(
+                &good,
+                &["--voxel-size-um", "0.5", "--viscosity-pa-s", "1e-300"],
+            ),
+            vec!["outside what f32 fields hold"],
         ),
         (
             with(&good, &["--voxel-size-um", "0.5", "--max-iterations", "10"]),
@@ -618,6 +641,71 @@ fn solve_rejects_bad_input_with_a_clear_message() {
     assert_clean_failure(&r, &["a-file"]);
 }
 
+/// A microstructure.json edited by hand into something no raster can have is refused
+/// before any work, never a panic, a hang or an exhausted memory.
+#[test]
+fn solve_rejects_an_impossible_microstructure_json() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let good = json(&tiny_geometry(dir).join("microstructure.json"));
+    let mode = serde_json::json!([{"amplitude_um": 0.1, "periods": 1_000_000, "phase": 0.0, "direction": 0.0}]);
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        ("/grid/size", 0.into(), vec!["at least 8 pixels"]),
+        (
+            "/grid/pitch_um",
+            (-5.0).into(),
+            vec!["positive number of µm"],
+        ),
+        (
+            "/grid/size",
+            1_000_000_000u64.into(),
+            vec!["rasterised microstructure"],
+        ),
+        (
+            "/microstructure/window_um",
+            0.0.into(),
+            vec!["must be positive"],
+        ),
+        (
+            "/microstructure/z_period_um",
+            (-1.0).into(),
+            vec!["must be positive"],
+        ),
+        (
+            "/microstructure/fibres/0/radius_um",
+            (-3.0).into(),
+            vec!["fibre 0: radius"],
+        ),
+        (
+            "/microstructure/fibres/0/centre_um",
+            serde_json::json!([1e300, 0.0]),
+            vec!["fibre 0: centre", "outside"],
+        ),
+        (
+            "/microstructure/fibres/0/modes",
+            mode,
+            vec!["1000000 periods", "1 to 64"],
+        ),
+        (
+            "/microstructure/fibres",
+            serde_json::json!([]),
+            vec!["no fibres"],
+        ),
+    ];
+    for (at, value, needles) in cases {
+        let mut edited = good.clone();
+        *edited.pointer_mut(at).unwrap() = value;
+        let file = dir.join("edited.json");
+        fs::write(&file, edited.to_string()).unwrap();
+        let out = dir.join("out");
+        let r = run(["solve", "--microstructure", &p(&file), "--out", &p(&out)]);
+        let mut want = vec!["edited.json"];
+        want.extend(&needles);
+        assert_clean_failure(&r, &want);
+        assert!(!out.exists(), "{at}: wrote {}", out.display());
+    }
+}
+
 #[test]
 fn geometry_rejects_bad_settings() {
     let tmp = tempdir();
@@ -640,9 +728,13 @@ fn geometry_rejects_bad_settings() {
         ("--vf", "0.9", vec!["vf = 0.9", "0.75"]),
         ("--vf", "0", vec!["vf = 0"]),
         ("--tilt-std-deg", "45", vec!["tilt_std_deg = 45"]),
-        ("--size", "4", vec!["--size must be at least 8"]),
-        ("--slices", "0", vec!["--slices must be at least 1"]),
-        ("--pitch-um", "-2", vec!["--pitch-um must be positive"]),
+        ("--size", "4", vec!["--size (≥ 8)", "at least 8 pixels"]),
+        ("--slices", "0", vec!["--slices (≥ 1)", "at least 1 slice"]),
+        (
+            "--pitch-um",
+            "-2",
+            vec!["--pitch-um (> 0)", "positive number"],
+        ),
         (
             "--config",
             unknown.to_str().unwrap(),
@@ -660,6 +752,13 @@ fn geometry_rejects_bad_settings() {
         fails(args, &needles);
         assert!(!out.exists(), "{flag} {value}: wrote {}", out.display());
     }
+    // A waviness far shorter than the slices (it once asked for 2 TB of path samples).
+    let wavy = with_arg(&base, "--wave-amplitude-um", "1");
+    fails(
+        with_arg(&wavy, "--wave-wavelength-um", "1e-9"),
+        &["wave_wavelength_um", "at most 64"],
+    );
+    assert!(!out.exists());
 }
 
 #[test]

@@ -90,9 +90,13 @@ impl GeneratorConfig {
         if self.packing_attempts == 0 {
             return Err(GenerateError::Config("packing_attempts must be ≥ 1".into()));
         }
-        for vf in self.vf {
+        // Both ends of every range, so a range reaching past a packing's limits (a lean
+        // of 90°) is refused here, not accepted or hit halfway through a dataset.
+        for end in [0, 1] {
             PackingConfig {
-                vf,
+                vf: self.vf[end],
+                tilt_std_deg: self.tilt_std_deg[end],
+                wave_amplitude_um: self.wave_amplitude_um[end],
                 ..self.packing.clone()
             }
             .validate()
@@ -108,8 +112,23 @@ impl GeneratorConfig {
     /// [`PACKER_REACH`] of the hexagonal limit π/(2√3)·(r/(r + gap/2))² (measured: with the
     /// defaults, 20 px packs Vf 0.40 and 16 px jams at it). Redraws relax the gap, then
     /// lower Vf towards the range's low end, so only that end must fit at the full gap.
+    /// Also refuses a waviness of more waves over the grid's z extent than a packing takes.
     pub fn check_grid(&self, grid: &SliceGrid) -> Result<(), GenerateError> {
+        PackingConfig {
+            wave_amplitude_um: self.wave_amplitude_um[1],
+            ..self.packing.clone()
+        }
+        .wave_periods(grid.z_period_um())
+        .map_err(|e| GenerateError::Config(e.to_string()))?;
         let pixel_um = self.packing.window_um / grid.size as f64;
+        // The 3D solve's cells are cubes of one pixel, so it needs a plane per slice at
+        // least (a pitch of 1e-9 µm hung the first sample).
+        if grid.slices > 1 && grid.pitch_um < pixel_um {
+            return Err(GenerateError::Config(format!(
+                "--pitch-um {} is below the {pixel_um:.4} µm pixel of --size {}: the 3D solve needs at least one lattice plane per slice; check the pitch's unit (µm)",
+                grid.pitch_um, grid.size
+            )));
+        }
         let (r, gap) = (
             self.packing.radius_mean_um,
             self.packing.min_gap_px * pixel_um,
@@ -519,5 +538,27 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.validate().is_err());
+        // The lean's upper end past what a single packing takes.
+        let cfg = GeneratorConfig {
+            tilt_std_deg: [0.0, 90.0],
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("tilt_std_deg = 90"), "{e}");
+        // A waviness of 55 000 waves over the 55 µm of the default grid; 1 µm is 55.
+        let mut cfg = GeneratorConfig::default();
+        cfg.packing.wave_wavelength_um = 1e-3;
+        let grid = SliceGrid::default();
+        let e = cfg.check_grid(&grid).unwrap_err().to_string();
+        assert!(e.contains("at most 64"), "{e}");
+        cfg.packing.wave_wavelength_um = 1.0;
+        cfg.check_grid(&grid).unwrap();
+        // A pitch below the pixel (0.195 µm at the default 256 px).
+        let thin = SliceGrid {
+            pitch_um: 0.1,
+            ..grid
+        };
+        let e = cfg.check_grid(&thin).unwrap_err().to_string();
+        assert!(e.contains("below the 0.1953 µm pixel"), "{e}");
     }
 }

@@ -186,7 +186,7 @@ impl DatasetWriter {
                 format!(
                     "{} of {n_expected} samples are missing: {}",
                     missing.len(),
-                    list(&missing)
+                    list(&missing, missing.len())
                 ),
                 "re-run the generator with the same arguments to fill them in (or merge the other shards)",
             ));
@@ -296,14 +296,15 @@ pub fn merge(
         }
     }
     let n = n_expected.unwrap_or_else(|| owner.keys().next_back().map_or(0, |&last| last + 1));
-    let missing: Vec<usize> = (0..n).filter(|i| !owner.contains_key(i)).collect();
-    if !missing.is_empty() {
+    // Counted, not collected: `--samples` may ask for far more than the shards hold.
+    let lacking = n - owner.range(..n).count();
+    if lacking > 0 {
+        let first: Vec<usize> = (0..n).filter(|i| !owner.contains_key(i)).take(10).collect();
         return Err(DataError::mismatch(
             out,
             format!(
-                "the shards lack {} of samples 0..{n}: {}",
-                missing.len(),
-                list(&missing)
+                "the shards lack {lacking} of samples 0..{n}: {}",
+                list(&first, lacking)
             ),
             "finish the incomplete shards (re-run them with the same arguments), then merge again",
         ));
@@ -354,10 +355,11 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// A short list of indices for messages.
-fn list(indices: &[usize]) -> String {
+/// A short list of indices for messages: the first ten of `indices`, and how many more of
+/// `total` there are.
+fn list(indices: &[usize], total: usize) -> String {
     let shown: Vec<String> = indices.iter().take(10).map(usize::to_string).collect();
-    let more = indices.len().saturating_sub(10);
+    let more = total.saturating_sub(shown.len());
     if more > 0 {
         format!("{}, … ({more} more)", shown.join(", "))
     } else {
@@ -386,7 +388,8 @@ mod tests {
 
     #[test]
     fn long_lists_are_shortened() {
-        assert_eq!(list(&[1, 2]), "1, 2");
-        assert!(list(&(0..25).collect::<Vec<_>>()).ends_with("(15 more)"));
+        assert_eq!(list(&[1, 2], 2), "1, 2");
+        assert!(list(&(0..25).collect::<Vec<_>>(), 25).ends_with("(15 more)"));
+        assert!(list(&[3, 4], 1 << 60).ends_with(&format!("({} more)", (1usize << 60) - 2)));
     }
 }

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 pub enum GeometryError {
     #[error("invalid packing configuration: {0}")]
     Config(String),
+    /// A grid or microstructure that no raster can have (typically a file edited by hand).
+    #[error("invalid {what}: {msg}")]
+    Invalid { what: &'static str, msg: String },
     #[error(
         "could not separate the fibres at Vf = {vf:.3} (worst overlap {overlap_um:.3} µm after {iterations} iterations); lower the target Vf or the minimum gap"
     )]

@@ -72,6 +72,27 @@ impl Default for SliceGrid {
 }
 
 impl SliceGrid {
+    /// Rejects grids no raster can have: fewer than 8 pixels across, no slices, or a pitch
+    /// that is not a positive number.
+    pub fn validate(&self) -> Result<(), crate::GeometryError> {
+        let bad = |m: &str| {
+            Err(crate::GeometryError::Invalid {
+                what: "grid",
+                msg: m.to_string(),
+            })
+        };
+        if self.size < 8 {
+            return bad("the grid must be at least 8 pixels across");
+        }
+        if self.slices == 0 {
+            return bad("the grid must have at least 1 slice");
+        }
+        if !(self.pitch_um.is_finite() && self.pitch_um > 0.0) {
+            return bad("the slice pitch must be a positive number of µm");
+        }
+        Ok(())
+    }
+
     /// z period of the sample, µm.
     pub fn z_period_um(&self) -> f64 {
         self.slices as f64 * self.pitch_um

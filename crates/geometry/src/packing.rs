@@ -9,7 +9,7 @@
 //! keep the minimum gap at every height.
 
 use crate::error::GeometryError;
-use crate::path::{FibrePath, PathMode};
+use crate::path::{FibrePath, MAX_PERIODS, PathMode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -113,6 +113,25 @@ impl PackingConfig {
         }
         Ok(())
     }
+
+    /// Whole waves over a z extent of `z_period_um` (the wavelength rounded to a whole
+    /// fraction of it), refused above [`MAX_PERIODS`] when the fibres are wavy.
+    pub fn wave_periods(&self, z_period_um: f64) -> Result<u32, GeometryError> {
+        let wavelength = if self.wave_wavelength_um > 0.0 {
+            self.wave_wavelength_um
+        } else {
+            z_period_um
+        };
+        let periods = (z_period_um / wavelength).round().max(1.0);
+        if self.wave_amplitude_um > 0.0 && periods > f64::from(MAX_PERIODS) {
+            return Err(GeometryError::Config(format!(
+                "wave_wavelength_um = {} gives {periods} waves over the {z_period_um} µm z extent; at most {MAX_PERIODS} are allowed (wavelengths of at least {:.3} µm)",
+                self.wave_wavelength_um,
+                z_period_um / f64::from(MAX_PERIODS)
+            )));
+        }
+        Ok(periods.min(f64::from(MAX_PERIODS)) as u32)
+    }
 }
 
 /// An analytic microstructure: the window, the z period and every fibre's path.
@@ -145,6 +164,65 @@ pub struct PackingReport {
 }
 
 impl Microstructure {
+    /// Rejects a microstructure (typically a `microstructure.json` edited or written by
+    /// hand) that would rasterise to garbage, hang or exhaust memory: a window and z
+    /// period that are positive, fibres inside the window with radii below half of it, and
+    /// finite modes of 1 to `MAX_PERIODS` periods.
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        let bad = |msg: String| {
+            Err(GeometryError::Invalid {
+                what: "microstructure",
+                msg,
+            })
+        };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !(positive(self.window_um) && positive(self.z_period_um)) {
+            return bad(format!(
+                "window_um = {} and z_period_um = {} must be positive",
+                self.window_um, self.z_period_um
+            ));
+        }
+        if !(self.min_gap_um.is_finite() && self.min_gap_um >= 0.0) {
+            return bad(format!("min_gap_um = {} must be ≥ 0", self.min_gap_um));
+        }
+        if self.fibres.is_empty() {
+            return bad("the microstructure has no fibres".into());
+        }
+        for (i, f) in self.fibres.iter().enumerate() {
+            if !f
+                .centre_um
+                .iter()
+                .all(|c| (0.0..=self.window_um).contains(c))
+            {
+                return bad(format!(
+                    "fibre {i}: centre {:?} µm lies outside the {} µm window",
+                    f.centre_um, self.window_um
+                ));
+            }
+            if !(positive(f.radius_um) && f.radius_um < self.window_um / 2.0) {
+                return bad(format!(
+                    "fibre {i}: radius {} µm must be positive and below half the window",
+                    f.radius_um
+                ));
+            }
+            for m in &f.modes {
+                let finite = [m.amplitude_um, m.phase, m.direction];
+                if !(finite.iter().all(|v| v.is_finite()) && m.amplitude_um >= 0.0) {
+                    return bad(format!(
+                        "fibre {i}: a mode's amplitude, phase and direction must be finite, the amplitude ≥ 0 ({m:?})"
+                    ));
+                }
+                if !(1..=MAX_PERIODS).contains(&m.periods) {
+                    return bad(format!(
+                        "fibre {i}: a mode has {} periods over the z extent; 1 to {MAX_PERIODS} are allowed",
+                        m.periods
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Draws a packing for a raster of `pixel_um` pixels, periodic over `z_period_um`.
     pub fn generate(
         cfg: &PackingConfig,
@@ -279,12 +357,7 @@ fn draw_modes(
         .map_err(|e| GeometryError::Config(e.to_string()))?;
     let jitter = Normal::new(0.0, cfg.wave_phase_jitter_rad.max(1e-12))
         .map_err(|e| GeometryError::Config(e.to_string()))?;
-    let wavelength = if cfg.wave_wavelength_um > 0.0 {
-        cfg.wave_wavelength_um
-    } else {
-        z_period_um
-    };
-    let wave_periods = ((z_period_um / wavelength).round() as u32).max(1);
+    let wave_periods = cfg.wave_periods(z_period_um)?;
     let wave_phase = rng.random::<f64>() * TAU;
     let wave_direction = rng.random::<f64>() * TAU;
     Ok((0..n)

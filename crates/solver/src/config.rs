@@ -81,10 +81,13 @@ impl LbmConfig {
     /// Checks the settings before any work is done.
     pub fn validate(&self) -> Result<(), SolverError> {
         let bad = |m: &str| Err(SolverError::Config(m.to_string()));
+        // Above τ = 10 the lattice velocities (∝ 1/ν) fall so low that the f32 populations
+        // round the flow away (τ = 1e9 gave a negative permeability); the fastest τ measured
+        // lie in 0.7–1.3.
         if let Tau::Fixed(tau) = self.tau
-            && !(tau.is_finite() && tau > 0.5)
+            && !(tau.is_finite() && tau > 0.5 && tau <= 10.0)
         {
-            return bad("tau must be > 0.5");
+            return bad("tau must lie in (0.5, 10]");
         }
         if !(self.sound_speed_sq.is_finite()
             && self.sound_speed_sq > 0.1
@@ -92,8 +95,10 @@ impl LbmConfig {
         {
             return bad("sound_speed_sq must lie in (0.1, 0.6]: the iteration diverges near 0.75");
         }
-        if !(self.magic.is_finite() && self.magic > 0.0) {
-            return bad("magic must be > 0");
+        // Λ sets τ⁻ = ½ + Λ/(τ⁺ − ½); the usual values are 1/12 to 1/4, and a large Λ moves
+        // the bounce-back walls off the half-way links (Λ = 1e9 gave 3.3× the permeability).
+        if !(self.magic.is_finite() && self.magic > 0.0 && self.magic <= 1.0) {
+            return bad("magic must lie in (0, 1] (3/16 puts the walls half-way)");
         }
         if !(self.tol > 0.0 && self.field_tol > 0.0) {
             return bad("tol and field_tol must be > 0");
@@ -311,11 +316,16 @@ mod tests {
                 .contains(r#"tau must be a number or "auto", got "fast""#),
             "{err}"
         );
-        let low = LbmConfig {
-            tau: Tau::Fixed(0.5),
+        let with = |tau, magic| LbmConfig {
+            tau: Tau::Fixed(tau),
+            magic,
             ..Default::default()
         };
-        assert!(low.validate().is_err());
+        assert!(with(0.5, 0.1875).validate().is_err());
+        assert!(with(10.0, 0.1875).validate().is_ok());
+        assert!(with(10.5, 0.1875).validate().is_err());
+        assert!(with(0.7, 1.0).validate().is_ok());
+        assert!(with(0.7, 1e9).validate().is_err());
     }
 
     /// A correction is judged by the clean check window after its own, so they may not come

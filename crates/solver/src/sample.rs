@@ -152,6 +152,7 @@ pub fn solve_sample(
     let (ns, h, w) = slices.dim();
     let blocked = check_geometry(slices, planes.as_ref(), voxel)?;
     let scales = Scales::new(cfg, voxel.dx_m, h.min(w));
+    check_scales(cfg, voxel.dx_m * h.max(w) as f64)?;
 
     // 2D: slices are independent, so they run side by side.
     let started_2d = Instant::now();
@@ -210,6 +211,24 @@ pub fn solve_sample(
         p2d,
         report,
     })
+}
+
+/// Refuses physical parameters whose flow the f32 fields cannot hold, before solving: the
+/// largest velocity a window of `width_m` can carry is that of a channel as wide,
+/// G·w²/(8μ), and the largest pressure about G·w (e.g. a gradient of 1e300 Pa/m, or a
+/// viscosity in the wrong unit, wrote Inf and NaN with a plausible permeability).
+fn check_scales(cfg: &FlowConfig, width_m: f64) -> Result<(), SolverError> {
+    let p = &cfg.physics;
+    let velocity = p.pressure_gradient_pa_per_m * width_m * width_m / (8.0 * p.viscosity_pa_s);
+    let pressure = p.pressure_gradient_pa_per_m * width_m;
+    let range = 1e-30..=1e30;
+    if range.contains(&velocity) && range.contains(&pressure) {
+        return Ok(());
+    }
+    Err(SolverError::Config(format!(
+        "a pressure gradient of {:e} Pa/m and a viscosity of {:e} Pa·s give velocities up to {velocity:.3e} m/s and pressures up to {pressure:.3e} Pa over the {width_m:.3e} m window, outside what f32 fields hold (1e-30 to 1e30); check their units",
+        p.pressure_gradient_pa_per_m, p.viscosity_pa_s
+    )))
 }
 
 /// The report of the 2D solves (`None`: a blocked slice, whose zero flow is exact); the

@@ -59,19 +59,7 @@ fn checked_inputs(a: &GenerateArgs) -> Result<(GeneratorConfig, SliceGrid)> {
         a.samples >= 2,
         "--samples must be at least 2 so that the training split (70 %) is not empty"
     );
-    anyhow::ensure!(
-        a.size >= 8 && a.slices >= 1,
-        "--size must be ≥ 8 and --slices ≥ 1"
-    );
-    anyhow::ensure!(
-        a.pitch_um.is_finite() && a.pitch_um > 0.0,
-        "--pitch-um must be positive"
-    );
-    let grid = SliceGrid {
-        size: a.size,
-        slices: a.slices,
-        pitch_um: a.pitch_um,
-    };
+    let grid = super::geometry::checked_grid(a.size, a.slices, a.pitch_um)?;
     cfg.check_grid(&grid)?;
     let workers = rayon::current_num_threads().min(a.samples) as u128;
     budget::check(

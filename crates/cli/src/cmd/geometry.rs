@@ -37,18 +37,20 @@ pub struct GridArgs {
 
 impl GridArgs {
     pub fn grid(&self) -> Result<SliceGrid> {
-        anyhow::ensure!(self.size >= 8, "--size must be at least 8 pixels");
-        anyhow::ensure!(self.slices >= 1, "--slices must be at least 1");
-        anyhow::ensure!(
-            self.pitch_um.is_finite() && self.pitch_um > 0.0,
-            "--pitch-um must be positive"
-        );
-        Ok(SliceGrid {
-            size: self.size,
-            slices: self.slices,
-            pitch_um: self.pitch_um,
-        })
+        checked_grid(self.size, self.slices, self.pitch_um)
     }
+}
+
+/// The grid of the `--size`, `--slices` and `--pitch-um` flags, validated.
+pub fn checked_grid(size: usize, slices: usize, pitch_um: f64) -> Result<SliceGrid> {
+    let grid = SliceGrid {
+        size,
+        slices,
+        pitch_um,
+    };
+    grid.validate()
+        .context("check --size (≥ 8), --slices (≥ 1) and --pitch-um (> 0)")?;
+    Ok(grid)
 }
 
 #[derive(Args, Debug)]

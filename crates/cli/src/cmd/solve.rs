@@ -4,6 +4,7 @@ use super::geometry::GeometryFile;
 use crate::{config_file, output};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use fiberflow_geometry::budget::check_array;
 use fiberflow_geometry::layout::{VoxelSize, lattice_planes};
 use fiberflow_geometry::mask_io::{SolidValue, load_mask};
 use fiberflow_solver::FlowConfig;
@@ -240,6 +241,14 @@ fn load_input(a: &SolveArgs) -> Result<(Array3<u8>, Option<Array3<u8>>, VoxelSiz
                 path.display()
             )
         })?;
+        let checked = || -> Result<()> {
+            g.grid.validate()?;
+            g.microstructure.validate()?;
+            let nz = g.grid.lattice_planes(g.microstructure.window_um);
+            let shape = [g.grid.slices.saturating_add(nz), g.grid.size, g.grid.size];
+            Ok(check_array("the rasterised microstructure", &shape, 1)?)
+        };
+        checked().with_context(|| format!("{}", path.display()))?;
         let (slices, planes) = g.microstructure.sample_masks(&g.grid);
         return Ok((
             slices,

@@ -81,8 +81,16 @@ impl VaeConfig {
     /// Checks every dimension rule, naming the field that breaks it.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.in_channels == 0 || self.latent_channels == 0 {
-            return bad("in_channels and latent_channels must be ≥ 1".into());
+        // The data decide it; any other count surfaced as a convolution's shape panic once
+        // training had started.
+        if self.in_channels != 3 {
+            return bad(format!(
+                "in_channels = {} must be 3: the VAE encodes the flow's vx, vy and vz",
+                self.in_channels
+            ));
+        }
+        if self.latent_channels == 0 {
+            return bad("latent_channels must be ≥ 1".into());
         }
         if self.channels.is_empty() || self.channels.contains(&0) {
             return bad(format!(
