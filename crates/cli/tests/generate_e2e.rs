@@ -327,7 +327,7 @@ fn generate_rejects_bad_configs_before_any_work() {
         ("--shard", "x", "invalid shard"),
         ("--size", "4", "at least 8 pixels"),
         ("--pitch-um", "0", "positive number of µm"),
-        ("--pitch-um", "0.01", "below the"),
+        ("--pitch-um", "0.01", "lattice plane per slice"),
         ("--split-mode", "random", "random"),
     ] {
         fails(with_arg(&args, flag, value), &[needle]);

@@ -112,7 +112,8 @@ impl GeneratorConfig {
     /// [`PACKER_REACH`] of the hexagonal limit π/(2√3)·(r/(r + gap/2))² (measured: with the
     /// defaults, 20 px packs Vf 0.40 and 16 px jams at it). Redraws relax the gap, then
     /// lower Vf towards the range's low end, so only that end must fit at the full gap.
-    /// Also refuses a waviness of more waves over the grid's z extent than a packing takes.
+    /// Also refuses a waviness of more waves over the grid's z extent than a packing takes,
+    /// a pitch below the pixel, and physics whose fields would overflow.
     pub fn check_grid(&self, grid: &SliceGrid) -> Result<(), GenerateError> {
         PackingConfig {
             wave_amplitude_um: self.wave_amplitude_um[1],
@@ -120,6 +121,9 @@ impl GeneratorConfig {
         }
         .wave_periods(grid.z_period_um())
         .map_err(|e| GenerateError::Config(e.to_string()))?;
+        self.flow
+            .check_scales(self.packing.window_um * 1e-6)
+            .map_err(|e| GenerateError::Config(e.to_string()))?;
         let pixel_um = self.packing.window_um / grid.size as f64;
         // The 3D solve's cells are cubes of one pixel, so it needs a plane per slice at
         // least (a pitch of 1e-9 µm hung the first sample).
@@ -560,5 +564,9 @@ mod tests {
         };
         let e = cfg.check_grid(&thin).unwrap_err().to_string();
         assert!(e.contains("below the 0.1953 µm pixel"), "{e}");
+        // Physics whose fields would overflow, before the first sample.
+        cfg.flow.physics.pressure_gradient_pa_per_m = 1e300;
+        let e = cfg.check_grid(&grid).unwrap_err().to_string();
+        assert!(e.contains("outside 1e-30 to 1e30"), "{e}");
     }
 }

@@ -82,10 +82,10 @@ impl SliceGrid {
             })
         };
         if self.size < 8 {
-            return bad("the grid must be at least 8 pixels across");
+            return bad("at least 8 pixels across are needed");
         }
         if self.slices == 0 {
-            return bad("the grid must have at least 1 slice");
+            return bad("at least 1 slice is needed");
         }
         if !(self.pitch_um.is_finite() && self.pitch_um > 0.0) {
             return bad("the slice pitch must be a positive number of µm");

@@ -125,7 +125,7 @@ impl PackingConfig {
         let periods = (z_period_um / wavelength).round().max(1.0);
         if self.wave_amplitude_um > 0.0 && periods > f64::from(MAX_PERIODS) {
             return Err(GeometryError::Config(format!(
-                "wave_wavelength_um = {} gives {periods} waves over the {z_period_um} µm z extent; at most {MAX_PERIODS} are allowed (wavelengths of at least {:.3} µm)",
+                "wave_wavelength_um = {} gives {periods:.3e} waves over the {z_period_um} µm z extent; at most {MAX_PERIODS} are allowed (wavelengths of at least {:.3} µm)",
                 self.wave_wavelength_um,
                 z_period_um / f64::from(MAX_PERIODS)
             )));
@@ -367,7 +367,7 @@ fn draw_modes(
                 // Maximum slope 2πA/L_z equals tan θ.
                 let theta: f64 = tilt.sample(rng);
                 modes.push(PathMode {
-                    amplitude_um: theta.abs().tan() * z_period_um / TAU,
+                    amplitude_um: theta.tan().abs() * z_period_um / TAU,
                     periods: 1,
                     phase: rng.random::<f64>() * TAU,
                     direction: rng.random::<f64>() * TAU,

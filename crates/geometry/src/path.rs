@@ -11,7 +11,7 @@ use std::f64::consts::TAU;
 /// Most periods one mode may have over the z extent. A packing samples every path at 32
 /// heights per period, so an unbounded count (a file edited by hand, a wavelength far
 /// below the slice pitch) would hang or exhaust memory. 64 waves over the default 55 µm
-/// are 0.86 µm long, far shorter than the 5 µm slice pitch can show.
+/// are 0.86 µm long, far shorter than 5 µm slices can show.
 pub const MAX_PERIODS: u32 = 64;
 
 /// One sinusoidal displacement of a fibre centre line.

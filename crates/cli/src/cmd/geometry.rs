@@ -49,7 +49,7 @@ pub fn checked_grid(size: usize, slices: usize, pitch_um: f64) -> Result<SliceGr
         pitch_um,
     };
     grid.validate()
-        .context("check --size (≥ 8), --slices (≥ 1) and --pitch-um (> 0)")?;
+        .context("check --size, --slices and --pitch-um")?;
     Ok(grid)
 }
 
